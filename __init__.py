@@ -1,0 +1,14 @@
+"""lanecore — the verification and settlement core of a supermarket checkout floor.
+
+The public API most callers need::
+
+    import lanecore
+    r = lanecore.parse_scan("2011122912346", region="GB")
+    r.to_dict()   # {"input": ..., "ok": True, "kind": "rcn", "price_minor": 1234, ...}
+"""
+
+__version__ = "0.1.0"
+
+from lanecore.ext.barcode import IMPLEMENTATION, ScanResult, parse_many, parse_scan
+
+__all__ = ["__version__", "IMPLEMENTATION", "ScanResult", "parse_scan", "parse_many"]

@@ -1,0 +1,5 @@
+"""``python -m lanecore`` is the ``lanecore`` command."""
+
+from lanecore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Device drivers (pyserial) and their simulators."""

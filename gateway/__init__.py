@@ -1,0 +1,1 @@
+"""Processes that talk ZeroMQ + MessagePack, their client library and the protocol."""

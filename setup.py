@@ -1,0 +1,71 @@
+"""Build lanecore: compile the Cython kernels and map the top-level folders.
+
+The repository root is the ``lanecore`` package (``package_dir={"lanecore": "."}``),
+so ``core/`` installs as ``lanecore.core``, ``ext/`` as ``lanecore.ext`` and so on;
+no generic name such as ``core`` lands in site-packages.
+"""
+
+import re
+from pathlib import Path
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py as _build_py
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "__init__.py").read_text(),
+                    re.M).group(1)
+
+PACKAGES = ["lanecore", "lanecore.core", "lanecore.ext", "lanecore.drivers",
+            "lanecore.gateway"]
+
+
+class build_py(_build_py):
+    """Leave the build script itself out of the installed package."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if not (package == "lanecore" and m[1] == "setup")]
+
+
+def kernel(name):
+    return Extension(
+        f"lanecore.ext.{name}",
+        [f"ext/{name}.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"],
+    )
+
+
+setup(
+    name="lanecore",
+    version=VERSION,
+    description="Verification and settlement core for supermarket checkout floors",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    package_dir={"lanecore": "."},
+    packages=PACKAGES,
+    ext_modules=cythonize(
+        [kernel("_barcode"), kernel("_lookup")],
+        compiler_directives={"language_level": "3"},
+    ),
+    install_requires=[
+        "numpy>=1.26",
+        "numba>=0.60",
+        "pyzmq>=26",
+        "msgpack>=1.0",
+        "qrcode>=7.4",
+        "pyserial>=3.5",
+    ],
+    extras_require={
+        # biip: the reference parser the tests agree with and the benchmark beats;
+        # hypothesis: property-based tests.
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5"],
+    },
+    entry_points={"console_scripts": ["lanecore = lanecore.cli:main"]},
+    cmdclass={"build_py": build_py},
+    zip_safe=False,
+)
