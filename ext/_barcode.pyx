@@ -86,13 +86,26 @@ cdef struct Spec:
     int ncomp
     Comp comps[MAX_COMPS]
     bint csum
-    bint date
-    bint date2
+    int csum_part
+    int date         # 0 none, 1 yymmdd, 2 yymmdd9999, 3 range, 4 yyyymmdd
     bint dec
+    bint yesno
+    bint n3list
     int fixed_len    # -1 when variable
     int min_len
     int max_len
     int family       # 0 other, 1 net kg, 2 net lb, 3 local price, 4 price+currency
+
+cdef enum:
+    DATE_NONE = 0
+    DATE_YYMMDD = 1
+    DATE_YYMMDD9999 = 2
+    DATE_RANGE = 3
+    DATE_YYYYMMDD = 4
+
+cdef dict _DATE_CODES = {None: DATE_NONE, "yymmdd": DATE_YYMMDD,
+                         "yymmdd9999": DATE_YYMMDD9999, "range": DATE_RANGE,
+                         "yyyymmdd": DATE_YYYYMMDD}
 
 cdef Spec _specs[MAX_SPECS]
 cdef int _nspecs = 0
@@ -100,7 +113,7 @@ cdef short _ai2[100]
 cdef short _ai3[1000]
 cdef short _ai4[10000]
 cdef char _ailen[100]
-cdef unsigned char _cset[5][128]
+cdef unsigned char _cset[8][128]
 cdef list _ai_names = []          # spec index -> AI str (dict keys, interned)
 cdef list _cset_names = []
 
@@ -115,7 +128,9 @@ cdef void _build_tables() except *:
         _ai3[i] = -1
     for i in range(10000):
         _ai4[i] = -1
-    for i in range(5):
+    if len(D.CHARSET_IDS) > 8:
+        raise RuntimeError("more character sets than the compiled table holds")
+    for i in range(8):
         for j in range(128):
             _cset[i][j] = 0
     for name, cid in D.CHARSET_IDS.items():
@@ -136,9 +151,11 @@ cdef void _build_tables() except *:
             sp.comps[j].hi = hi
             sp.comps[j].optional = opt
         sp.csum = spec.csum
-        sp.date = spec.date
-        sp.date2 = spec.date2
+        sp.csum_part = spec.csum_part
+        sp.date = _DATE_CODES[spec.date]
         sp.dec = spec.dec
+        sp.yesno = spec.yesno
+        sp.n3list = spec.n3list
         sp.fixed_len = -1 if spec.fixed_len is None else spec.fixed_len
         sp.min_len = spec.min_len
         sp.max_len = spec.max_len
@@ -311,7 +328,11 @@ cdef struct Elem:
     Py_ssize_t end
 
 
+# A result holds only strings, numbers and a dict of strings: it can never be part of
+# a reference cycle, so the cyclic GC need not track it (a batch of 100k results
+# would otherwise make every collection walk them all).
 @cython.freelist(64)
+@cython.no_gc
 cdef class ScanResult:
     """The reading of one scan. ``to_dict()`` is the documented JSON row."""
 
@@ -573,35 +594,42 @@ cdef inline int _month_days(int year, int month) noexcept:
 
 
 cdef int _check_date(ScanResult r, str ai, const char* s, Py_ssize_t a, Py_ssize_t b,
-                     Py_ssize_t start, bint with_time) except -1:
+                     Py_ssize_t start, int ylen, bint with_time, bint allow_9999) except -1:
+    """Validate a date at s[a+start:] (YYMMDD, or YYYYMMDD when ylen is 4) and, if
+    asked, HH MM SS after it."""
     cdef const char* v = s + a + start
-    cdef int yy = (v[0] - 48) * 10 + v[1] - 48
-    cdef int mm = (v[2] - 48) * 10 + v[3] - 48
-    cdef int dd = (v[4] - 48) * 10 + v[5] - 48
-    cdef int year, last, hh, mi, ss
+    cdef int year, mm, dd, last, hh, mi, ss
     cdef Py_ssize_t nrest
+    if ylen == 4:
+        year = <int>_num(v, 0, 4)
+    else:
+        year = _full_year((v[0] - 48) * 10 + v[1] - 48)
+    mm = (v[ylen] - 48) * 10 + v[ylen + 1] - 48
+    dd = (v[ylen + 2] - 48) * 10 + v[ylen + 3] - 48
     if mm < 1 or mm > 12:
         return _fail(r, "BAD_DATE", {"ai": ai, "value": _s(s, a, b),
                                      "why": f"month {mm:02d} does not exist"})
-    year = _full_year(yy)
     last = _month_days(year, mm)
     if dd > last:
         return _fail(r, "BAD_DATE", {"ai": ai, "value": _s(s, a, b),
                                      "why": f"{year:04d}-{mm:02d} has no day {dd:02d}"})
     if not with_time:
         return 0
-    nrest = (b - a) - start - 6
+    nrest = (b - a) - start - ylen - 4
     if nrest <= 0:
         return 0
-    v = v + 6
+    if nrest % 2:
+        return _fail(r, "BAD_DATE", {"ai": ai, "value": _s(s, a, b),
+                                     "why": f"time {_s(s, a + start + ylen + 4, b)} is not whole pairs of digits"})
+    v = v + ylen + 4
     hh = _num(v, 0, 2 if nrest >= 2 else nrest)
     mi = _num(v, 2, 4 if nrest >= 4 else nrest) if nrest > 2 else 0
     ss = _num(v, 4, 6 if nrest >= 6 else nrest) if nrest > 4 else 0
-    if hh == 99 and mi == 99:
+    if allow_9999 and hh == 99 and mi == 99:
         return 0
     if hh > 23 or mi > 59 or ss > 59:
         return _fail(r, "BAD_DATE", {"ai": ai, "value": _s(s, a, b),
-                                     "why": f"time {_s(s, a + start + 6, b)} does not exist"})
+                                     "why": f"time {_s(s, a + start + ylen + 4, b)} does not exist"})
     return 0
 
 # ----------------------------------------------------------------------------------
@@ -785,11 +813,11 @@ cdef int _auto_digits(ScanResult r, const char* s, Py_ssize_t a, Py_ssize_t b, i
             return 1
         r._kind = K_SSCC
         return 0
-    if _parse_gs1(r, s, a, b, region, offset):
-        if n < 16:
-            return _fail(r, "BAD_LENGTH", {"what": "a GTIN", "length": n})
-        return 1
-    return 0
+    if n < 16:
+        # Shorter digit strings are keyed or misread codes, not element strings: a
+        # GS1 element string at a till starts with (01) and a GTIN-14.
+        return _fail(r, "BAD_LENGTH", {"what": "a GTIN", "length": n})
+    return _parse_gs1(r, s, a, b, region, offset)
 
 # ----------------------------------------------------------------------------------
 # GS1 element strings
@@ -803,7 +831,7 @@ cdef int _validate(ScanResult r, int si, str ai, const char* s, Py_ssize_t a, Py
     cdef Py_ssize_t pos = 0, left, take, k
     cdef int i, nparts = 0, expected, got
     cdef Comp* c
-    cdef Py_ssize_t first_end = 0
+    cdef Py_ssize_t cs_start = 0, cs_end = 0
     cdef unsigned char ch
     if n < sp.min_len or n > sp.max_len:
         if sp.min_len == sp.max_len:
@@ -826,14 +854,14 @@ cdef int _validate(ScanResult r, int si, str ai, const char* s, Py_ssize_t a, Py
         for k in range(a + pos, a + pos + take):
             ch = <unsigned char>s[k]
             if ch >= 128 or not _cset[c.cset][ch]:
-                cname = _cset_names[c.cset]
-                name = "digits" if cname == "N" else f"characters of set {cname}"
+                name = D.CHARSET_NAMES[_cset_names[c.cset]]
                 return _fail(r, "BAD_AI_VALUE", {
                     "ai": ai, "value": _s(s, a, b),
                     "why": f"{chr(ch)!r} is not allowed; expected {name}"})
         last_part[0] = a + pos
-        if i == 0:
-            first_end = a + pos + take
+        if i == sp.csum_part:
+            cs_start = a + pos
+            cs_end = a + pos + take
         pos += take
         nparts += 1
     if pos != n:
@@ -841,19 +869,46 @@ cdef int _validate(ScanResult r, int si, str ai, const char* s, Py_ssize_t a, Py
             "ai": ai, "value": _s(s, a, b),
             "why": f"has {n} characters; needs {sp.min_len} to {sp.max_len}"})
     if sp.csum:
-        expected = _gs1_check(s, a, first_end - 1)
-        got = s[first_end - 1] - 48
+        expected = _gs1_check(s, cs_start, cs_end - 1)
+        got = s[cs_end - 1] - 48
         if got != expected:
-            return _fail(r, "BAD_CHECK_DIGIT", {"what": f"({ai})", "digits": _s(s, a, first_end),
+            return _fail(r, "BAD_CHECK_DIGIT", {"what": f"({ai})",
+                                                "digits": _s(s, cs_start, cs_end),
                                                 "got": got, "expected": expected})
-    if sp.date:
+    if sp.yesno and not (n == 1 and (s[a] == 48 or s[a] == 49)):
+        return _fail(r, "BAD_AI_VALUE", {"ai": ai, "value": _s(s, a, b),
+                                         "why": "must be 0 or 1"})
+    if sp.n3list and n % 3:
+        return _fail(r, "BAD_AI_VALUE", {"ai": ai, "value": _s(s, a, b),
+                                         "why": "must be a list of 3-digit country codes"})
+    if sp.date == DATE_RANGE:
         # A date range (7007) holds a second date, not a time, after the first.
-        if _check_date(r, ai, s, a, b, 0, not sp.date2):
+        if _check_date(r, ai, s, a, b, 0, 2, False, False):
             return 1
-        if sp.date2 and nparts > 1:
-            if _check_date(r, ai, s, a, b, 6, False):
+        if nparts > 1:
+            if _check_date(r, ai, s, a, b, 6, 2, False, False):
                 return 1
+    elif sp.date == DATE_YYYYMMDD:
+        return _check_date(r, ai, s, a, b, 0, 4, True, False)
+    elif sp.date != DATE_NONE:
+        return _check_date(r, ai, s, a, b, 0, 2, True, sp.date == DATE_YYMMDD9999)
     return 0
+
+
+cdef bint _starts_with_ai(const char* s, Py_ssize_t a, Py_ssize_t b) noexcept:
+    """Whether s[a:b] opens with a GS1 AI (else a mixed string is a mistyped GTIN)."""
+    cdef int p2, ailen
+    if b - a < 2 or not _all_digits(s, a, a + 2):
+        return False
+    p2 = (s[a] - 48) * 10 + s[a + 1] - 48
+    ailen = _ailen[p2]
+    if ailen == 0 or a + ailen > b or not _all_digits(s, a, a + ailen):
+        return False
+    if ailen == 2:
+        return _ai2[p2] >= 0
+    if ailen == 3:
+        return _ai3[_num(s, a, a + 3)] >= 0
+    return _ai4[_num(s, a, a + 4)] >= 0
 
 
 cdef int _parse_gs1(ScanResult r, const char* s, Py_ssize_t a, Py_ssize_t b, int region,
@@ -987,21 +1042,18 @@ cdef int _parse_gs1(ScanResult r, const char* s, Py_ssize_t a, Py_ssize_t b, int
         r._weight = (<double>value / <double>POW10[s[elems[lb].start - 1] - 48]) \
             * D.GRAMS_PER_POUND
         r._has_weight = True
+    # A price is given in minor units of the store's currency, which only a region
+    # names: without one, (392n) and (393n) stay in ``ais`` alone.
     if local >= 0:
-        ai = <str>_ai_names[elems[local].spec]
-        value = _num(s, lastpart[local], elems[local].end)
-        if region < 0:
-            if _money(r, value, s[elems[local].start - 1] - 48, 2, f"({ai})",
-                      "the currency", &price):
-                return 1
-            r.currency = None
-        else:
+        if region >= 0:
+            ai = <str>_ai_names[elems[local].spec]
+            value = _num(s, lastpart[local], elems[local].end)
             if _money(r, value, s[elems[local].start - 1] - 48, _regions[region].exponent,
                       f"({ai})", _region_currency[region], &price):
                 return 1
             r.currency = _region_currency[region]
-        r._price = price
-        r._has_price = True
+            r._price = price
+            r._has_price = True
     elif foreign >= 0:
         if region >= 0 and _num(s, elems[foreign].start, elems[foreign].start + 3) \
                 == _regions[region].currency_numeric:
@@ -1102,7 +1154,7 @@ cdef int _read(ScanResult r, str code, int region) except -1:
     if how == R_AUTO:
         if _all_digits(s, a, hi):
             return _auto_digits(r, s, a, hi, region, offset)
-        if 48 <= s[a] <= 57 and (hi - a < 2 or 48 <= s[a + 1] <= 57):
+        if _starts_with_ai(s, a, hi):
             return _parse_gs1(r, s, a, hi, region, offset)
         for i in range(a, hi):
             if s[i] < 48 or s[i] > 57:

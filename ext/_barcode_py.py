@@ -159,27 +159,34 @@ def _full_year(yy: int) -> int:
     return century + yy
 
 
-def _check_date(ai: str, v: str, start: int, with_time: bool) -> None:
-    """Validate YYMMDD at v[start:] and, if asked, HH MM SS after it."""
-    yy = int(v[start:start + 2])
-    mm = int(v[start + 2:start + 4])
-    dd = int(v[start + 4:start + 6])
+def _check_date(ai: str, v: str, start: int, ylen: int, with_time: bool,
+                allow_9999: bool) -> None:
+    """Validate a date at v[start:] (YYMMDD, or YYYYMMDD when ylen is 4) and, if asked,
+    HH MM SS after it."""
+    if ylen == 4:
+        year = int(v[start:start + 4])
+    else:
+        year = _full_year(int(v[start:start + 2]))
+    mm = int(v[start + ylen:start + ylen + 2])
+    dd = int(v[start + ylen + 2:start + ylen + 4])
     if not 1 <= mm <= 12:
         raise ScanError("BAD_DATE", ai=ai, value=v, why=f"month {mm:02d} does not exist")
-    year = _full_year(yy)
     last = calendar.monthrange(year, mm)[1]
     if dd > last:
         raise ScanError("BAD_DATE", ai=ai, value=v,
                         why=f"{year:04d}-{mm:02d} has no day {dd:02d}")
     if not with_time:
         return
-    rest = v[start + 6:]
+    rest = v[start + ylen + 4:]
     if not rest:
         return
+    if len(rest) % 2:
+        raise ScanError("BAD_DATE", ai=ai, value=v,
+                        why=f"time {rest} is not whole pairs of digits")
     hh = int(rest[0:2])
     mi = int(rest[2:4]) if len(rest) > 2 else 0
     ss = int(rest[4:6]) if len(rest) > 4 else 0
-    if hh == 99 and mi == 99:
+    if allow_9999 and hh == 99 and mi == 99:
         return  # "9999": the time is not known
     if hh > 23 or mi > 59 or ss > 59:
         raise ScanError("BAD_DATE", ai=ai, value=v,
@@ -320,13 +327,12 @@ def _auto_digits(r: ScanResult, s: str, region, offset: int) -> None:
     elif n == 18:
         _check(s, "SSCC")
         r.kind = "sscc"
+    elif n < 16:
+        # Shorter digit strings are keyed or misread codes, not element strings: a
+        # GS1 element string at a till starts with (01) and a GTIN-14.
+        raise ScanError("BAD_LENGTH", what="a GTIN", length=n)
     else:
-        try:
-            _parse_gs1(r, s, region, offset)
-        except ScanError:
-            if n < 16:
-                raise ScanError("BAD_LENGTH", what="a GTIN", length=n) from None
-            raise
+        _parse_gs1(r, s, region, offset)
 
 
 # ----------------------------------------------------------------------------------
@@ -337,9 +343,8 @@ def _check_component(ai: str, value: str, comp_value: str, cset: str) -> None:
     allowed = _CHARSETS[cset]
     for ch in comp_value:
         if ch not in allowed:
-            name = "digits" if cset == "N" else f"characters of set {cset}"
             raise ScanError("BAD_AI_VALUE", ai=ai, value=value,
-                            why=f"{ch!r} is not allowed; expected {name}")
+                            why=f"{ch!r} is not allowed; expected {D.CHARSET_NAMES[cset]}")
 
 
 def _validate(ai: str, spec: D.AISpec, value: str) -> list[str]:
@@ -371,18 +376,33 @@ def _validate(ai: str, spec: D.AISpec, value: str) -> list[str]:
         raise ScanError("BAD_AI_VALUE", ai=ai, value=value,
                         why=f"has {n} characters; needs {spec.min_len} to {spec.max_len}")
     if spec.csum:
-        first = parts[0]
-        expected = gs1_check_digit(first[:-1])
-        got = ord(first[-1]) - 48
+        keyed = parts[spec.csum_part]
+        expected = gs1_check_digit(keyed[:-1])
+        got = ord(keyed[-1]) - 48
         if got != expected:
-            raise ScanError("BAD_CHECK_DIGIT", what=f"({ai})", digits=first, got=got,
+            raise ScanError("BAD_CHECK_DIGIT", what=f"({ai})", digits=keyed, got=got,
                             expected=expected)
-    if spec.date:
+    if spec.yesno and value not in ("0", "1"):
+        raise ScanError("BAD_AI_VALUE", ai=ai, value=value, why="must be 0 or 1")
+    if spec.n3list and n % 3:
+        raise ScanError("BAD_AI_VALUE", ai=ai, value=value,
+                        why="must be a list of 3-digit country codes")
+    if spec.date == "range":
         # A date range (7007) holds a second date, not a time, after the first.
-        _check_date(ai, value, 0, not spec.date2)
-        if spec.date2 and len(parts) > 1:
-            _check_date(ai, value, 6, False)
+        _check_date(ai, value, 0, 2, False, False)
+        if len(parts) > 1:
+            _check_date(ai, value, 6, 2, False, False)
+    elif spec.date == "yyyymmdd":
+        _check_date(ai, value, 0, 4, True, False)
+    elif spec.date is not None:
+        _check_date(ai, value, 0, 2, True, spec.date == "yymmdd9999")
     return parts
+
+
+def _starts_with_ai(s: str) -> bool:
+    """Whether ``s`` opens with a GS1 AI (else a mixed string is a mistyped GTIN)."""
+    ailen = D.AI_LENGTH_BY_PREFIX.get(s[:2])
+    return ailen is not None and s[:ailen] in D.AI_TABLE
 
 
 def _parse_gs1(r: ScanResult, s: str, region, offset: int) -> None:
@@ -463,13 +483,14 @@ def _parse_gs1(r: ScanResult, s: str, region, offset: int) -> None:
         r.weight_g = _grams_from_kg(int(kg[1][-1]), ord(kg[0][3]) - 48)
     elif lb is not None:
         r.weight_g = (int(lb[1][-1]) / _POW10[ord(lb[0][3]) - 48]) * D.GRAMS_PER_POUND
+    # A price is given in minor units of the store's currency, which only a region
+    # names: without one, (392n) and (393n) stay in ``ais`` alone.
     if local is not None:
-        ai, parts = local
-        exponent = 2 if region is None else region.exponent
-        currency = "the currency" if region is None else region.currency
-        r.price_minor = _money(int(parts[-1]), ord(ai[3]) - 48, exponent, f"({ai})",
-                               currency)
-        r.currency = None if region is None else region.currency
+        if region is not None:
+            ai, parts = local
+            r.price_minor = _money(int(parts[-1]), ord(ai[3]) - 48, region.exponent,
+                                   f"({ai})", region.currency)
+            r.currency = region.currency
     elif foreign is not None:
         ai, parts = foreign
         if region is not None and int(parts[0]) == region.currency_numeric:
@@ -527,7 +548,7 @@ def _read(r: ScanResult, code: str, region) -> None:
     if how == "auto":
         if all(c in _DIGITS for c in data):
             _auto_digits(r, data, region, offset)
-        elif data[0] in _DIGITS and (len(data) < 2 or data[1] in _DIGITS):
+        elif _starts_with_ai(data):
             _parse_gs1(r, data, region, offset)
         else:
             i = next(i for i, c in enumerate(data) if c not in _DIGITS)

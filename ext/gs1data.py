@@ -124,27 +124,45 @@ CSET_X = (
 )
 #: Character set 39 (AI 8010).
 CSET_Y = "#-/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-#: Character set 64, the file-safe/URI-safe base64 alphabet plus "=" padding (AI 8030).
-CSET_Z = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz="
+#: Character set 64, the file-safe/URI-safe base64 alphabet (AI 8030). Its "="
+#: padding is left out: it may only end a value, and signatures are sent unpadded.
+CSET_Z = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 #: A lone minus sign (AIs 4330-4333, temperatures below zero).
 CSET_MINUS = "-"
+#: A lone slash (AI 7258, "1/2": birth sequence).
+CSET_SLASH = "/"
+#: A lone zero (AI 8003: a GRAI is carried with a leading zero).
+CSET_ZERO = "0"
+#: ISO 3166 alpha-2 country codes (AIs 4307, 4317).
+CSET_ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-CHARSETS = {"N": CSET_N, "X": CSET_X, "Y": CSET_Y, "Z": CSET_Z, "-": CSET_MINUS}
+CHARSETS = {"N": CSET_N, "X": CSET_X, "Y": CSET_Y, "Z": CSET_Z, "-": CSET_MINUS,
+            "/": CSET_SLASH, "0": CSET_ZERO, "A": CSET_ALPHA}
+#: How an error message names each character set.
+CHARSET_NAMES = {"N": "digits", "X": "characters of set 82", "Y": "characters of set 39",
+                 "Z": "characters of set 64", "-": "'-'", "/": "'/'", "0": "'0'",
+                 "A": "upper-case letters"}
 #: Numeric ids of the character sets, used by the compiled kernel's tables.
-CHARSET_IDS = {"N": 0, "X": 1, "Y": 2, "Z": 3, "-": 4}
+CHARSET_IDS = {"N": 0, "X": 1, "Y": 2, "Z": 3, "-": 4, "/": 5, "0": 6, "A": 7}
 
 # --------------------------------------------------------------------------------------
 # Application Identifier table
 # --------------------------------------------------------------------------------------
 # One line per AI or AI family:  AI  components  [flags]
 #   components: N14 (exactly 14 digits), X..20 (1 to 20 of set 82), N..15, N6..12,
-#               "[...]" marks an optional trailing component, "-" a lone minus sign.
-#   flags: csum  - the first component ends in a GS1 mod-10 check digit
-#          date  - the data starts with YYMMDD (DD may be 00) and may go on with
-#                  HH, MM, SS; "9999" in HHMM means "no time" (GenSpecs §7.12)
-#          date2 - as date, and an optional second YYMMDD (AI 7007, a date range)
+#               "[...]" marks an optional trailing component; -1, /1 and 01 are a
+#               lone minus sign, slash and zero.
+#   flags: csum  - the first component ends in a GS1 mod-10 check digit (or, when
+#                  the first component is a lone zero, the second does)
+#          date  - the data starts with YYMMDD (DD may be 00: the month's end) and
+#                  may go on with HH, MM, SS (GenSpecs §7.12)
+#          date9999 - as date; "9999" as HHMM means "no time" (AIs 4324, 4325)
+#          date2 - YYMMDD and an optional second YYMMDD (AI 7007, a date range)
+#          date8 - YYYYMMDD, then HH MM if the data goes on (AIs 7250, 7251)
 #          dec   - the AI's last digit is the number of implied decimals of the
 #                  last component
+#          yesno - the digit is 0 or 1 (AIs 4321-4323)
+#          n3list - a list of 3-digit ISO 3166 country codes (AIs 423, 425)
 #   "n" in an AI stands for its last digit, with the range given after it.
 
 _AI_SPEC = """
@@ -195,9 +213,9 @@ _AI_SPEC = """
 420     X..20
 421     N3 X..9
 422     N3
-423     N3 N..12
+423     N3 [N..12]      n3list
 424     N3
-425     N3 N..12
+425     N3 [N..12]      n3list
 426     N3
 427     X..3
 4300    X..35
@@ -207,7 +225,7 @@ _AI_SPEC = """
 4304    X..70
 4305    X..70
 4306    X..70
-4307    X2
+4307    A2
 4308    X..30
 4309    N20
 4310    X..35
@@ -217,15 +235,15 @@ _AI_SPEC = """
 4314    X..70
 4315    X..70
 4316    X..70
-4317    X2
+4317    A2
 4318    X..20
 4319    X..30
 4320    X..35
-4321    N1
-4322    N1
-4323    N1
-4324    N10             date
-4325    N10             date
+4321    N1              yesno
+4322    N1              yesno
+4323    N1              yesno
+4324    N10             date9999
+4325    N10             date9999
 4326    N6              date
 4330    N6 [-1]
 4331    N6 [-1]
@@ -261,19 +279,19 @@ _AI_SPEC = """
 7240    X..20
 7241    N2
 7242    X..25
-7250    N8
-7251    N12
+7250    N8              date8
+7251    N12             date8
 7252    N1
 7253    X..40
 7254    X..40
 7255    X..10
 7256    X..90
 7257    X..70
-7258    N1 X1 N1
+7258    N1 /1 N1
 7259    X..40
 8001    N14
 8002    X..20
-8003    N14 [X..16]     csum
+8003    01 N13 [X..16]  csum
 8004    X..30
 8005    N6
 8006    N14 N2 N2       csum
@@ -325,7 +343,12 @@ PREDEFINED_LENGTH_PREFIXES = frozenset(
      "19", "20", "31", "32", "33", "34", "35", "36", "41"]
 )
 
-_COMPONENT_RE = re.compile(r"^(\[)?([NXYZ]|-)(\.\.)?(\d+)(?:\.\.(\d+))?(\])?$")
+_COMPONENT_RE = re.compile(r"^(\[)?([NXYZA0/-])(\.\.)?(\d+)(?:\.\.(\d+))?(\])?$")
+_FLAGS = frozenset(["csum", "date", "date9999", "date2", "date8", "dec", "yesno",
+                    "n3list"])
+#: Date layouts by flag (None: no date).
+DATE_KINDS = {"date": "yymmdd", "date9999": "yymmdd9999", "date2": "range",
+              "date8": "yyyymmdd"}
 
 
 class AISpec:
@@ -335,8 +358,8 @@ class AISpec:
     ``fixed_len`` is the data length when it can only have one, else ``None``.
     """
 
-    __slots__ = ("ai", "components", "csum", "date", "date2", "dec", "fixed_len",
-                 "min_len", "max_len", "predefined", "fmt")
+    __slots__ = ("ai", "components", "csum", "csum_part", "date", "dec", "yesno",
+                 "n3list", "fixed_len", "min_len", "max_len", "predefined", "fmt")
 
     def __init__(self, ai: str, fmt: str, flags: frozenset[str]):
         comps = []
@@ -358,9 +381,14 @@ class AISpec:
         self.fmt = fmt
         self.components = tuple(comps)
         self.csum = "csum" in flags
-        self.date = "date" in flags or "date2" in flags
-        self.date2 = "date2" in flags
+        #: which component carries the check digit
+        self.csum_part = 1 if comps[0][0] == "0" else 0
+        dates = [DATE_KINDS[f] for f in flags if f in DATE_KINDS]
+        #: None, "yymmdd", "yymmdd9999", "range" or "yyyymmdd"
+        self.date = dates[0] if dates else None
         self.dec = "dec" in flags
+        self.yesno = "yesno" in flags
+        self.n3list = "n3list" in flags
         self.min_len = sum(lo for _, lo, _, opt in comps if not opt)
         self.max_len = sum(hi for _, _, hi, _ in comps)
         fixed = all(lo == hi and not opt for _, lo, hi, opt in comps)
@@ -376,7 +404,7 @@ def _build_ai_table() -> dict[str, AISpec]:
     for line in _AI_SPEC.strip().splitlines():
         head, rest = line.split(None, 1)
         words = rest.split()
-        flags = frozenset(w for w in words if w in ("csum", "date", "date2", "dec"))
+        flags = frozenset(w for w in words if w in _FLAGS)
         fmt = " ".join(w for w in words if w not in flags)
         if "n:" in head:
             stem, top = head.split("n:")
