@@ -1,0 +1,309 @@
+"""The ``lanecore`` command.
+
+Exit codes: 0 success; 1 the command ran but some input was bad (a scan that did not
+parse, a CSV row that was skipped, a code not in the catalogue); 2 usage or
+configuration error. Errors go to stderr as ``lanecore: CODE: message``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import lanecore
+from lanecore.core.errors import LanecoreError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+class Progress:
+    """Progress of long work on stderr: a live line on a terminal, else a line every
+    few seconds (so CI logs show it without carriage returns)."""
+
+    def __init__(self, label: str, *, stream=None, every_s: float = 2.0):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every_s = 0.2 if self.tty else every_s
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, part: float | None = None, total: float | None = None,
+                 *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        pct = f" {100.0 * part / total:5.1f}%" if part is not None and total else ""
+        text = f"{self.label}: {done:,} rows{pct} ({rate:,.0f} rows/s)"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _die(code: str, message: str) -> int:
+    print(f"lanecore: {code}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _region_arg(value: str) -> str:
+    if not (len(value) == 2 and value.isascii() and value.isalpha()):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 3166 alpha-2 code")
+    return value.upper()
+
+
+def _store(args, *, create: bool = False):
+    """Data directory and store configuration; registers store-defined regions."""
+    from lanecore.core.config import load_config, resolve_data_dir
+    data_dir = resolve_data_dir(getattr(args, "data_dir", None), create=create)
+    config = load_config(data_dir)
+    config.apply()
+    return data_dir, config
+
+
+def _region(args, config) -> str | None:
+    return getattr(args, "region", None) or config.region
+
+
+# ----------------------------------------------------------------------------------
+# scan parse
+# ----------------------------------------------------------------------------------
+
+def _file_lines(path: str):
+    """Lines of a file split on newlines only (GS and CR stay inside a code)."""
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        pending = None
+        for raw in stream:
+            if pending is not None:
+                yield pending
+            pending = raw[:-1] if raw.endswith(b"\n") else raw
+            pending = pending.decode("utf-8", "surrogateescape")
+        if pending is not None and pending != "":
+            yield pending
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _human(row: dict) -> str:
+    if not row["ok"]:
+        e = row["error"]
+        return f"ERR  {row['input']!r}: {e['code']}: {e['message']}"
+    parts = [f"OK   {row['kind']:<5}"]
+    if row["gtin"]:
+        parts.append(f"gtin {row['gtin']}")
+    if row["lookup_gtin"] and row["lookup_gtin"] != row["gtin"]:
+        parts.append(f"lookup {row['lookup_gtin']}")
+    for key in ("price_minor", "weight_g", "count"):
+        if row[key] is not None:
+            parts.append(f"{key} {row[key]}")
+    if row["ais"]:
+        parts.append(" ".join(f"({k}){v}" for k, v in row["ais"].items()))
+    if row["kind"] == "text":
+        parts.append(repr(row["input"]))
+    return "  ".join(parts)
+
+
+def cmd_scan_parse(args) -> int:
+    _data_dir, config = _store(args)
+    region = _region(args, config)
+    inputs = list(args.codes)
+    sources = [iter(inputs)]
+    if args.file:
+        sources.append(_file_lines(args.file))
+    if not args.codes and not args.file:
+        return _die("USAGE", "give codes as arguments or --file F (- for stdin)")
+    all_ok = True
+    out = sys.stdout
+    parse = lanecore.parse_scan
+    try:
+        for source in sources:
+            for code in source:
+                row = parse(code, region).to_dict()
+                all_ok &= row["ok"]
+                out.write((json.dumps(row) if args.json else _human(row)) + "\n")
+    except OSError as exc:
+        return _die("CANNOT_READ", f"{args.file}: {exc.strerror}")
+    return EXIT_OK if all_ok else EXIT_BAD_INPUT
+
+
+# ----------------------------------------------------------------------------------
+# catalog gen / import / lookup
+# ----------------------------------------------------------------------------------
+
+def cmd_catalog_gen(args) -> int:
+    from lanecore.core.synth import write_catalog_csv
+    if args.rows < 1:
+        return _die("USAGE", "--rows must be at least 1")
+    progress = Progress(f"writing {args.out}")
+    t0 = time.monotonic()
+    n = write_catalog_csv(args.out, args.rows, seed=args.seed, region=args.region,
+                          progress=lambda done, *rest: progress(done))
+    progress(n, final=True)
+    print(f"wrote {n:,} items to {args.out} in {time.monotonic() - t0:.1f} s",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_catalog_import(args) -> int:
+    from lanecore.core.catalog import Catalog
+    data_dir, _config = _store(args, create=True)
+    progress = Progress(f"importing {args.file}")
+    with Catalog.open(data_dir) as cat:
+        report = cat.import_csv(args.file, progress=lambda done, part, total:
+                                progress(done, part, total))
+        progress(report.rows_read, final=True)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for line, code, message in report.errors:
+            print(f"{args.file}:{line}: {code}: {message}", file=sys.stderr)
+        if report.rows_bad > len(report.errors):
+            print(f"... and {report.rows_bad - len(report.errors):,} more bad rows",
+                  file=sys.stderr)
+        summary = {
+            "data_dir": str(data_dir),
+            "rows_read": report.rows_read,
+            "rows_imported": report.rows_imported,
+            "rows_bad": report.rows_bad,
+            "seconds": round(report.seconds, 2),
+            "items_in_catalog": cat.count(),
+        }
+    print(json.dumps(summary) if args.json else
+          f"imported {report.rows_imported:,} of {report.rows_read:,} rows "
+          f"({report.rows_bad:,} bad) in {report.seconds:.1f} s; "
+          f"the catalogue in {data_dir} now holds {summary['items_in_catalog']:,} items")
+    return EXIT_OK if report.rows_bad == 0 else EXIT_BAD_INPUT
+
+
+def cmd_catalog_lookup(args) -> int:
+    from lanecore.core.catalog import Catalog
+    data_dir, config = _store(args)
+    region = _region(args, config)
+    all_found = True
+    with Catalog.open(data_dir) as cat:
+        for code in args.codes:
+            res = cat.lookup_code(code, region)
+            all_found &= res["found"]
+            if args.json:
+                print(json.dumps(res))
+            elif res["found"]:
+                item = res["item"]
+                print(f"{code}: {item['gtin']} {item['name']} "
+                      f"{_money(item['line_price_minor'])}")
+            else:
+                e = res["error"]
+                print(f"{code}: {e['code']}: {e['message']}")
+    return EXIT_OK if all_found else EXIT_BAD_INPUT
+
+
+def _money(minor: int | None) -> str:
+    if minor is None:
+        return "-"
+    return f"{minor // 100}.{minor % 100:02d}"
+
+
+# ----------------------------------------------------------------------------------
+# info and demo
+# ----------------------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    from lanecore.ext import barcode, lookup
+    data_dir, config = _store(args)
+    info = {
+        "version": lanecore.__version__,
+        "kernels": {"barcode": barcode.IMPLEMENTATION, "lookup": lookup.IMPLEMENTATION},
+        "data_dir": str(data_dir),
+        "config": str(config.source) if config.source else None,
+        "region": config.region,
+        "regions": sorted(barcode.regions()),
+    }
+    print(json.dumps(info, indent=2))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from lanecore.demo import run_demo
+    data_dir = Path(args.data_dir or os.environ.get("LANECORE_DATA_DIR") or ".demo")
+    return run_demo(data_dir, rows=args.rows, scans=args.scans, seed=args.seed,
+                    region=args.region, out=sys.stdout)
+
+
+# ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lanecore", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"lanecore {lanecore.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_dir_opt(sp):
+        sp.add_argument("--data-dir", metavar="D",
+                        help="store data directory (default: $LANECORE_DATA_DIR, "
+                             "else ~/.local/share/lanecore)")
+
+    scan = sub.add_parser("scan", help="barcode scans").add_subparsers(
+        dest="scan_command", required=True)
+    sp = scan.add_parser("parse", help="parse scans: one result per input line")
+    sp.add_argument("codes", nargs="*", metavar="CODE")
+    sp.add_argument("--file", metavar="F", help="read scans from F, one per line (- = stdin)")
+    sp.add_argument("--region", type=_region_arg, metavar="CC",
+                    help="ISO 3166 alpha-2 code whose in-store code rules apply")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_scan_parse)
+
+    cat = sub.add_parser("catalog", help="the store catalogue").add_subparsers(
+        dest="catalog_command", required=True)
+    sp = cat.add_parser("gen", help="write a realistic synthetic catalogue CSV")
+    sp.add_argument("--rows", type=int, required=True, metavar="N")
+    sp.add_argument("--out", required=True, metavar="FILE.csv")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--region", type=_region_arg, default="GB", metavar="CC",
+                    help="whose in-store codes the variable-measure items use (GB, SE, DE)")
+    sp.set_defaults(func=cmd_catalog_gen)
+    sp = cat.add_parser("import", help="import a catalogue CSV into the store database")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_catalog_import)
+    sp = cat.add_parser("lookup", help="look codes up in the catalogue")
+    sp.add_argument("codes", nargs="+", metavar="CODE")
+    sp.add_argument("--region", type=_region_arg, metavar="CC")
+    sp.add_argument("--json", action="store_true")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_catalog_lookup)
+
+    sp = sub.add_parser("info", help="version, kernels in use, data directory, regions")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("demo", help="lanecore's main job on embedded defaults")
+    sp.add_argument("--rows", type=int, default=50_000, help="catalogue size")
+    sp.add_argument("--scans", type=int, default=100_000, help="scans to run through")
+    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--region", type=_region_arg, default="GB", metavar="CC")
+    sp.add_argument("--data-dir", metavar="D", help="where the demo store lives (default .demo)")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LanecoreError as exc:
+        return _die(exc.code, exc.message)
+    except KeyboardInterrupt:
+        print("lanecore: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); nothing more to say.
+        sys.stderr.close()
+        return EXIT_OK

@@ -1,0 +1,151 @@
+"""The ``lanecore`` command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lanecore.ext.gs1data import ERROR_CODES
+
+EXAMPLE_CONFIG = Path(__file__).parents[2] / "docs" / "examples" / "lanecore.toml"
+ROW_KEYS = ["input", "ok", "kind", "gtin", "lookup_gtin", "price_minor", "weight_g",
+            "count", "ais", "error"]
+
+
+def run(*args, data_dir=None, stdin=None, env=None):
+    e = dict(os.environ, **(env or {}))
+    if data_dir is not None:
+        e["LANECORE_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "lanecore", *map(str, args)],
+                          input=stdin, capture_output=True, env=e, timeout=300)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "store"
+
+
+def rows(proc):
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+def test_scan_parse_json_rows(data_dir):
+    p = run("scan", "parse", "--json", "--region", "gb", "2011122912346",
+            "]C10105901234123457\x1d10AB1", "5901234123458", data_dir=data_dir)
+    assert p.returncode == 1          # one input was bad
+    out = rows(p)
+    assert [list(r) for r in out] == [ROW_KEYS] * 3
+    assert out[0]["price_minor"] == 1234 and out[0]["lookup_gtin"] == "02011122000005"
+    assert out[1]["ais"] == {"01": "05901234123457", "10": "AB1"}
+    assert out[2]["error"]["code"] == "BAD_CHECK_DIGIT"
+
+
+def test_scan_parse_file_splits_on_newlines_only(tmp_path, data_dir):
+    f = tmp_path / "scans.txt"
+    f.write_bytes(b"5901234123457\r\n]C10105901234123457\x1d10L1\x1d21S9\n\n"
+                  b"\xff\xfe\n96385074")
+    p = run("scan", "parse", "--file", f, "--json", data_dir=data_dir)
+    out = rows(p)
+    assert len(out) == 5
+    assert out[0]["ok"] and out[0]["input"] == "5901234123457\r"
+    assert out[1]["ais"] == {"01": "05901234123457", "10": "L1", "21": "S9"}
+    assert out[2]["error"]["code"] == "EMPTY"
+    assert out[3]["error"]["code"] == "NON_ASCII"      # undecodable bytes are not a crash
+    assert out[4]["gtin"] == "00000096385074"
+    assert p.returncode == 1
+
+
+def test_scan_parse_stdin_and_all_good_exit_zero(data_dir):
+    p = run("scan", "parse", "--file", "-", "--json", stdin=b"5901234123457\n96385074\n",
+            data_dir=data_dir)
+    assert p.returncode == 0 and len(rows(p)) == 2
+
+
+def test_scan_parse_never_crashes_on_garbage(tmp_path, data_dir):
+    f = tmp_path / "garbage.bin"
+    f.write_bytes(bytes(range(256)) * 4 + b"\n" + b"9" * 10000 + b"\n\x00\x1d\x1d\n")
+    p = run("scan", "parse", "--file", f, "--json", data_dir=data_dir)
+    assert p.returncode == 1
+    for r in rows(p):
+        assert r["ok"] or r["error"]["code"] in ERROR_CODES
+
+
+def test_human_output(data_dir):
+    p = run("scan", "parse", "]E004252614", "x1", data_dir=data_dir)
+    lines = p.stdout.decode().splitlines()
+    assert lines[0].startswith("OK") and "00042100005264" in lines[0]
+    assert lines[1].startswith("ERR") and "NON_DIGIT" in lines[1]
+
+
+@pytest.mark.parametrize("args", [["scan", "parse", "--region", "GBR", "1"],
+                                  ["scan", "parse"],
+                                  ["catalog", "gen", "--rows", "0", "--out", "x.csv"]])
+def test_usage_errors_exit_2(args, data_dir):
+    p = run(*args, data_dir=data_dir)
+    assert p.returncode == 2
+    assert p.stderr
+
+
+def test_bad_config_is_a_clear_error(data_dir):
+    data_dir.mkdir(parents=True)
+    (data_dir / "lanecore.toml").write_text("[store]\nregion = 'Britain'\n")
+    p = run("scan", "parse", "5901234123457", data_dir=data_dir)
+    assert p.returncode == 2
+    assert b"BAD_CONFIG" in p.stderr and b"store.region" in p.stderr
+
+
+def test_store_region_and_tables_from_config(data_dir):
+    data_dir.mkdir(parents=True)
+    (data_dir / "lanecore.toml").write_text(EXAMPLE_CONFIG.read_text())
+    out = rows(run("scan", "parse", "--json", "2012345012349", data_dir=data_dir))
+    assert out[0]["price_minor"] == 1234 and out[0]["lookup_gtin"] == "02012345000001"
+
+
+def test_catalog_gen_import_lookup(tmp_path, data_dir):
+    csv_path = tmp_path / "cat.csv"
+    p = run("catalog", "gen", "--rows", 3000, "--out", csv_path, "--seed", 3,
+            data_dir=data_dir)
+    assert p.returncode == 0, p.stderr
+    p = run("catalog", "import", csv_path, "--json", data_dir=data_dir)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["rows_imported"] == 3000 and summary["rows_bad"] == 0
+    assert b"rows" in p.stderr                      # progress was shown
+    first = csv_path.read_text().splitlines()[1].split(",")[0]
+    p = run("catalog", "lookup", "--json", first, "5901234123458", "4006381333932",
+            data_dir=data_dir)
+    out = rows(p)
+    assert out[0]["found"] and out[0]["item"]["gtin"].endswith(first)
+    assert out[1]["error"]["code"] == "BAD_CHECK_DIGIT"
+    assert p.returncode == 1
+
+
+def test_catalog_import_reports_bad_rows(tmp_path, data_dir):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("gtin,name,price_minor\n5901234123457,Soap,199\n"
+                        "5901234123458,Bad check,100\n96385074,Cheese,12.50\n")
+    p = run("catalog", "import", csv_path, data_dir=data_dir)
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert f"{csv_path}:3: BAD_GTIN" in err and f"{csv_path}:4: BAD_PRICE" in err
+    assert "imported 1 of 3 rows" in p.stdout.decode()
+
+
+def test_info_reports_compiled_or_twin(data_dir):
+    info = json.loads(run("info", data_dir=data_dir).stdout)
+    want = "python" if os.environ.get("LANECORE_PURE") == "1" else "cython"
+    assert info["kernels"] == {"barcode": want, "lookup": want}
+    assert "GB" in info["regions"]
+
+
+def test_demo_runs_small(tmp_path):
+    p = run("demo", "--rows", 2000, "--scans", 3000, "--data-dir", tmp_path / "demo")
+    assert p.returncode == 0, p.stdout.decode()[-2000:] + p.stderr.decode()
+    out = p.stdout.decode()
+    assert "every reading was right" in out
+    assert "3,000 right, 0 wrong" in out
