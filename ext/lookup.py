@@ -49,7 +49,9 @@ class CatalogTable:
     __slots__ = ("gtin", "price_minor", "weight_mean_g", "weight_sd_g", "flags",
                  "index", "lookup", "lookup_many")
 
-    def __init__(self, gtin, price_minor, weight_mean_g, weight_sd_g, flags):
+    def __init__(self, gtin, price_minor, weight_mean_g, weight_sd_g, flags, *,
+                 index_type=None):
+        """``index_type`` overrides the selected GtinIndex (benchmarks pin one)."""
         self.gtin = np.ascontiguousarray(gtin, dtype=np.uint64)
         n = self.gtin.shape[0]
         self.price_minor = np.ascontiguousarray(price_minor, dtype=np.int64)
@@ -60,7 +62,7 @@ class CatalogTable:
             shape = getattr(self, name).shape
             if shape != (n,):
                 raise ValueError(f"column {name} has shape {shape}; want ({n},)")
-        self.index = GtinIndex(self.gtin)
+        self.index = (index_type or GtinIndex)(self.gtin)
         # Bound methods of the index, so a lookup costs one call, not two.
         self.lookup = self.index.lookup
         self.lookup_many = self.index.lookup_many
