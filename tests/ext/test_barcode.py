@@ -6,6 +6,8 @@ organisations' published examples, and the Datalogic Magellan / AIM conventions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -13,6 +15,7 @@ import lanecore
 from lanecore.core.scanmix import mixed_scans
 from lanecore.ext import gs1data as D
 
+EXAMPLE_CONFIG = Path(__file__).parents[2] / "docs" / "examples" / "lanecore.toml"
 ROW_KEYS = ["input", "ok", "kind", "gtin", "lookup_gtin", "price_minor", "weight_g",
             "count", "ais", "error"]
 
@@ -207,15 +210,7 @@ def test_company_rcn_and_ordinary_prefixes(bc, code, kind):
 def test_store_defined_region(bc):
     """A store-defined table (e.g. CN scales) registered from configuration."""
     from lanecore.core.config import parse_config
-    cfg = parse_config("""
-[rcn.CN]
-currency = "CNY"
-currency_numeric = 156
-exponent = 2
-[rcn.CN.prefixes]
-"20" = { measure = "price",  pattern = "PPPPPPPVVVVV", decimals = 2 }
-"21" = { measure = "weight", pattern = "PPPPPPPVVVVV", decimals = 3 }
-""")
+    cfg = parse_config(EXAMPLE_CONFIG.read_text())
     bc.register_region(cfg.regions["CN"])
     r = ok(bc, "2012345012349", "CN")
     assert (r.price_minor, r.currency, r.lookup_gtin) == (1234, "CNY", "02012345000001")

@@ -1,0 +1,54 @@
+# lanecore — `make demo` and `make test` set everything up on a fresh machine
+# (Python 3.11, make and a C compiler) and need no other step.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BUILT  := $(VENV)/.lanecore-built
+KERNELS := $(wildcard ext/*.pyx ext/*.pxd)
+# Build requirements come from pyproject.toml, the one place they are written.
+BUILD_REQS = $(shell $(PY) -c 'import tomllib; print(" ".join(repr(r) for r in tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+BENCH_JSON ?= bench/results/bench-$(shell date +%Y%m%d-%H%M%S).json
+
+.PHONY: all build demo test test-compiled test-twins bench clean
+
+all: build
+
+$(PY):
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "lanecore needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The Cython extensions are compiled here, for real: the editable install builds
+# them in place, and the import check fails the build if they are missing.
+$(BUILT): $(PY) setup.py pyproject.toml $(KERNELS)
+	$(PY) -m pip install --quiet $(BUILD_REQS)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	$(PY) -c 'import lanecore.ext._barcode, lanecore.ext._lookup; print("compiled kernels: ok")'
+	@touch $@
+
+build: $(BUILT)
+
+demo: $(BUILT)
+	$(VENV)/bin/lanecore demo
+
+# The whole suite twice: on the compiled kernels, then on their pure-Python twins.
+# (Kernel tests compare both in each pass; the build check runs in both.)
+test: test-compiled test-twins
+
+test-compiled: $(BUILT)
+	$(PYTEST) tests bench --benchmark-disable
+
+test-twins: $(BUILT)
+	LANECORE_PURE=1 NUMBA_DISABLE_JIT=1 $(PYTEST) tests bench --benchmark-disable
+
+# Real benchmark runs: prints the ratio table, saves JSON (ratios) and
+# pytest-benchmark's own JSON next to it.
+bench: $(BUILT)
+	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
+		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds
+	@echo "saved $(BENCH_JSON)"
+
+clean:
+	rm -rf $(VENV) build *.egg-info ext/*.c ext/*.so .demo bench/results
