@@ -1,0 +1,37 @@
+"""What `pip install .` installs: the lanecore package alone, with its compiled kernels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import lanecore
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.mark.skipif(os.environ.get("LANECORE_PURE") == "1",
+                    reason="the wheel is the same whichever kernels the tests select")
+def test_wheel_holds_only_lanecore_with_compiled_kernels(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next(tmp_path.glob("lanecore-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"lanecore", f"lanecore-{lanecore.__version__}.dist-info"}
+    for kernel in ("_barcode", "_lookup"):
+        assert any(n.startswith(f"lanecore/ext/{kernel}.") and n.endswith(".so")
+                   for n in names), kernel
+    for package in ("core", "ext", "drivers", "gateway"):
+        assert f"lanecore/{package}/__init__.py" in names
+    assert "lanecore/setup.py" not in names
+    assert not any(n.startswith(("lanecore/tests/", "lanecore/bench/", "lanecore/.venv/"))
+                   for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "lanecore = lanecore.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
