@@ -9,7 +9,8 @@ KERNELS := $(wildcard ext/*.pyx ext/*.pxd)
 # Build requirements come from pyproject.toml, the one place they are written.
 BUILD_REQS = $(shell $(PY) -c 'import tomllib; print(" ".join(repr(r) for r in tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
-BENCH_JSON ?= bench/results/bench-$(shell date +%Y%m%d-%H%M%S).json
+BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
+BENCH_JSON ?= bench/results/bench-$(BENCH_STAMP).json
 
 .PHONY: all build demo test test-compiled test-twins bench clean
 
@@ -46,6 +47,7 @@ test-twins: $(BUILT)
 # Real benchmark runs: prints the ratio table, saves JSON (ratios) and
 # pytest-benchmark's own JSON next to it.
 bench: $(BUILT)
+	@mkdir -p $(dir $(BENCH_JSON))
 	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
 		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds
 	@echo "saved $(BENCH_JSON)"

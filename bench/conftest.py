@@ -113,7 +113,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         target = ""
         if "target" in row:
             target = f"  target >= {row['target']}x: {'met' if row['meets_target'] else 'NOT MET'}"
-        extra = "  ".join(f"{k}={v}" for k, v in row.items() if k in ("bytes_per_sku",))
+        extra = "  ".join(f"{k}={v}" for k, v in row.items() if k in ("bytes_per_sku", "seconds"))
         tr.write_line(f"{row['group']:<34} {row['name']:<26} {row['per_item_ns_median']:>12,.1f} "
                       f"ns/item  {speed}{target}  {extra}")
     for line in NOTES:

@@ -425,17 +425,20 @@ cdef class ScanResult:
         return {"code": self.error_code, "message": self.error_message}
 
     def to_dict(self):
+        # Straight from the C fields: this row is what the CLI and the service send.
+        ais = self.ais
         return {
             "input": self.input,
             "ok": self.ok,
-            "kind": self.kind,
-            "gtin": self.gtin,
-            "lookup_gtin": self.lookup_gtin,
-            "price_minor": self.price_minor,
-            "weight_g": self.weight_g,
-            "count": self.count,
-            "ais": None if self.ais is None else dict(self.ais),
-            "error": self.error,
+            "kind": _KINDS[self._kind],
+            "gtin": _fmt14(self._gtin) if self._gtin >= 0 else None,
+            "lookup_gtin": _fmt14(self._lookup) if self._lookup >= 0 else None,
+            "price_minor": self._price if self._has_price else None,
+            "weight_g": self._weight if self._has_weight else None,
+            "count": self._count if self._has_count else None,
+            "ais": None if ais is None else dict(ais),
+            "error": None if self.error_code is None else
+            {"code": self.error_code, "message": self.error_message},
         }
 
     def __repr__(self):
