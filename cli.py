@@ -130,6 +130,8 @@ def cmd_scan_parse(args) -> int:
                 row = parse(code, region).to_dict()
                 all_ok &= row["ok"]
                 out.write((json.dumps(row) if args.json else _human(row)) + "\n")
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         return _die("CANNOT_READ", f"{args.file}: {exc.strerror}")
     return EXIT_OK if all_ok else EXIT_BAD_INPUT
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lanecore: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`); nothing more to say.
-        sys.stderr.close()
+        # The reader went away (e.g. `| head`): stop quietly. Point stdout at devnull
+        # so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK

@@ -149,3 +149,17 @@ def test_demo_runs_small(tmp_path):
     out = p.stdout.decode()
     assert "every reading was right" in out
     assert "3,000 right, 0 wrong" in out
+
+
+def test_output_closed_early_is_not_an_error(tmp_path, data_dir):
+    f = tmp_path / "many.txt"
+    f.write_text("5901234123457\n" * 200_000)
+    env = dict(os.environ, LANECORE_DATA_DIR=str(data_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "lanecore", "scan", "parse", "--file",
+                             str(f), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.readline()
+    proc.stdout.close()                      # like `| head -1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert json.loads(first)["ok"] and err == b""
