@@ -62,8 +62,10 @@ setup(
     ],
     extras_require={
         # biip: the reference parser the tests agree with and the benchmark beats;
+        # scipy: the sosfilt the filter cascade is checked and timed against;
         # hypothesis: property-based tests.
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5",
+                 "scipy>=1.11"],
     },
     entry_points={"console_scripts": ["lanecore = lanecore.cli:main"]},
     cmdclass={"build_py": build_py},

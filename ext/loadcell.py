@@ -1,0 +1,499 @@
+"""The load-cell signal path, for many lanes at once (Numba; twin: NUMBA_DISABLE_JIT=1).
+
+One call of ``lanes_step`` advances every lane in the bank by one frame of raw
+samples. Per sample and lane:
+
+1. **faults**: NaN, ±inf, a saturated ADC (``|raw| >= sat``), a stuck ADC (the same
+   raw value ``stuck_n`` times running) — the sample is not used, the stability
+   window restarts, and a ``fault`` event is emitted when the condition begins;
+2. **calibration**: grams = (raw − zero_counts) / counts_per_g − tare − zero tracking;
+3. **spike rejection** (Hampel): a sample further than ``spike_g`` from the running
+   median of the last five is replaced by that median;
+4. **filtering**: the lane's cascade of biquads (low-pass, mains and conveyor
+   notches), direct form II transposed;
+5. **stability**: the lane is stable once ``win`` filtered samples in a row lie
+   within a band ``band_g`` wide. The candidate window restarts at a sample that
+   breaks the band; its running max, min and sums are all the state it needs (O(1)
+   per sample and per lane, no buffers). A long stable stretch is re-anchored every
+   ``win`` samples, so a slow creep is not taken for motion;
+6. **events**: ``settled`` on becoming stable — the mean of the window, its
+   standard error ``s / sqrt(N·Σh²)`` (N·Σh² is the number of independent samples
+   left after the filters' correlation: N_eff), and N — then ``placed`` /
+   ``removed`` when it differs from the last settled weight by ``placed_g`` or more;
+   ``motion`` on becoming unstable; ``overload`` and ``under_zero`` when the weight
+   crosses those limits (with hysteresis); ``fault`` for sample faults, sequence gaps
+   and frames that arrive out of order (dropped);
+7. **zero tracking**: only when stable, within ``zt_band`` of zero, at most
+   ``zt_rate`` grams per sample, and never beyond ``zt_limit`` in total.
+
+The lane's state lives in rows of 2-D arrays held by ``LaneBank``; events are written
+to per-lane arrays and turned into dicts by the bank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._numba import IMPLEMENTATION, JIT_DISABLED, inline, kernel  # noqa: F401
+
+# --- configuration columns (float64) ---------------------------------------------
+CF_FS, CF_CPG, CF_ZERO, CF_TARE, CF_SPIKE, CF_BAND, CF_WIN, CF_ZT_RATE, CF_ZT_BAND, \
+    CF_ZT_LIMIT, CF_OVER, CF_UNDER, CF_HYST, CF_PLACED, CF_SAT, CF_STUCK, CF_G2, \
+    CF_WARM, CF_NSEC = range(19)
+NCFG = 19
+# --- float state -------------------------------------------------------------------
+FS_ZT, FS_LAST_RAW, FS_LAST_SETTLED, FS_TOP, FS_BOTTOM, FS_Y0, FS_S1, FS_S2 = range(8)
+NFS = 8
+# --- int state ---------------------------------------------------------------------
+IS_SAMPLE, IS_COUNT, IS_STABLE, IS_HAVE_SETTLED, IS_OVER, IS_UNDER, IS_RUN, \
+    IS_NEXT_SEQ, IS_MED_N, IS_FAULT, IS_PRIMED = range(11)
+NIS = 11
+
+# --- events ------------------------------------------------------------------------
+EV_MOTION, EV_SETTLED, EV_PLACED, EV_REMOVED, EV_OVERLOAD, EV_UNDER_ZERO, EV_FAULT = \
+    range(1, 8)
+EVENT_NAMES = {EV_MOTION: "motion", EV_SETTLED: "settled", EV_PLACED: "placed",
+               EV_REMOVED: "removed", EV_OVERLOAD: "overload",
+               EV_UNDER_ZERO: "under_zero", EV_FAULT: "fault"}
+F_NAN, F_INF, F_SATURATED, F_STUCK, F_SEQUENCE_GAP, F_OUT_OF_ORDER, F_EVENT_OVERFLOW = \
+    range(1, 8)
+FAULT_NAMES = {F_NAN: "nan", F_INF: "inf", F_SATURATED: "saturated", F_STUCK: "stuck",
+               F_SEQUENCE_GAP: "sequence_gap", F_OUT_OF_ORDER: "out_of_order",
+               F_EVENT_OVERFLOW: "event_overflow"}
+
+#: Most events one lane can report per frame (more set an event_overflow fault).
+MAX_EVENTS = 32
+#: Longest stability window, in samples (a minute at 10 kHz; a window costs no memory).
+MAX_WINDOW = 600_000
+#: Most biquad sections per lane.
+MAX_SECTIONS = 8
+
+
+@inline
+def _median5(a, b, c, d, e):
+    """Median of five numbers with min and max only: no branch for noise to make
+    the processor mispredict."""
+    f = max(min(a, b), min(c, d))
+    g = min(max(a, b), max(c, d))
+    return max(min(e, f), min(max(e, f), g))
+
+
+@inline
+def _emit(ev_type, ev_idx, ev_val, ev_n, lane, kind, idx, v0, v1, v2):
+    k = ev_n[lane]
+    if k < MAX_EVENTS - 1:
+        ev_type[lane, k] = kind
+        ev_idx[lane, k] = idx
+        ev_val[lane, k, 0] = v0
+        ev_val[lane, k, 1] = v1
+        ev_val[lane, k, 2] = v2
+        ev_n[lane] = k + 1
+    elif k == MAX_EVENTS - 1:
+        # the last slot says that events were lost
+        ev_type[lane, k] = EV_FAULT
+        ev_idx[lane, k] = idx
+        ev_val[lane, k, 0] = F_EVENT_OVERFLOW
+        ev_val[lane, k, 1] = 0.0
+        ev_val[lane, k, 2] = 0.0
+        ev_n[lane] = k + 1
+
+
+@kernel("void(f8[:, ::1], i8[::1], i8[::1], f8[:, ::1], f8[:, :, ::1], f8[:, ::1], "
+        "i8[:, ::1], f8[:, :, ::1], f8[:, ::1], i8[:, ::1], i8[:, ::1], f8[:, :, ::1], "
+        "i8[::1], f8[::1], i8[::1], u1[::1])")
+def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx, ev_val,
+               ev_n, tmp_w, tmp_idx, tmp_reset):
+    """Advance each lane by its frame ``samples[lane, :nsamp[lane]]``.
+
+    ``seq[lane]`` is the frame's sequence number (-1: unnumbered). Lanes with
+    ``nsamp == 0`` are left alone. Events land in ``ev_*[lane, :ev_n[lane]]`` (fault
+    events first, then the others, each in time order). ``tmp_*`` are scratch arrays
+    at least as long as a frame.
+
+    A frame is done in three passes: faults, calibration and spike rejection; the
+    filter cascade, section by section; then stability, events and zero tracking.
+    Zero tracking therefore corrects from the next frame on.
+    """
+    n_lanes = samples.shape[0]
+    for lane in range(n_lanes):
+        ev_n[lane] = 0
+        n = nsamp[lane]
+        if n <= 0:
+            continue
+        sample = ist[lane, IS_SAMPLE]
+        reset = 0
+        # --- sequence numbers --------------------------------------------------
+        s = seq[lane]
+        if s >= 0:
+            expect = ist[lane, IS_NEXT_SEQ]
+            if expect >= 0 and s < expect:
+                _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_FAULT, sample,
+                      F_OUT_OF_ORDER, float(expect - s), 0.0)
+                continue
+            if expect >= 0 and s > expect:
+                _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_FAULT, sample,
+                      F_SEQUENCE_GAP, float(s - expect), 0.0)
+                reset = 1   # time jumped: the window starts again
+            ist[lane, IS_NEXT_SEQ] = s + 1
+
+        # --- pass 1: faults, calibration, spike rejection ----------------------
+        cpg = cfg[lane, CF_CPG]
+        zero = cfg[lane, CF_ZERO]
+        tare = cfg[lane, CF_TARE]
+        spike = cfg[lane, CF_SPIKE]
+        sat = cfg[lane, CF_SAT]
+        stuck_n = int(cfg[lane, CF_STUCK])
+        zt = fst[lane, FS_ZT]
+        offset = zero / cpg + tare + zt
+        inv = 1.0 / cpg
+        last_raw = fst[lane, FS_LAST_RAW]
+        run = ist[lane, IS_RUN]
+        fault = ist[lane, IS_FAULT]
+        med_n = ist[lane, IS_MED_N]
+        m0 = med[lane, 0]
+        m1 = med[lane, 1]
+        m2 = med[lane, 2]
+        m3 = med[lane, 3]
+        m4 = med[lane, 4]
+        nv = 0
+        row = samples[lane]
+        for j in range(n):
+            raw = row[j]
+            idx = sample + j
+            bad = 0
+            if raw != raw:
+                bad = F_NAN
+            elif raw == np.inf or raw == -np.inf:
+                bad = F_INF
+            elif sat > 0.0 and abs(raw) >= sat:
+                bad = F_SATURATED
+            else:
+                if raw == last_raw:
+                    run += 1
+                else:
+                    run = 0
+                last_raw = raw
+                if stuck_n > 0 and run >= stuck_n:
+                    bad = F_STUCK
+            if bad != 0:
+                if fault != bad:
+                    _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_FAULT, idx, float(bad),
+                          raw if bad == F_SATURATED or bad == F_STUCK else 0.0, 0.0)
+                    fault = bad
+                reset = 1
+                continue
+            fault = 0
+            w = raw * inv - offset
+            # the last five good samples, oldest first
+            m0 = m1
+            m1 = m2
+            m2 = m3
+            m3 = m4
+            m4 = w
+            med_n += 1
+            if spike > 0.0 and med_n >= 5:
+                m = _median5(m0, m1, m2, m3, m4)
+                if abs(w - m) > spike:
+                    w = m
+            tmp_w[nv] = w
+            tmp_idx[nv] = idx
+            tmp_reset[nv] = reset
+            reset = 0
+            nv += 1
+        sample += n
+        fst[lane, FS_LAST_RAW] = last_raw
+        ist[lane, IS_RUN] = run
+        ist[lane, IS_FAULT] = fault
+        ist[lane, IS_MED_N] = med_n
+        med[lane, 0] = m0
+        med[lane, 1] = m1
+        med[lane, 2] = m2
+        med[lane, 3] = m3
+        med[lane, 4] = m4
+        ist[lane, IS_SAMPLE] = sample
+        if nv == 0:
+            if reset and ist[lane, IS_COUNT] >= 0:
+                ist[lane, IS_COUNT] = 0
+                ist[lane, IS_STABLE] = 0
+            continue
+
+        # --- pass 2: the filter cascade, one section at a time ------------------
+        nsec = int(cfg[lane, CF_NSEC])
+        count = ist[lane, IS_COUNT]
+        if ist[lane, IS_PRIMED] == 0:
+            # Start the filters as if the first weight had always been there, and
+            # keep the first window out until that sample's own noise has left
+            # them (``warm`` samples).
+            w0 = tmp_w[0]
+            for k in range(nsec):
+                zi[lane, k, 0] = w0 * (1.0 - sos[lane, k, 0])
+                zi[lane, k, 1] = w0 * (sos[lane, k, 2] - sos[lane, k, 5])
+            ist[lane, IS_PRIMED] = 1
+            count = -int(cfg[lane, CF_WARM])
+        for k in range(nsec):
+            b0 = sos[lane, k, 0]
+            b1 = sos[lane, k, 1]
+            b2 = sos[lane, k, 2]
+            a1 = sos[lane, k, 4]
+            a2 = sos[lane, k, 5]
+            z0 = zi[lane, k, 0]
+            z1 = zi[lane, k, 1]
+            for i in range(nv):
+                v = tmp_w[i]
+                out = b0 * v + z0
+                z0 = b1 * v - a1 * out + z1
+                z1 = b2 * v - a2 * out
+                tmp_w[i] = out
+            zi[lane, k, 0] = z0
+            zi[lane, k, 1] = z1
+
+        # --- pass 3: limits, stability, events, zero tracking -------------------
+        band = cfg[lane, CF_BAND]
+        win = int(cfg[lane, CF_WIN])
+        zt_rate = cfg[lane, CF_ZT_RATE]
+        zt_band = cfg[lane, CF_ZT_BAND]
+        zt_limit = cfg[lane, CF_ZT_LIMIT]
+        over_g = cfg[lane, CF_OVER]
+        under_g = cfg[lane, CF_UNDER]
+        hyst = cfg[lane, CF_HYST]
+        placed_g = cfg[lane, CF_PLACED]
+        g2 = cfg[lane, CF_G2]
+        last_settled = fst[lane, FS_LAST_SETTLED]
+        top = fst[lane, FS_TOP]
+        bottom = fst[lane, FS_BOTTOM]
+        y0 = fst[lane, FS_Y0]
+        s1 = fst[lane, FS_S1]
+        s2 = fst[lane, FS_S2]
+        stable = ist[lane, IS_STABLE]
+        have_settled = ist[lane, IS_HAVE_SETTLED]
+        over = ist[lane, IS_OVER]
+        under = ist[lane, IS_UNDER]
+        for i in range(nv):
+            y = tmp_w[i]
+            idx = tmp_idx[i]
+            if tmp_reset[i] == 1 and count >= 0:
+                # after a fault or a gap, only clean samples may settle the lane again
+                count = 0
+                stable = 0
+            if over == 0 and y > over_g:
+                over = 1
+                _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_OVERLOAD, idx, y, 0.0, 0.0)
+            elif over == 1 and y < over_g - hyst:
+                over = 0
+            if under == 0 and y < under_g:
+                under = 1
+                _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_UNDER_ZERO, idx, y, 0.0, 0.0)
+            elif under == 1 and y > under_g + hyst:
+                under = 0
+            if count < 0:
+                count += 1
+                continue
+            # The stability window runs from the last sample that broke the band
+            # (or the last re-anchoring): its range, and its sums about its first
+            # sample, are all the state a lane needs. Stable once it holds ``win``
+            # samples: then the last ``win`` samples lie within the band, as the
+            # rule asks; and the settled weight comes from exactly those samples.
+            if count > 0 and (y - bottom > band or top - y > band):
+                count = 0
+                if stable == 1:
+                    stable = 0
+                    _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_MOTION, idx, y, 0.0, 0.0)
+            if count == 0:
+                y0 = y
+                top = y
+                bottom = y
+                s1 = 0.0
+                s2 = 0.0
+            else:
+                if y > top:
+                    top = y
+                elif y < bottom:
+                    bottom = y
+            d = y - y0
+            s1 += d
+            s2 += d * d
+            count += 1
+            if count == win and stable == 0:
+                stable = 1
+                mean_d = s1 / win
+                mean = y0 + mean_d
+                # The window's samples are correlated by the filters: N·Σh² of them
+                # are independent. Its sample variance misses 1/N_eff of the true one.
+                var = (s2 - s1 * mean_d) / (win - 1)
+                if var < 0.0:
+                    var = 0.0
+                n_eff = win * g2
+                if n_eff > 1.0:
+                    var = var / (1.0 - 1.0 / n_eff)
+                sigma = math.sqrt(var / n_eff)
+                _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_SETTLED, idx, mean, sigma,
+                      float(win))
+                if have_settled == 1:
+                    delta = mean - last_settled
+                    if delta >= placed_g:
+                        _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_PLACED, idx, delta,
+                              0.0, 0.0)
+                    elif delta <= -placed_g:
+                        _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_REMOVED, idx, delta,
+                              0.0, 0.0)
+                last_settled = mean
+                have_settled = 1
+            elif stable == 1 and count >= 2 * win:
+                # Long stable: start the band afresh here (still stable), so a slow
+                # creep of the load is not taken for motion.
+                count = 0
+            if zt_rate > 0.0 and stable == 1 and abs(y) < zt_band:
+                step = y
+                if step > zt_rate:
+                    step = zt_rate
+                elif step < -zt_rate:
+                    step = -zt_rate
+                if abs(zt + step) <= zt_limit:
+                    zt += step
+        fst[lane, FS_ZT] = zt
+        fst[lane, FS_LAST_SETTLED] = last_settled
+        fst[lane, FS_TOP] = top
+        fst[lane, FS_BOTTOM] = bottom
+        fst[lane, FS_Y0] = y0
+        fst[lane, FS_S1] = s1
+        fst[lane, FS_S2] = s2
+        ist[lane, IS_COUNT] = count
+        ist[lane, IS_STABLE] = stable
+        ist[lane, IS_HAVE_SETTLED] = have_settled
+        ist[lane, IS_OVER] = over
+        ist[lane, IS_UNDER] = under
+
+
+class LaneBank:
+    """The state of up to ``capacity`` lanes and one call to advance them all.
+
+    ``configure(lane, params, sos)`` sets a lane up (``params``: the CF_* values by
+    name, see ``lanecore.core.weighing.LaneConfig`` which builds them); ``feed`` runs
+    one lane's frame; ``step`` runs a frame for every lane at once.
+    """
+
+    PARAMS = ("fs", "counts_per_g", "zero_counts", "tare_g", "spike_g", "band_g",
+              "win", "zt_rate", "zt_band", "zt_limit", "over_g", "under_g", "hyst_g",
+              "placed_g", "sat", "stuck_n", "g2", "warm")
+
+    def __init__(self, capacity: int = 64, *, max_sections: int = MAX_SECTIONS):
+        if capacity < 1:
+            raise ValueError("a bank holds at least one lane")
+        self.capacity = capacity
+        self.cfg = np.zeros((capacity, NCFG))
+        self.sos = np.zeros((capacity, max_sections, 6))
+        self.fst = np.zeros((capacity, NFS))
+        self.ist = np.zeros((capacity, NIS), dtype=np.int64)
+        self.zi = np.zeros((capacity, max_sections, 2))
+        self.med = np.zeros((capacity, 5))
+        self._scratch(1024)
+        self.ev_type = np.zeros((capacity, MAX_EVENTS), dtype=np.int64)
+        self.ev_idx = np.zeros((capacity, MAX_EVENTS), dtype=np.int64)
+        self.ev_val = np.zeros((capacity, MAX_EVENTS, 3))
+        self.ev_n = np.zeros(capacity, dtype=np.int64)
+        self.configured = np.zeros(capacity, dtype=bool)
+
+    def _scratch(self, n: int) -> None:
+        self.tmp_w = np.zeros(n)
+        self.tmp_idx = np.zeros(n, dtype=np.int64)
+        self.tmp_reset = np.zeros(n, dtype=np.uint8)
+
+    def configure(self, lane: int, params: dict, sos: np.ndarray) -> None:
+        """Set up ``lane`` and reset its state."""
+        if not 0 <= lane < self.capacity:
+            raise IndexError(f"lane {lane} is outside this bank (0..{self.capacity - 1})")
+        sos = np.asarray(sos, dtype=np.float64).reshape(-1, 6)
+        if sos.shape[0] > self.sos.shape[1]:
+            raise ValueError(f"at most {self.sos.shape[1]} filter sections per lane")
+        if not 3 <= int(params["win"]) <= MAX_WINDOW:
+            raise ValueError(f"stability window must be 3..{MAX_WINDOW} samples")
+        row = self.cfg[lane]
+        for i, name in enumerate(self.PARAMS):
+            row[i] = float(params[name])
+        row[CF_NSEC] = sos.shape[0]
+        self.sos[lane] = 0.0
+        self.sos[lane, :sos.shape[0]] = sos
+        self.reset(lane)
+        self.configured[lane] = True
+
+    def reset(self, lane: int) -> None:
+        """Forget everything a lane has seen (its configuration stays)."""
+        self.fst[lane] = 0.0
+        self.fst[lane, FS_LAST_RAW] = np.nan
+        self.ist[lane] = 0
+        self.ist[lane, IS_NEXT_SEQ] = -1
+        self.zi[lane] = 0.0
+        self.med[lane] = 0.0
+
+    def step(self, samples: np.ndarray, nsamp: np.ndarray, seq: np.ndarray) -> None:
+        """Advance all lanes: ``samples`` (capacity, frame), ``nsamp`` and ``seq``
+        (capacity,) int64. Read the events with ``events(lane)``."""
+        if samples.shape[1] > self.tmp_w.shape[0]:
+            self._scratch(samples.shape[1])
+        lanes_step(samples, nsamp, seq, self.cfg, self.sos, self.fst, self.ist, self.zi,
+                   self.med, self.ev_type, self.ev_idx, self.ev_val, self.ev_n,
+                   self.tmp_w, self.tmp_idx, self.tmp_reset)
+
+    def feed(self, lane: int, samples, seq: int = -1) -> list[dict]:
+        """Run one lane's frame and return its events."""
+        if not self.configured[lane]:
+            raise ValueError(f"lane {lane} is not configured")
+        x = np.ascontiguousarray(samples, dtype=np.float64).reshape(1, -1)
+        if x.shape[1] > self.tmp_w.shape[0]:
+            self._scratch(x.shape[1])
+        sl = slice(lane, lane + 1)
+        lanes_step(x, np.array([x.shape[1]], dtype=np.int64),
+                   np.array([seq], dtype=np.int64), self.cfg[sl], self.sos[sl],
+                   self.fst[sl], self.ist[sl], self.zi[sl], self.med[sl],
+                   self.ev_type[sl], self.ev_idx[sl], self.ev_val[sl], self.ev_n[sl],
+                   self.tmp_w, self.tmp_idx, self.tmp_reset)
+        return self.events(lane)
+
+    def events(self, lane: int) -> list[dict]:
+        """The events of ``lane``'s last frame, as dicts (``t`` in seconds since the
+        lane's first sample)."""
+        fs = float(self.cfg[lane, CF_FS])
+        out = []
+        for k in range(int(self.ev_n[lane])):
+            kind = int(self.ev_type[lane, k])
+            idx = int(self.ev_idx[lane, k])
+            v = self.ev_val[lane, k]
+            ev = {"t": idx / fs, "sample": idx, "event": EVENT_NAMES[kind]}
+            if kind == EV_SETTLED:
+                ev.update(weight_g=float(v[0]), sigma_g=float(v[1]), n_samples=int(v[2]))
+            elif kind in (EV_PLACED, EV_REMOVED):
+                ev.update(delta_g=float(v[0]))
+            elif kind in (EV_MOTION, EV_OVERLOAD, EV_UNDER_ZERO):
+                ev.update(weight_g=float(v[0]))
+            else:
+                reason = FAULT_NAMES[int(v[0])]
+                ev.update(reason=reason)
+                if int(v[0]) in (F_SEQUENCE_GAP, F_OUT_OF_ORDER):
+                    ev.update(frames=int(v[1]))
+                elif int(v[0]) in (F_SATURATED, F_STUCK):
+                    ev.update(raw=float(v[1]))
+            out.append(ev)
+        # faults come from the first pass: put everything in time order
+        out.sort(key=lambda ev: ev["sample"])
+        return out
+
+    def stable(self, lane: int) -> bool:
+        return bool(self.ist[lane, IS_STABLE])
+
+    def last_settled_g(self, lane: int) -> float | None:
+        if not self.ist[lane, IS_HAVE_SETTLED]:
+            return None
+        return float(self.fst[lane, FS_LAST_SETTLED])
+
+
+def warm_up() -> None:
+    """Run the kernel once on a scratch lane, so the first real frame pays nothing."""
+    bank = LaneBank(1, max_sections=1)
+    params = dict(fs=1000.0, counts_per_g=1.0, zero_counts=0.0, tare_g=0.0, spike_g=10.0,
+                  band_g=1.0, win=4, zt_rate=0.0, zt_band=0.0, zt_limit=0.0,
+                  over_g=1e9, under_g=-1e9, hyst_g=1.0, placed_g=1.0, sat=0.0, stuck_n=0,
+                  g2=1.0, warm=0)
+    bank.configure(0, params, np.array([[1.0, 0, 0, 1.0, 0, 0]]))
+    bank.feed(0, np.ones(16))
