@@ -213,6 +213,123 @@ def _money(minor: int | None) -> str:
 
 
 # ----------------------------------------------------------------------------------
+# weigh replay / gen
+# ----------------------------------------------------------------------------------
+
+def _read_trace(path: str):
+    """Samples from a trace file: one per line (the last field of a comma-separated
+    line); a first line that is not a number is a header. 'nan'/'inf' are samples
+    (the pipeline reports them as faults)."""
+    import numpy as np
+
+    from lanecore.core.errors import LanecoreError as Err
+    values = []
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise Err(f"{path}: {exc.strerror}", code="CANNOT_READ") from exc
+    with stream:
+        for lineno, line in enumerate(stream, 1):
+            text = line.strip()
+            if not text:
+                continue
+            field = text.rsplit(",", 1)[-1].strip()
+            try:
+                values.append(float(field))
+            except ValueError:
+                if lineno == 1:
+                    continue   # a header
+                raise Err(f"{path}:{lineno}: {field[:40]!r} is not a sample",
+                          code="BAD_TRACE") from None
+    if not values:
+        raise Err(f"{path}: no samples", code="BAD_TRACE")
+    return np.array(values)
+
+
+def _lane_config(args):
+    from lanecore.core.weighing import LaneConfig
+    base = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                base = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise LanecoreError(f"{args.config}: {exc}", code="BAD_WEIGH_CONFIG") from exc
+        if not isinstance(base, dict):
+            raise LanecoreError(f"{args.config}: not a JSON object", code="BAD_WEIGH_CONFIG")
+    base["fs_hz"] = args.fs
+    for name, value in (("e_g", args.e), ("counts_per_g", args.counts_per_g),
+                        ("zero_counts", args.zero), ("max_g", args.max_g)):
+        if value is not None:
+            base[name] = value
+    return LaneConfig.from_dict(base)
+
+
+def cmd_weigh_replay(args) -> int:
+    from lanecore.core.weighing import configure_lane
+    from lanecore.ext.loadcell import LaneBank, warm_up
+    config = _lane_config(args)
+    samples = _read_trace(args.trace)
+    warm_up()
+    bank = LaneBank(1)
+    configure_lane(bank, 0, config)
+    frame = max(1, int(round(config.fs_hz / 20)))   # 50 ms frames, as a bridge sends
+    faults = 0
+    for i in range(0, len(samples), frame):
+        for ev in bank.feed(0, samples[i:i + frame]):
+            faults += ev["event"] == "fault"
+            row = {"t": round(ev["t"], 6), "event": ev["event"],
+                   "weight_g": ev.get("weight_g"), "sigma_g": ev.get("sigma_g"),
+                   **{k: v for k, v in ev.items()
+                      if k not in ("t", "event", "weight_g", "sigma_g")}}
+            if args.json:
+                print(json.dumps(row))
+            else:
+                rest = "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in row.items()
+                                 if k not in ("t", "event") and v is not None)
+                print(f"{row['t']:10.3f} s  {row['event']:<11} {rest}")
+    return EXIT_OK if faults == 0 else EXIT_BAD_INPUT
+
+
+def cmd_weigh_gen(args) -> int:
+    import numpy as np
+
+    from lanecore.drivers import loadcell_sim as sim
+    rng = np.random.default_rng(args.seed)
+    spec = sim.random_spec(rng, fs_hz=args.fs, seconds=args.seconds, items=args.items,
+                           noise_g=args.noise_g, settle_band_g=args.e)
+    spec.mains_g = args.mains_g
+    spec.conveyor_hz = args.conveyor_hz
+    spec.conveyor_g = args.conveyor_g
+    spec.spikes_per_s = args.spikes_per_s
+    spec.spike_g = args.spike_g
+    spec.drift_g_per_s = args.drift_g_per_s
+    x, truth = sim.generate(spec)
+    column = "weight_g"
+    if args.counts_per_g is not None:
+        x = sim.to_counts(x, counts_per_g=args.counts_per_g, zero_counts=args.zero or 0.0,
+                          bits=args.bits)
+        column = "counts"
+        truth["counts"] = {"counts_per_g": args.counts_per_g, "zero_counts": args.zero or 0.0,
+                           "bits": args.bits}
+    try:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(column + "\n")
+            f.write("\n".join(f"{v:.6f}" if column == "weight_g" else f"{v:.0f}" for v in x))
+            f.write("\n")
+        truth_path = args.truth or str(Path(args.out).with_suffix(".truth.json"))
+        with open(truth_path, "w", encoding="utf-8") as f:
+            json.dump(truth, f, indent=2)
+    except OSError as exc:
+        return _die("CANNOT_WRITE", f"{exc.filename}: {exc.strerror}")
+    print(f"wrote {len(x):,} samples ({spec.seconds:.1f} s at {spec.fs_hz:g} Hz, "
+          f"{len(spec.placements)} placements) to {args.out}; ground truth in {truth_path}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------
 # info and demo
 # ----------------------------------------------------------------------------------
 
@@ -281,6 +398,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_catalog_lookup)
+
+    weigh = sub.add_parser("weigh", help="load-cell traces").add_subparsers(
+        dest="weigh_command", required=True)
+    sp = weigh.add_parser("replay", help="run a trace through a lane's signal path; "
+                                        "one event per line")
+    sp.add_argument("trace", metavar="TRACE.csv", help="one sample per line (- = stdin)")
+    sp.add_argument("--fs", type=float, required=True, metavar="HZ", help="sample rate")
+    sp.add_argument("--e", type=float, metavar="GRAMS", help="scale interval (default 5)")
+    sp.add_argument("--max-g", type=float, metavar="GRAMS", help="capacity (default 30000)")
+    sp.add_argument("--counts-per-g", type=float, metavar="C",
+                    help="the trace holds raw ADC counts, C per gram")
+    sp.add_argument("--zero", type=float, metavar="Z", help="raw counts at zero load")
+    sp.add_argument("--config", metavar="LANE.json",
+                    help="any other lane settings (fields of docs/weighing.md)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_weigh_replay)
+    sp = weigh.add_parser("gen", help="write a synthetic load-cell trace and its ground truth")
+    sp.add_argument("--out", required=True, metavar="TRACE.csv")
+    sp.add_argument("--truth", metavar="TRUTH.json",
+                    help="default: TRACE.truth.json next to the trace")
+    sp.add_argument("--fs", type=float, default=1000.0, metavar="HZ")
+    sp.add_argument("--seconds", type=float, default=6.0)
+    sp.add_argument("--items", type=int, default=3, help="placements")
+    sp.add_argument("--e", type=float, default=5.0, metavar="GRAMS",
+                    help="scale interval: the truth's settling band is 1 e")
+    sp.add_argument("--noise-g", type=float, default=0.5)
+    sp.add_argument("--mains-g", type=float, default=0.0)
+    sp.add_argument("--conveyor-hz", type=float, default=0.0)
+    sp.add_argument("--conveyor-g", type=float, default=0.0)
+    sp.add_argument("--spikes-per-s", type=float, default=0.0)
+    sp.add_argument("--spike-g", type=float, default=0.0)
+    sp.add_argument("--drift-g-per-s", type=float, default=0.0)
+    sp.add_argument("--counts-per-g", type=float, metavar="C",
+                    help="write raw ADC counts (C per gram) instead of grams")
+    sp.add_argument("--zero", type=float, metavar="Z", help="raw counts at zero load")
+    sp.add_argument("--bits", type=int, default=24, help="ADC resolution for counts")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_weigh_gen)
 
     sp = sub.add_parser("info", help="version, kernels in use, data directory, regions")
     data_dir_opt(sp)

@@ -112,11 +112,10 @@ class LaneConfig:
         self._num("spike_e", 0.0, 1e6)
         self._num("stable_band_e", 0.0, 1e3, lo_open=True)
         w = self._num("stable_window_s", 0.0, 60.0, lo_open=True)
-        win = round(w * fs)
-        if not 3 <= win <= loadcell.MAX_WINDOW:
+        if self.window_samples() > loadcell.MAX_WINDOW:
             raise WeighConfigError(
-                f"stable_window_s {w} s at {fs} Hz is {win} samples; it must be "
-                f"3..{loadcell.MAX_WINDOW}")
+                f"stable_window_s {w} s at {fs} Hz is more than {loadcell.MAX_WINDOW} "
+                "samples")
         self._num("zero_track_rate_e_s", 0.0, 100.0)
         self._num("zero_track_band_e", 0.0, 100.0)
         self._num("zero_track_limit", 0.0, 1.0)
@@ -125,6 +124,10 @@ class LaneConfig:
         self._num("under_zero_e", 0.0, 1e6)
         self._num("placed_e", 0.0, 1e6)
         self._num("stuck_s", 0.0, 3600.0)
+
+    def window_samples(self) -> int:
+        """The stability window in samples: never fewer than 3 (slow ADCs)."""
+        return max(3, round(self.stable_window_s * self.fs_hz))
 
     # ------------------------------------------------------------------------------
     def sos(self) -> np.ndarray:
@@ -154,7 +157,7 @@ class LaneConfig:
             "tare_g": self.tare_g,
             "spike_g": self.spike_e * e,
             "band_g": self.stable_band_e * e,
-            "win": round(self.stable_window_s * fs),
+            "win": self.window_samples(),
             "zt_rate": (self.zero_track_rate_e_s * e / fs) if self.zero_tracking else 0.0,
             "zt_band": self.zero_track_band_e * e,
             "zt_limit": self.zero_track_limit * self.max_g,

@@ -119,8 +119,8 @@ def generate(spec: TraceSpec) -> tuple[np.ndarray, dict]:
         truth["placements"].append({
             "t_s": p.t_s,
             "delta_g": p.delta_g,
-            "before_g": before,
-            "after_g": level,
+            "before_g": round(before, 6),
+            "after_g": round(level, 6),
             "settling_s": settling_time(p.wn_hz, p.zeta, p.delta_g, spec.settle_band_g),
         })
     return x, truth

@@ -11,11 +11,10 @@ samples. Per sample and lane:
    median of the last five is replaced by that median;
 4. **filtering**: the lane's cascade of biquads (low-pass, mains and conveyor
    notches), direct form II transposed;
-5. **stability**: the lane is stable once ``win`` filtered samples in a row lie
-   within a band ``band_g`` wide. The candidate window restarts at a sample that
-   breaks the band; its running max, min and sums are all the state it needs (O(1)
-   per sample and per lane, no buffers). A long stable stretch is re-anchored every
-   ``win`` samples, so a slow creep is not taken for motion;
+5. **stability**: the lane is stable while the last ``win`` filtered samples lie
+   within a band ``band_g`` wide (their max and min by van Herk / Gil-Werman: O(1)
+   per sample without data-dependent branches; rings as long as the bank's longest
+   window);
 6. **events**: ``settled`` on becoming stable — the mean of the window, its
    standard error ``s / sqrt(N·Σh²)`` (N·Σh² is the number of independent samples
    left after the filters' correlation: N_eff), and N — then ``placed`` /
@@ -37,6 +36,7 @@ import math
 import numpy as np
 
 from ._numba import IMPLEMENTATION, JIT_DISABLED, inline, kernel  # noqa: F401
+from .filters import _cascade4
 
 # --- configuration columns (float64) ---------------------------------------------
 CF_FS, CF_CPG, CF_ZERO, CF_TARE, CF_SPIKE, CF_BAND, CF_WIN, CF_ZT_RATE, CF_ZT_BAND, \
@@ -44,12 +44,12 @@ CF_FS, CF_CPG, CF_ZERO, CF_TARE, CF_SPIKE, CF_BAND, CF_WIN, CF_ZT_RATE, CF_ZT_BA
     CF_WARM, CF_NSEC = range(19)
 NCFG = 19
 # --- float state -------------------------------------------------------------------
-FS_ZT, FS_LAST_RAW, FS_LAST_SETTLED, FS_TOP, FS_BOTTOM, FS_Y0, FS_S1, FS_S2 = range(8)
-NFS = 8
+FS_ZT, FS_LAST_RAW, FS_LAST_SETTLED, FS_PMAX, FS_PMIN = range(5)
+NFS = 5
 # --- int state ---------------------------------------------------------------------
 IS_SAMPLE, IS_COUNT, IS_STABLE, IS_HAVE_SETTLED, IS_OVER, IS_UNDER, IS_RUN, \
-    IS_NEXT_SEQ, IS_MED_N, IS_FAULT, IS_PRIMED = range(11)
-NIS = 11
+    IS_NEXT_SEQ, IS_MED_N, IS_FAULT, IS_PRIMED, IS_POS = range(12)
+NIS = 12
 
 # --- events ------------------------------------------------------------------------
 EV_MOTION, EV_SETTLED, EV_PLACED, EV_REMOVED, EV_OVERLOAD, EV_UNDER_ZERO, EV_FAULT = \
@@ -65,8 +65,8 @@ FAULT_NAMES = {F_NAN: "nan", F_INF: "inf", F_SATURATED: "saturated", F_STUCK: "s
 
 #: Most events one lane can report per frame (more set an event_overflow fault).
 MAX_EVENTS = 32
-#: Longest stability window, in samples (a minute at 10 kHz; a window costs no memory).
-MAX_WINDOW = 600_000
+#: Longest stability window, in samples (10 s at 10 kHz).
+MAX_WINDOW = 100_000
 #: Most biquad sections per lane.
 MAX_SECTIONS = 8
 
@@ -101,10 +101,10 @@ def _emit(ev_type, ev_idx, ev_val, ev_n, lane, kind, idx, v0, v1, v2):
 
 
 @kernel("void(f8[:, ::1], i8[::1], i8[::1], f8[:, ::1], f8[:, :, ::1], f8[:, ::1], "
-        "i8[:, ::1], f8[:, :, ::1], f8[:, ::1], i8[:, ::1], i8[:, ::1], f8[:, :, ::1], "
-        "i8[::1], f8[::1], i8[::1], u1[::1])")
-def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx, ev_val,
-               ev_n, tmp_w, tmp_idx, tmp_reset):
+        "i8[:, ::1], f8[:, :, ::1], f8[:, ::1], f8[:, ::1], f8[:, ::1], f8[:, ::1], "
+        "i8[:, ::1], i8[:, ::1], f8[:, :, ::1], i8[::1], f8[::1], i8[::1], u1[::1])")
+def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ybuf, sufmax, sufmin,
+               ev_type, ev_idx, ev_val, ev_n, tmp_w, tmp_idx, tmp_reset):
     """Advance each lane by its frame ``samples[lane, :nsamp[lane]]``.
 
     ``seq[lane]`` is the frame's sequence number (-1: unnumbered). Lanes with
@@ -113,7 +113,7 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
     at least as long as a frame.
 
     A frame is done in three passes: faults, calibration and spike rejection; the
-    filter cascade, section by section; then stability, events and zero tracking.
+    filter cascade; then stability, events and zero tracking.
     Zero tracking therefore corrects from the next frame on.
     """
     n_lanes = samples.shape[0]
@@ -219,7 +219,7 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
                 ist[lane, IS_STABLE] = 0
             continue
 
-        # --- pass 2: the filter cascade, one section at a time ------------------
+        # --- pass 2: the filter cascade ------------------------------------------
         nsec = int(cfg[lane, CF_NSEC])
         count = ist[lane, IS_COUNT]
         if ist[lane, IS_PRIMED] == 0:
@@ -232,22 +232,25 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
                 zi[lane, k, 1] = w0 * (sos[lane, k, 2] - sos[lane, k, 5])
             ist[lane, IS_PRIMED] = 1
             count = -int(cfg[lane, CF_WARM])
-        for k in range(nsec):
-            b0 = sos[lane, k, 0]
-            b1 = sos[lane, k, 1]
-            b2 = sos[lane, k, 2]
-            a1 = sos[lane, k, 4]
-            a2 = sos[lane, k, 5]
-            z0 = zi[lane, k, 0]
-            z1 = zi[lane, k, 1]
-            for i in range(nv):
-                v = tmp_w[i]
-                out = b0 * v + z0
-                z0 = b1 * v - a1 * out + z1
-                z1 = b2 * v - a2 * out
-                tmp_w[i] = out
-            zi[lane, k, 0] = z0
-            zi[lane, k, 1] = z1
+        if 0 < nsec <= 4:
+            _cascade4(sos[lane], tmp_w, zi[lane], tmp_w, nsec, nv)
+        else:
+            for k in range(nsec):
+                b0 = sos[lane, k, 0]
+                b1 = sos[lane, k, 1]
+                b2 = sos[lane, k, 2]
+                a1 = sos[lane, k, 4]
+                a2 = sos[lane, k, 5]
+                z0 = zi[lane, k, 0]
+                z1 = zi[lane, k, 1]
+                for i in range(nv):
+                    v = tmp_w[i]
+                    out = b0 * v + z0
+                    z0 = b1 * v - a1 * out + z1
+                    z1 = b2 * v - a2 * out
+                    tmp_w[i] = out
+                zi[lane, k, 0] = z0
+                zi[lane, k, 1] = z1
 
         # --- pass 3: limits, stability, events, zero tracking -------------------
         band = cfg[lane, CF_BAND]
@@ -261,15 +264,16 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
         placed_g = cfg[lane, CF_PLACED]
         g2 = cfg[lane, CF_G2]
         last_settled = fst[lane, FS_LAST_SETTLED]
-        top = fst[lane, FS_TOP]
-        bottom = fst[lane, FS_BOTTOM]
-        y0 = fst[lane, FS_Y0]
-        s1 = fst[lane, FS_S1]
-        s2 = fst[lane, FS_S2]
         stable = ist[lane, IS_STABLE]
         have_settled = ist[lane, IS_HAVE_SETTLED]
         over = ist[lane, IS_OVER]
         under = ist[lane, IS_UNDER]
+        pos = ist[lane, IS_POS]
+        pmax = fst[lane, FS_PMAX]
+        pmin = fst[lane, FS_PMIN]
+        yb = ybuf[lane]
+        sx = sufmax[lane]
+        sn = sufmin[lane]
         for i in range(nv):
             y = tmp_w[i]
             idx = tmp_idx[i]
@@ -290,41 +294,57 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
             if count < 0:
                 count += 1
                 continue
-            # The stability window runs from the last sample that broke the band
-            # (or the last re-anchoring): its range, and its sums about its first
-            # sample, are all the state a lane needs. Stable once it holds ``win``
-            # samples: then the last ``win`` samples lie within the band, as the
-            # rule asks; and the settled weight comes from exactly those samples.
-            if count > 0 and (y - bottom > band or top - y > band):
-                count = 0
-                if stable == 1:
-                    stable = 0
-                    _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_MOTION, idx, y, 0.0, 0.0)
             if count == 0:
-                y0 = y
-                top = y
-                bottom = y
-                s1 = 0.0
-                s2 = 0.0
+                pos = 0
+            # The window is the last ``win`` samples; its max and min by van Herk /
+            # Gil-Werman: the ring is cut into blocks of ``win``; the window is the
+            # tail of the previous block (its suffix extremes, computed once when it
+            # filled) and the head of this one (running prefix extremes). No branch
+            # depends on the noise.
+            c = count
+            yb[pos] = y
+            if pos == 0:
+                pmax = y
+                pmin = y
             else:
-                if y > top:
-                    top = y
-                elif y < bottom:
-                    bottom = y
-            d = y - y0
-            s1 += d
-            s2 += d * d
-            count += 1
-            if count == win and stable == 0:
-                stable = 1
-                mean_d = s1 / win
-                mean = y0 + mean_d
+                pmax = max(pmax, y)
+                pmin = min(pmin, y)
+            if pos + 1 < win:
+                top = max(sx[pos + 1], pmax)
+                bottom = min(sn[pos + 1], pmin)
+            else:
+                top = pmax
+                bottom = pmin
+            pos += 1
+            if pos == win:
+                pos = 0
+                hi = yb[win - 1]
+                lo = hi
+                sx[win - 1] = hi
+                sn[win - 1] = lo
+                for k in range(win - 2, -1, -1):
+                    v = yb[k]
+                    hi = max(hi, v)
+                    lo = min(lo, v)
+                    sx[k] = hi
+                    sn[k] = lo
+            count = c + 1
+            now_stable = 0
+            if count >= win and top - bottom <= band:
+                now_stable = 1
+            if now_stable == 1 and stable == 0:
+                total = 0.0
+                for k in range(win):
+                    total += yb[k]
+                mean = total / win
+                ss = 0.0
+                for k in range(win):
+                    d = yb[k] - mean
+                    ss += d * d
                 # The window's samples are correlated by the filters: N·Σh² of them
                 # are independent. Its sample variance misses 1/N_eff of the true one.
-                var = (s2 - s1 * mean_d) / (win - 1)
-                if var < 0.0:
-                    var = 0.0
                 n_eff = win * g2
+                var = ss / (win - 1)
                 if n_eff > 1.0:
                     var = var / (1.0 - 1.0 / n_eff)
                 sigma = math.sqrt(var / n_eff)
@@ -340,10 +360,9 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
                               0.0, 0.0)
                 last_settled = mean
                 have_settled = 1
-            elif stable == 1 and count >= 2 * win:
-                # Long stable: start the band afresh here (still stable), so a slow
-                # creep of the load is not taken for motion.
-                count = 0
+            elif now_stable == 0 and stable == 1:
+                _emit(ev_type, ev_idx, ev_val, ev_n, lane, EV_MOTION, idx, y, 0.0, 0.0)
+            stable = now_stable
             if zt_rate > 0.0 and stable == 1 and abs(y) < zt_band:
                 step = y
                 if step > zt_rate:
@@ -354,16 +373,14 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ev_type, ev_idx
                     zt += step
         fst[lane, FS_ZT] = zt
         fst[lane, FS_LAST_SETTLED] = last_settled
-        fst[lane, FS_TOP] = top
-        fst[lane, FS_BOTTOM] = bottom
-        fst[lane, FS_Y0] = y0
-        fst[lane, FS_S1] = s1
-        fst[lane, FS_S2] = s2
         ist[lane, IS_COUNT] = count
         ist[lane, IS_STABLE] = stable
         ist[lane, IS_HAVE_SETTLED] = have_settled
         ist[lane, IS_OVER] = over
         ist[lane, IS_UNDER] = under
+        ist[lane, IS_POS] = pos
+        fst[lane, FS_PMAX] = pmax
+        fst[lane, FS_PMIN] = pmin
 
 
 class LaneBank:
@@ -378,7 +395,8 @@ class LaneBank:
               "win", "zt_rate", "zt_band", "zt_limit", "over_g", "under_g", "hyst_g",
               "placed_g", "sat", "stuck_n", "g2", "warm")
 
-    def __init__(self, capacity: int = 64, *, max_sections: int = MAX_SECTIONS):
+    def __init__(self, capacity: int = 64, *, window: int = 256,
+                 max_sections: int = MAX_SECTIONS):
         if capacity < 1:
             raise ValueError("a bank holds at least one lane")
         self.capacity = capacity
@@ -389,11 +407,20 @@ class LaneBank:
         self.zi = np.zeros((capacity, max_sections, 2))
         self.med = np.zeros((capacity, 5))
         self._scratch(1024)
+        self._rings(window)
         self.ev_type = np.zeros((capacity, MAX_EVENTS), dtype=np.int64)
         self.ev_idx = np.zeros((capacity, MAX_EVENTS), dtype=np.int64)
         self.ev_val = np.zeros((capacity, MAX_EVENTS, 3))
         self.ev_n = np.zeros(capacity, dtype=np.int64)
         self.configured = np.zeros(capacity, dtype=bool)
+
+    def _rings(self, window: int) -> None:
+        """Rings as long as the longest window: the window's samples and the suffix
+        extremes of the last full block."""
+        self.window = window
+        self.ybuf = np.zeros((self.capacity, window))
+        self.sufmax = np.zeros((self.capacity, window))
+        self.sufmin = np.zeros((self.capacity, window))
 
     def _scratch(self, n: int) -> None:
         self.tmp_w = np.zeros(n)
@@ -407,8 +434,15 @@ class LaneBank:
         sos = np.asarray(sos, dtype=np.float64).reshape(-1, 6)
         if sos.shape[0] > self.sos.shape[1]:
             raise ValueError(f"at most {self.sos.shape[1]} filter sections per lane")
-        if not 3 <= int(params["win"]) <= MAX_WINDOW:
+        win = int(params["win"])
+        if not 3 <= win <= MAX_WINDOW:
             raise ValueError(f"stability window must be 3..{MAX_WINDOW} samples")
+        if win > self.window:
+            # a longer window: longer rings for every lane, which start afresh
+            old = self.ybuf.shape[1]
+            self._rings(max(win, 2 * old))
+            self.ist[:, IS_COUNT] = np.minimum(self.ist[:, IS_COUNT], 0)
+            self.ist[:, IS_STABLE] = 0
         row = self.cfg[lane]
         for i, name in enumerate(self.PARAMS):
             row[i] = float(params[name])
@@ -433,8 +467,9 @@ class LaneBank:
         if samples.shape[1] > self.tmp_w.shape[0]:
             self._scratch(samples.shape[1])
         lanes_step(samples, nsamp, seq, self.cfg, self.sos, self.fst, self.ist, self.zi,
-                   self.med, self.ev_type, self.ev_idx, self.ev_val, self.ev_n,
-                   self.tmp_w, self.tmp_idx, self.tmp_reset)
+                   self.med, self.ybuf, self.sufmax, self.sufmin, self.ev_type,
+                   self.ev_idx, self.ev_val, self.ev_n, self.tmp_w, self.tmp_idx,
+                   self.tmp_reset)
 
     def feed(self, lane: int, samples, seq: int = -1) -> list[dict]:
         """Run one lane's frame and return its events."""
@@ -446,9 +481,10 @@ class LaneBank:
         sl = slice(lane, lane + 1)
         lanes_step(x, np.array([x.shape[1]], dtype=np.int64),
                    np.array([seq], dtype=np.int64), self.cfg[sl], self.sos[sl],
-                   self.fst[sl], self.ist[sl], self.zi[sl], self.med[sl],
-                   self.ev_type[sl], self.ev_idx[sl], self.ev_val[sl], self.ev_n[sl],
-                   self.tmp_w, self.tmp_idx, self.tmp_reset)
+                   self.fst[sl], self.ist[sl], self.zi[sl], self.med[sl], self.ybuf[sl],
+                   self.sufmax[sl], self.sufmin[sl], self.ev_type[sl], self.ev_idx[sl],
+                   self.ev_val[sl], self.ev_n[sl], self.tmp_w, self.tmp_idx,
+                   self.tmp_reset)
         return self.events(lane)
 
     def events(self, lane: int) -> list[dict]:
@@ -490,7 +526,7 @@ class LaneBank:
 
 def warm_up() -> None:
     """Run the kernel once on a scratch lane, so the first real frame pays nothing."""
-    bank = LaneBank(1, max_sections=1)
+    bank = LaneBank(1, window=8, max_sections=1)
     params = dict(fs=1000.0, counts_per_g=1.0, zero_counts=0.0, tare_g=0.0, spike_g=10.0,
                   band_g=1.0, win=4, zt_rate=0.0, zt_band=0.0, zt_limit=0.0,
                   over_g=1e9, under_g=-1e9, hyst_g=1.0, placed_g=1.0, sat=0.0, stuck_n=0,

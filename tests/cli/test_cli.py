@@ -163,3 +163,47 @@ def test_output_closed_early_is_not_an_error(tmp_path, data_dir):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
     assert json.loads(first)["ok"] and err == b""
+
+
+def test_weigh_gen_and_replay(tmp_path, data_dir):
+    trace = tmp_path / "t.csv"
+    p = run("weigh", "gen", "--out", trace, "--seed", 4, "--items", 2, "--mains-g", 1.5,
+            data_dir=data_dir)
+    assert p.returncode == 0, p.stderr
+    truth = json.loads((tmp_path / "t.truth.json").read_text())
+    p = run("weigh", "replay", trace, "--fs", 1000, "--json", data_dir=data_dir)
+    assert p.returncode == 0, p.stderr
+    events = rows(p)
+    assert all({"t", "event", "weight_g", "sigma_g"} <= set(e) for e in events)
+    settled = [e for e in events if e["event"] == "settled"]
+    assert [round(e["weight_g"] / 5) for e in settled[1:]] == \
+        [round(pl["after_g"] / 5) for pl in truth["placements"]]
+    placed = [e for e in events if e["event"] == "placed"]
+    assert len(placed) == 2 and placed[0]["delta_g"] > 0
+
+
+def test_weigh_replay_raw_counts(tmp_path, data_dir):
+    trace = tmp_path / "c.csv"
+    run("weigh", "gen", "--out", trace, "--counts-per-g", 250, "--zero", 12000,
+        "--items", 1, data_dir=data_dir)
+    truth = json.loads((tmp_path / "c.truth.json").read_text())
+    events = rows(run("weigh", "replay", trace, "--fs", 1000, "--counts-per-g", 250,
+                      "--zero", 12000, "--json", data_dir=data_dir))
+    last = [e for e in events if e["event"] == "settled"][-1]
+    assert last["weight_g"] == pytest.approx(truth["placements"][0]["after_g"], abs=5)
+
+
+def test_weigh_replay_bad_samples_and_files(tmp_path, data_dir):
+    trace = tmp_path / "bad.csv"
+    noisy = [f"{100 + 0.3 * ((i * 7919) % 13 - 6) / 6:.3f}\n" for i in range(800)]
+    trace.write_text("grams\n" + "".join(noisy[:400]) + "nan\n" + "".join(noisy[400:]))
+    p = run("weigh", "replay", trace, "--fs", 1000, "--json", data_dir=data_dir)
+    assert p.returncode == 1                          # a fault was seen
+    assert [e["reason"] for e in rows(p) if e["event"] == "fault"] == ["nan"]
+    trace.write_text("grams\n100\n1O0\n")
+    p = run("weigh", "replay", trace, "--fs", 1000, data_dir=data_dir)
+    assert p.returncode == 2 and b"BAD_TRACE" in p.stderr and b":3:" in p.stderr
+    p = run("weigh", "replay", trace, "--fs", 0, data_dir=data_dir)
+    assert p.returncode == 2 and b"BAD_SAMPLE_RATE" in p.stderr
+    p = run("weigh", "replay", tmp_path / "missing.csv", "--fs", 1000, data_dir=data_dir)
+    assert p.returncode == 2 and b"CANNOT_READ" in p.stderr
