@@ -330,6 +330,37 @@ def cmd_weigh_gen(args) -> int:
 
 
 # ----------------------------------------------------------------------------------
+# verify
+# ----------------------------------------------------------------------------------
+
+def cmd_verify(args) -> int:
+    from lanecore.core.verify import VerifyPolicy, load_order, verify
+    data_dir, config = _store(args)
+    order = load_order(args.order)
+    fields = {name: value for name, value in (
+        ("k", args.k), ("e_g", args.e), ("mpe_table", args.mpe),
+        ("scale_sd_g", args.scale_sd_g), ("floor_g", args.floor_g)) if value is not None}
+    policy = VerifyPolicy(**fields)
+    table = None
+    from lanecore.core.catalog import database_path
+    if database_path(data_dir).exists():
+        from lanecore.core.catalog import Catalog
+        with Catalog.open(data_dir) as cat:
+            table = cat.table()
+    verdict = verify(order, args.measured_g, table, policy, region=_region(args, config))
+    out = verdict.to_dict()
+    if args.json:
+        print(json.dumps(out))
+        return EXIT_OK
+    print(f"{out['verdict'].upper()}: measured {out['measured_g']} g, expected "
+          f"{out['expected_g']} g ± {out['band_g']} g (z = {out['z']})")
+    for ex in out["explanations"]:
+        items = ", ".join(f"{line['qty']} x {line['gtin']}" for line in ex["lines"])
+        print(f"  {ex['kind']:<8} {items}   p = {ex['score']}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------
 # info and demo
 # ----------------------------------------------------------------------------------
 
@@ -436,6 +467,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bits", type=int, default=24, help="ADC resolution for counts")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_weigh_gen)
+
+    sp = sub.add_parser("verify", help="judge a paid order against a measured weight")
+    sp.add_argument("--order", required=True, metavar="ORDER.json",
+                    help='{"lines": [{"gtin", "qty", "unit_weight_g"?, "weight_sd_g"?}], '
+                         '"tare_g"?}; weights from the catalogue when omitted')
+    sp.add_argument("--measured-g", type=float, required=True, metavar="W")
+    sp.add_argument("--k", type=float, help="band width in standard deviations (3.29)")
+    sp.add_argument("--e", type=float, metavar="GRAMS", help="scale interval (5)")
+    sp.add_argument("--mpe", choices=["r51", "r76"], help="max permissible error table")
+    sp.add_argument("--scale-sd-g", type=float, metavar="G", help="scale noise (½ e)")
+    sp.add_argument("--floor-g", type=float, metavar="G", help="smallest band (2 e)")
+    sp.add_argument("--region", type=_region_arg, metavar="CC")
+    sp.add_argument("--json", action="store_true")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("info", help="version, kernels in use, data directory, regions")
     data_dir_opt(sp)

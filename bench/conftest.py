@@ -103,7 +103,7 @@ def _ratios() -> list[dict]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not FIGURES:
+    if not FIGURES and not NOTES:
         return
     tr = terminalreporter
     tr.section("lanecore benchmark ratios (same run, same data)")
@@ -121,7 +121,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if not FIGURES:
+    if not FIGURES and not NOTES:
         return
     out = os.environ.get("LANECORE_BENCH_JSON")
     if not out:

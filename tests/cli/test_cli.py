@@ -207,3 +207,23 @@ def test_weigh_replay_bad_samples_and_files(tmp_path, data_dir):
     assert p.returncode == 2 and b"BAD_SAMPLE_RATE" in p.stderr
     p = run("weigh", "replay", tmp_path / "missing.csv", "--fs", 1000, data_dir=data_dir)
     assert p.returncode == 2 and b"CANNOT_READ" in p.stderr
+
+
+def test_verify_command(tmp_path, data_dir):
+    order = tmp_path / "order.json"
+    order.write_text(json.dumps({"lines": [
+        {"gtin": "5901234123457", "qty": 2, "unit_weight_g": 410.0, "weight_sd_g": 6.0},
+        {"gtin": "96385074", "qty": 1, "unit_weight_g": 1020.0, "weight_sd_g": 12.0}]}))
+    ok = json.loads(run("verify", "--order", order, "--measured-g", 1838, "--json",
+                        data_dir=data_dir).stdout)
+    assert ok["verdict"] == "ok" and ok["expected_g"] == 1840.0 and ok["explanations"] == []
+    short = json.loads(run("verify", "--order", order, "--measured-g", 1430, "--json",
+                           data_dir=data_dir).stdout)
+    assert short["verdict"] == "short" and short["z"] < -3
+    top = short["explanations"][0]
+    assert (top["kind"], top["gtin"], top["qty"]) == ("missing", "05901234123457", 1)
+    p = run("verify", "--order", order, "--measured-g=-1e9", data_dir=data_dir)
+    assert p.returncode == 2 and b"BAD_MEASUREMENT" in p.stderr
+    order.write_text('{"lines": []}')
+    p = run("verify", "--order", order, "--measured-g", 100, data_dir=data_dir)
+    assert p.returncode == 2 and b"EMPTY_ORDER" in p.stderr
