@@ -59,6 +59,8 @@ setup(
         "msgpack>=1.0",
         "qrcode>=7.4",
         "pyserial>=3.5",
+        # Ed25519: signed order QR codes and exit passes that devices verify offline
+        "cryptography>=42",
     ],
     extras_require={
         # biip: the reference parser the tests agree with and the benchmark beats;
