@@ -361,6 +361,79 @@ def cmd_verify(args) -> int:
 
 
 # ----------------------------------------------------------------------------------
+# serve, worker, keys
+# ----------------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    import logging
+
+    import zmq
+
+    from lanecore.gateway import security as sec
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    data_dir, config = _store(args, create=True)
+    ctx = zmq.Context.instance()
+    guard = None
+    if args.curve:
+        guard = sec.ServerSecurity(data_dir, ctx)
+    else:
+        sec.check_plain([args.bind, args.events], args.allow_plain)
+
+    def ready():
+        mode = "curve" if guard else "plain"
+        print(f"lanecore serving on {args.bind} ({mode}), events on {args.events or '-'}, "
+              f"{args.workers} worker(s), data in {data_dir}", file=sys.stderr, flush=True)
+    try:
+        if args.workers > 1:
+            from lanecore.gateway.broker import Broker
+            Broker(data_dir, workers=args.workers, region=args.region,
+                   max_lanes=args.max_lanes).serve(args.bind, events=args.events,
+                                                   security=guard, ready=ready, ctx=ctx)
+        else:
+            from lanecore.gateway.service import Service
+            svc = Service(data_dir, region=args.region, max_lanes=args.max_lanes)
+            try:
+                svc.serve(args.bind, events=args.events, security=guard, ready=ready, ctx=ctx)
+            finally:
+                svc.close()
+    except zmq.ZMQError as exc:
+        return _die("CANNOT_BIND", f"{args.bind}: {exc}")
+    finally:
+        if guard is not None:
+            guard.stop()
+    return EXIT_OK
+
+
+def cmd_worker(args) -> int:
+    import logging
+
+    from lanecore.gateway.service import Service
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    svc = Service(args.data_dir, region=args.region, max_lanes=args.max_lanes)
+    try:
+        svc.serve_worker(args.connect, args.slot, events_connect=args.events_connect)
+    finally:
+        svc.close()
+    return EXIT_OK
+
+
+def cmd_keys_gen(args) -> int:
+    from lanecore.gateway import security as sec
+    from lanecore.core.config import resolve_data_dir
+    if args.server:
+        directory = sec.keys_dir(resolve_data_dir(args.data_dir))
+        name = sec.SERVER_NAME
+    else:
+        if not args.name:
+            return _die("USAGE", "give --name NAME for a device key (or --server)")
+        directory = Path(args.dir) if args.dir else Path(".")
+        name = args.name
+    public, secret = sec.generate(directory, name)
+    print(json.dumps({"public": str(public), "secret": str(secret)}))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------
 # info and demo
 # ----------------------------------------------------------------------------------
 
@@ -482,6 +555,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser("serve", help="the verification service (ZeroMQ + MessagePack)")
+    sp.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
+                    help="ROUTER endpoint (tcp:// or ipc://)")
+    sp.add_argument("--events", default="tcp://127.0.0.1:5556", metavar="ADDR",
+                    help="PUB endpoint for settled/verdict/alarm/fault events ('' for none)")
+    sp.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="worker processes behind a broker (1: one process)")
+    sp.add_argument("--region", type=_region_arg, metavar="CC")
+    sp.add_argument("--max-lanes", type=int, default=4096)
+    sp.add_argument("--curve", action="store_true",
+                    help="CurveZMQ: server key and allowed devices from DATA_DIR/keys")
+    sp.add_argument("--allow-plain", action="store_true",
+                    help="allow plain TCP beyond loopback (not recommended)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_serve)
+    sp = sub.add_parser("worker", help=argparse.SUPPRESS)
+    sp.add_argument("--connect", required=True)
+    sp.add_argument("--slot", type=int, required=True)
+    sp.add_argument("--events-connect")
+    sp.add_argument("--region", type=_region_arg)
+    sp.add_argument("--max-lanes", type=int, default=4096)
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_worker)
+    keys = sub.add_parser("keys", help="CurveZMQ keys").add_subparsers(
+        dest="keys_command", required=True)
+    sp = keys.add_parser("gen", help="make a keypair: the service's (--server) or a device's")
+    sp.add_argument("--server", action="store_true",
+                    help="the service's keypair, into DATA_DIR/keys/")
+    sp.add_argument("--name", help="a device's name (NAME.key, NAME.key_secret)")
+    sp.add_argument("--dir", help="where a device keypair goes (default .)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_keys_gen)
 
     sp = sub.add_parser("info", help="version, kernels in use, data directory, regions")
     data_dir_opt(sp)

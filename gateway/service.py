@@ -1,0 +1,618 @@
+"""The verification service: one ROUTER socket, MessagePack maps, the kernels behind.
+
+``Service.handle(request, client)`` answers one request (no sockets: the tests and
+the fuzzer call it directly); ``Service.serve()`` runs the socket loop. Requests that
+change the store (baskets, verdicts, lane configurations, confirmed weighings) run
+in one SQLite transaction with the record of their reply, so a retried request id is
+answered from that record and never done twice — even by a new process after a crash.
+Read-only requests are remembered in memory for the same window.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+import lanecore
+from lanecore.core import catalog as catalog_mod
+from lanecore.core.config import load_config, resolve_data_dir
+from lanecore.core.errors import LanecoreError
+from lanecore.core.learning import ScaleHealth, WeightBook
+from lanecore.core.verify import VerifyPolicy, verify
+from lanecore.core.weighing import LaneConfig, configure_lane
+from lanecore.ext import barcode, loadcell
+from lanecore.ext.lookup import FLAG_BITS, FLAG_VARIABLE_MEASURE
+
+from . import protocol as P
+from .protocol import NAME, Field, ProtocolError
+
+log = logging.getLogger("lanecore.service")
+
+#: How long a reply is kept for a retry with the same id (seconds).
+REPLAY_WINDOW_S = 600.0
+#: Most replies of read-only requests kept in memory.
+REPLAY_MEMORY = 50_000
+#: Most samples in one weigh.frame (4096 float32 = 16 KiB: 2 s at 2 kHz).
+MAX_FRAME_SAMPLES = 4096
+#: Most codes in one scan.batch.
+MAX_BATCH = 1000
+#: Items kept decoded in memory for scan replies.
+ITEM_CACHE = 20_000
+
+_SCHEMA_SQL = (
+    """CREATE TABLE IF NOT EXISTS service_requests (
+        client TEXT NOT NULL, id TEXT NOT NULL, op TEXT NOT NULL, reply BLOB NOT NULL,
+        at REAL NOT NULL, PRIMARY KEY (client, id))""",
+    """CREATE TABLE IF NOT EXISTS lane_configs (
+        lane TEXT PRIMARY KEY, config TEXT NOT NULL, updated_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS verdicts (
+        verdict_id INTEGER PRIMARY KEY, at REAL NOT NULL, gate TEXT NOT NULL,
+        order_no TEXT NOT NULL, measured_g REAL NOT NULL, verdict TEXT NOT NULL,
+        z REAL NOT NULL, expected_g REAL NOT NULL, band_g REAL NOT NULL,
+        explanations TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS verdicts_order ON verdicts (order_no)",
+)
+
+
+def _num(v):
+    """A JSON/MessagePack-safe number: numpy scalars become Python numbers, NaN null."""
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+class Service:
+    """Everything one service process holds: the store, the lanes, the counters."""
+
+    def __init__(self, data_dir, *, region: str | None = None, max_lanes: int = 4096,
+                 policy: VerifyPolicy | None = None, publish=None):
+        self.data_dir = resolve_data_dir(data_dir)
+        config = load_config(self.data_dir)
+        config.apply()
+        self.region = region or config.region
+        self.policy = policy or VerifyPolicy()
+        self.catalog = catalog_mod.Catalog.open(self.data_dir)
+        self.con = catalog_mod.connect(catalog_mod.database_path(self.data_dir))
+        for stmt in _SCHEMA_SQL:
+            self.con.execute(stmt)
+        self.table = self.catalog.table()
+        self.weights = WeightBook(self.con)
+        self.weights.apply_to_table(self.table)
+        self.health_book = ScaleHealth(self.con)
+        self.baskets = None
+        self.signer = None
+        self._basket_init()
+        self.bank = loadcell.LaneBank(max_lanes)
+        self.lanes: dict[str, int] = {}
+        self.lane_configs: dict[str, LaneConfig] = {}
+        self._items: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._replies: collections.OrderedDict[tuple, tuple[float, dict]] = \
+            collections.OrderedDict()
+        self.publish = publish or (lambda topic, event: None)
+        self.started = time.monotonic()
+        self.counts: collections.Counter = collections.Counter()
+        self.errors: collections.Counter = collections.Counter()
+        self.replays = 0
+        loadcell.warm_up()
+        self.ops = {name: (fn, schema, mutating) for name, fn, schema, mutating in self._ops()}
+
+    # ------------------------------------------------------------------------------
+    def _basket_init(self) -> None:
+        try:
+            from lanecore.core.basket import BasketStore
+            from lanecore.core.orderqr import Signer
+        except ImportError:   # baskets not built into this lanecore
+            return
+        self.signer = Signer.load_or_create(self.data_dir)
+        self.baskets = BasketStore(self.con, self.table, region=self.region,
+                                   item=self.catalog.item)
+
+    def close(self) -> None:
+        for closer in (self.catalog.close, self.con.close):
+            try:
+                closer()
+            except Exception:  # closing is best effort at shutdown
+                log.exception("close failed")
+
+    # ------------------------------------------------------------------------------
+    # The one entry point
+    # ------------------------------------------------------------------------------
+    def handle_bytes(self, payload: bytes, client: str) -> bytes:
+        """A reply frame for a request frame; never raises."""
+        try:
+            req = P.unpack(payload)
+        except ProtocolError as exc:
+            self.errors[exc.code] += 1
+            return P.pack(P.error(None, exc.code, exc.message))
+        return P.pack(self.handle(req, client))
+
+    def handle(self, req: dict, client: str) -> dict:
+        """The reply map for a request map; never raises."""
+        rid = P.request_id(req)
+        try:
+            if "id" not in req:
+                raise ProtocolError("MISSING_FIELD", "field 'id' (str or int) is required")
+            if rid is None:
+                raise ProtocolError("BAD_FIELD", f"field 'id' must be a str of at most "
+                                                 f"{P.MAX_ID_LEN} characters or an int")
+            op = req.get("op")
+            if op is None:
+                raise ProtocolError("MISSING_FIELD", "field 'op' (str) is required")
+            if not isinstance(op, str):
+                raise ProtocolError("BAD_FIELD", "field 'op' must be a str")
+            entry = self.ops.get(op)
+            if entry is None:
+                raise ProtocolError("UNKNOWN_OP", f"unknown op {op[:64]!r}; 'hello' lists "
+                                                  "the ops")
+            fn, schema, mutating = entry
+            who = req.get("client")
+            if isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN:
+                client = who
+            key = (client, str(rid))
+            self.counts[op] += 1
+            if mutating:
+                return self._durable(key, op, rid, fn, schema, req)
+            hit = self._replies.get(key)
+            if hit is not None and time.monotonic() - hit[0] < REPLAY_WINDOW_S:
+                self.replays += 1
+                return hit[1]
+            reply = P.ok(rid, **fn(P.check(req, schema)))
+            self._remember(key, reply)
+            return reply
+        except ProtocolError as exc:
+            self.errors[exc.code] += 1
+            return P.error(rid, exc.code, exc.message)
+        except LanecoreError as exc:
+            self.errors[exc.code] += 1
+            reply = P.error(rid, exc.code, exc.message)
+            reply["error"].update({k: v for k, v in exc.to_dict().items()
+                                   if k not in ("code", "message")})
+            return reply
+        except Exception as exc:  # the loop must never die on one request
+            log.exception("request failed")
+            self.errors["INTERNAL"] += 1
+            return P.error(rid, "INTERNAL", f"{type(exc).__name__} while serving this request")
+
+    def _remember(self, key, reply) -> None:
+        self._replies[key] = (time.monotonic(), reply)
+        if len(self._replies) > REPLAY_MEMORY:
+            self._replies.popitem(last=False)
+
+    def _durable(self, key, op, rid, fn, schema, req) -> dict:
+        """Do a mutating request and record its reply in one transaction."""
+        con = self.con
+        fields = P.check(req, schema)
+        after = []
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            row = con.execute("SELECT reply FROM service_requests WHERE client = ? AND id = ?",
+                              key).fetchone()
+            if row is not None:
+                con.execute("COMMIT")
+                self.replays += 1
+                return P.unpack(row[0])
+            result = fn(fields, after)
+            reply = P.ok(rid, **result)
+            con.execute("INSERT INTO service_requests (client, id, op, reply, at) "
+                        "VALUES (?, ?, ?, ?, ?)", (*key, op, P.pack(reply), time.time()))
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        for action in after:    # events and in-memory effects, once the change is safe
+            action()
+        return reply
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget replies older than the replay window; returns how many rows went."""
+        cutoff = (now or time.time()) - REPLAY_WINDOW_S
+        cur = self.con.execute("DELETE FROM service_requests WHERE at < ?", (cutoff,))
+        mono = time.monotonic()
+        while self._replies:
+            k, (t, _) = next(iter(self._replies.items()))
+            if mono - t < REPLAY_WINDOW_S:
+                break
+            self._replies.popitem(last=False)
+        return cur.rowcount
+
+    # ------------------------------------------------------------------------------
+    # Ops
+    # ------------------------------------------------------------------------------
+    def _ops(self):
+        return [
+            ("hello", self.op_hello, {}, False),
+            ("scan", self.op_scan, {"lane": NAME, "code": Field("str", max=4096),
+                                    "region": Field("str", required=False, min=2, max=2)},
+             False),
+            ("scan.batch", self.op_scan_batch,
+             {"lane": NAME, "codes": Field("list", min=1, max=MAX_BATCH),
+              "region": Field("str", required=False, min=2, max=2)}, False),
+            ("basket.open", self.op_basket_open,
+             {"device": NAME, "member": Field("str", required=False, max=64)}, True),
+            ("basket.add", self.op_basket_add,
+             {"basket": NAME, "scans": Field("list", min=1, max=MAX_BATCH)}, True),
+            ("basket.remove", self.op_basket_remove,
+             {"basket": NAME, "items": Field("list", min=1, max=MAX_BATCH)}, True),
+            ("basket.get", self.op_basket_get, {"basket": NAME}, False),
+            ("basket.submit", self.op_basket_submit, {"basket": NAME}, True),
+            ("weigh.config", self.op_weigh_config,
+             {"lane": NAME, "config": Field("map", required=False)}, True),
+            ("weigh.frame", self.op_weigh_frame,
+             {"lane": NAME, "seq": Field("int", min=0, max=2 ** 62),
+              "samples": Field("bin", required=False, min=4, max=4 * MAX_FRAME_SAMPLES),
+              "counts": Field("bin", required=False, min=4, max=4 * MAX_FRAME_SAMPLES)},
+             False),
+            ("verify.order", self.op_verify_order,
+             {"gate": Field("str", required=False, min=1, max=64),
+              "lane": Field("str", required=False, min=1, max=64),
+              "order_no": Field("str", required=False, min=1, max=64),
+              "order_qr": Field("str", required=False, min=1, max=2048),
+              "measured_g": Field("float", required=False, min=-1e6, max=1e7)}, True),
+            ("weights.confirm", self.op_weights_confirm,
+             {"gtin": Field("str", min=8, max=14), "weight_g": Field("float", min=0.0, max=1e6),
+              "units": Field("int", required=False, min=1, max=999)}, True),
+            ("stats", self.op_stats, {}, False),
+            ("health", self.op_health, {}, False),
+        ]
+
+    # hello, stats, health ----------------------------------------------------------
+    def op_hello(self, f) -> dict:
+        return {
+            "protocol": P.PROTOCOL_VERSION,
+            "server": f"lanecore {lanecore.__version__}",
+            "capabilities": sorted(self.ops),
+            "kernels": {"barcode": barcode.IMPLEMENTATION, "loadcell": loadcell.IMPLEMENTATION},
+            "store": {"region": self.region, "items": len(self.table)},
+            "order_key": self.signer.public_key_b64() if self.signer else None,
+            "limits": {"max_message_bytes": P.MAX_MESSAGE_BYTES, "max_batch": MAX_BATCH,
+                       "max_frame_samples": MAX_FRAME_SAMPLES,
+                       "replay_window_s": REPLAY_WINDOW_S},
+        }
+
+    def op_stats(self, f) -> dict:
+        return {"uptime_s": round(time.monotonic() - self.started, 3),
+                "requests": dict(self.counts), "errors": dict(self.errors),
+                "replays": self.replays, "lanes": len(self.lanes),
+                "items": len(self.table)}
+
+    def op_health(self, f) -> dict:
+        try:
+            self.con.execute("SELECT 1").fetchone()
+            db = "ok"
+        except sqlite3.Error as exc:
+            db = f"error: {exc}"
+        scales = [s.to_dict() for s in self.health_book.scales()]
+        bad = [s for s in scales if s["state"] == "failure"]
+        return {"status": "ok" if db == "ok" and not bad else "degraded", "db": db,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "lanes": len(self.lanes), "scales": scales,
+                "worker": getattr(self, "worker_slot", None), "pid": os.getpid()}
+
+    # scans -------------------------------------------------------------------------
+    def _item(self, row: int, gtin: str) -> dict:
+        hit = self._items.get(row)
+        if hit is None:
+            hit = self.catalog.item(gtin)
+            self._items[row] = hit
+            if len(self._items) > ITEM_CACHE:
+                self._items.popitem(last=False)
+        return hit
+
+    def _scan_one(self, code, region) -> dict:
+        if not isinstance(code, str):
+            raise ProtocolError("BAD_FIELD", "a code must be a str")
+        r = barcode.parse_scan(code, region or self.region)
+        if not r.ok:
+            raise LanecoreError(r.error_message, code=r.error_code)
+        key = r.lookup_key
+        row = -1 if key is None else self.table.lookup(key)
+        if row < 0:
+            raise LanecoreError(f"{r.lookup_gtin or code!r} is not in the catalogue",
+                                code="UNKNOWN_ITEM")
+        base = self._item(row, r.lookup_gtin)
+        t = self.table
+        item = {
+            "gtin": base["gtin"], "name": base["name"], "price_minor": base["price_minor"],
+            # weights as the verdicts see them: learned where learned, else the catalogue
+            "unit_weight_g": _num(t.weight_mean_g[row]), "weight_sd_g": _num(t.weight_sd_g[row]),
+            "flags": base["flags"],
+            "line_price_minor": catalog_mod.line_price_minor(base, r),
+            **{k: base[k] for k in ("origin", "producer", "inspection", "supply_chain",
+                                    "promotion")},
+        }
+        return {"scan": r.to_dict(), "item": item}
+
+    def op_scan(self, f) -> dict:
+        return self._scan_one(f["code"], f.get("region"))
+
+    def op_scan_batch(self, f) -> dict:
+        results = []
+        for code in f["codes"]:
+            try:
+                results.append({"ok": True, **self._scan_one(code, f.get("region"))})
+            except (ProtocolError, LanecoreError) as exc:
+                results.append({"ok": False, "error": {"code": exc.code,
+                                                       "message": exc.message}})
+        return {"results": results}
+
+    # baskets -----------------------------------------------------------------------
+    def _basket_store(self):
+        if self.baskets is None:
+            raise LanecoreError("this service was built without baskets", code="UNAVAILABLE")
+        return self.baskets
+
+    def op_basket_open(self, f, after) -> dict:
+        return {"basket": self._basket_store().open(f["device"], member=f.get("member"))}
+
+    def op_basket_add(self, f, after) -> dict:
+        return {"basket": self._basket_store().add(f["basket"], f["scans"])}
+
+    def op_basket_remove(self, f, after) -> dict:
+        return {"basket": self._basket_store().remove(f["basket"], f["items"])}
+
+    def op_basket_get(self, f) -> dict:
+        return {"basket": self._basket_store().get(f["basket"])}
+
+    def op_basket_submit(self, f, after) -> dict:
+        return self._basket_store().submit(f["basket"], self.signer)
+
+    # weighing ----------------------------------------------------------------------
+    def _lane_index(self, lane: str) -> int:
+        idx = self.lanes.get(lane)
+        if idx is None:
+            if len(self.lanes) >= self.bank.capacity:
+                raise LanecoreError(f"this service weighs at most {self.bank.capacity} lanes",
+                                    code="TOO_MANY_LANES")
+            idx = len(self.lanes)
+            self.lanes[lane] = idx
+        return idx
+
+    def op_weigh_config(self, f, after) -> dict:
+        config = LaneConfig.from_dict(dict(f.get("config") or {}))
+        params, sos = config.compile()   # validates before anything is stored
+        self.con.execute("INSERT INTO lane_configs (lane, config, updated_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT(lane) DO UPDATE SET config = excluded.config, "
+                         "updated_at = excluded.updated_at",
+                         (f["lane"], json.dumps(config.to_dict()), time.time()))
+
+        def apply():
+            idx = self._lane_index(f["lane"])
+            self.bank.configure(idx, params, sos)
+            self.lane_configs[f["lane"]] = config
+        after.append(apply)
+        return {"lane": f["lane"], "config": config.to_dict(),
+                "window_samples": config.window_samples()}
+
+    def _lane_for_frames(self, lane: str) -> int:
+        idx = self.lanes.get(lane)
+        if idx is not None and self.bank.configured[idx]:
+            return idx
+        # a lane configured before this process started (a restart): reload it
+        row = self.con.execute("SELECT config FROM lane_configs WHERE lane = ?",
+                               (lane,)).fetchone()
+        if row is None:
+            raise LanecoreError(f"lane {lane!r} is not configured; send weigh.config first",
+                                code="LANE_NOT_CONFIGURED")
+        config = LaneConfig.from_dict(json.loads(row[0]))
+        idx = self._lane_index(lane)
+        configure_lane(self.bank, idx, config)
+        self.lane_configs[lane] = config
+        return idx
+
+    def op_weigh_frame(self, f) -> dict:
+        if ("samples" in f) == ("counts" in f):
+            raise ProtocolError("BAD_FIELD", "give exactly one of 'samples' (float32 grams) "
+                                             "or 'counts' (int32 raw counts)")
+        data = f.get("samples") or f.get("counts")
+        if len(data) % 4:
+            raise ProtocolError("BAD_FIELD", "samples/counts must be whole 4-byte values")
+        dtype = "<f4" if "samples" in f else "<i4"
+        x = np.frombuffer(data, dtype=dtype).astype(np.float64)
+        lane = f["lane"]
+        idx = self._lane_for_frames(lane)
+        events = [{k: _num(v) for k, v in ev.items()}
+                  for ev in self.bank.feed(idx, x, f["seq"])]
+        for ev in events:
+            if ev["event"] in ("settled", "fault", "overload", "under_zero"):
+                self.publish(ev["event"] if ev["event"] != "under_zero" else "fault",
+                             {"lane": lane, **ev})
+        return {"lane": lane, "events": events, "stable": self.bank.stable(idx),
+                "settled_g": _num(self.bank.last_settled_g(idx))}
+
+    # verification ------------------------------------------------------------------
+    def op_verify_order(self, f, after) -> dict:
+        gate = f.get("gate") or f.get("lane")
+        if gate is None:
+            raise ProtocolError("MISSING_FIELD", "give 'gate' or 'lane'")
+        store = self._basket_store()
+        order_no = f.get("order_no")
+        if order_no is None:
+            qr = f.get("order_qr")
+            if qr is None:
+                raise ProtocolError("MISSING_FIELD", "give 'order_no' or 'order_qr'")
+            from lanecore.core.orderqr import Verifier, verify_qr
+            payload = verify_qr(qr, Verifier(self.signer.public_key_b64()))
+            order_no = payload["order"]
+        measured = f.get("measured_g")
+        if measured is None:
+            idx = self.lanes.get(gate)
+            measured = None if idx is None else self.bank.last_settled_g(idx)
+            if measured is None:
+                raise LanecoreError(f"no measured_g given and {gate!r} has no settled weight",
+                                    code="NO_SETTLED_WEIGHT")
+        status = store.order(order_no)["status"]
+        order = store.order_lines_for_verify(order_no)
+        verdict = verify(order, measured, self.table, self.policy, region=self.region)
+        out = {k: _num(v) for k, v in verdict.to_dict().items()}
+        self.con.execute(
+            "INSERT INTO verdicts (at, gate, order_no, measured_g, verdict, z, expected_g, "
+            "band_g, explanations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), gate, order_no, float(measured), out["verdict"], out["z"],
+             out["expected_g"], out["band_g"], json.dumps(out["explanations"])))
+        if out["verdict"] == "ok":
+            self.health_book.observe(gate, float(out["z"]))
+        event = {"gate": gate, "order_no": order_no, **out}
+        after.append(lambda: self.publish("verdict", event))
+        if out["verdict"] != "ok":
+            after.append(lambda: self.publish("alarm", event))
+        # The verdict is about weight; whether the order is paid is the gate's to
+        # combine with it (an unpaid order belongs at a kiosk first).
+        return {"order_no": order_no, "order_status": status, **out}
+
+    def op_weights_confirm(self, f, after) -> dict:
+        res = self.weights.learn(f["gtin"], f["weight_g"], units=f.get("units", 1),
+                                 confirmed=True)
+        after.append(lambda: self.weights.apply_to_table(self.table))
+        return {"learning": {k: _num(v) for k, v in res.to_dict().items()}}
+
+    # ------------------------------------------------------------------------------
+    # The socket loop
+    # ------------------------------------------------------------------------------
+    def serve(self, bind: str, *, events: str | None = None, security=None,
+              ready=None, ctx: zmq.Context | None = None) -> None:
+        """Answer requests on ``bind`` until SIGTERM/SIGINT (or ``stop()``)."""
+        ctx = ctx or zmq.Context.instance()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        if security is not None:
+            security.server_socket(sock)
+        sock.bind(bind)
+        pub = None
+        if events:
+            pub = ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.bind(events)
+
+            def publish(topic, event, _pub=pub):
+                try:
+                    _pub.send_multipart([topic.encode(), P.pack(event)], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass   # a slow subscriber loses events, never the service
+            self.publish = publish
+        self._running = True
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                installed.append((sig, signal.signal(sig, lambda *_: self.stop())))
+            except ValueError:   # not the main thread
+                pass
+        if ready is not None:
+            ready()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        last_prune = time.time()
+        try:
+            while self._running:
+                if not poller.poll(200):
+                    if time.time() - last_prune > 60:
+                        self.prune()
+                        last_prune = time.time()
+                    continue
+                for _ in range(1000):   # drain, then look at the clock again
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    out = self.on_frames(frames, security)
+                    if out is not None:
+                        try:
+                            sock.send_multipart(out, zmq.NOBLOCK)
+                        except zmq.ZMQError:
+                            self.errors["UNDELIVERED"] += 1   # the client went away
+        finally:
+            for sig, old in installed:
+                signal.signal(sig, old)
+            sock.close(0)
+            if pub is not None:
+                pub.close(0)
+
+    def stop(self) -> None:
+        self._running = False
+
+    def serve_worker(self, connect: str, slot: int, *, events_connect: str | None = None,
+                     ctx: zmq.Context | None = None) -> None:
+        """Answer requests a broker forwards (``lanecore serve --workers N``)."""
+        ctx = ctx or zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.connect(connect)
+        pub = None
+        if events_connect:
+            pub = ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.connect(events_connect)
+
+            def publish(topic, event, _pub=pub):
+                try:
+                    _pub.send_multipart([topic.encode(), P.pack(event)], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            self.publish = publish
+        self.worker_slot = slot
+        self._running = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+        sock.send_multipart([b"READY"])
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        last_prune = time.time()
+        try:
+            while self._running:
+                if not poller.poll(200):
+                    if time.time() - last_prune > 60:
+                        self.prune()
+                        last_prune = time.time()
+                    continue
+                for _ in range(1000):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    out = self.on_frames(frames)
+                    if out is not None:
+                        try:
+                            sock.send_multipart(out, zmq.NOBLOCK)
+                        except zmq.ZMQError:
+                            self.errors["UNDELIVERED"] += 1
+        finally:
+            sock.close(0)
+            if pub is not None:
+                pub.close(0)
+
+    def on_frames(self, frames: list[bytes], security=None) -> list[bytes] | None:
+        """Reply frames for the frames of one request (ROUTER side)."""
+        if len(frames) == 2:                          # DEALER: [identity, request]
+            head, payload = frames[:1], frames[1]
+        elif len(frames) == 3 and frames[1] == b"":   # REQ: [identity, "", request]
+            head, payload = frames[:2], frames[2]
+        elif len(frames) >= 2:
+            self.errors["BAD_FRAMES"] += 1
+            return [frames[0], P.pack(P.error(None, "BAD_FRAMES",
+                                              f"a request is one frame; got {len(frames) - 1}"))]
+        else:
+            return None
+        client = frames[0].hex()
+        return head + [self.handle_bytes(payload, client)]
