@@ -59,7 +59,7 @@ def run_demo(data_dir: Path, *, rows: int, scans: int, seed: int, region: str,
 
         # 2. A basket --------------------------------------------------------------
         rng = np.random.default_rng(seed)
-        say("2. A shopper's handheld basket:")
+        say("2. What the scanners read: packaged goods, a deli label, a DataBar, a misread:")
         basket = _basket(rng, gtins, region)
         say(f"   {'scanned':<36} {'item':<34} {'weight':>9} {'price':>9}")
         total = 0
@@ -121,73 +121,151 @@ def run_demo(data_dir: Path, *, rows: int, scans: int, seed: int, region: str,
                 text = (r.input or "")[:40].encode("unicode_escape").decode()
                 say(f"   {text!s:<42} {r.error_code}: {r.error_message[:70]}")
         say()
-        # 5. The exit lane's weigh-check ---------------------------------------------
-        _exit_lane(say, np.random.default_rng(seed + 1), table, cat)
+        # 5. The same store behind the service ----------------------------------------
+        exit_rng = np.random.default_rng(seed + 1)
+        plain = np.flatnonzero(np.isfinite(table.weight_mean_g) & np.isfinite(table.weight_sd_g)
+                               & (table.flags & (lookup.FLAG_WEIGHT_EXEMPT
+                                                 | lookup.FLAG_VARIABLE_MEASURE) == 0)
+                               & (table.weight_mean_g < 2500))
+    wrong_service = _service_journey(say, data_dir, region, exit_rng, table, plain)
     for s, r in wrong[:10]:
         say(f"WRONG: {s} -> {r.to_dict()}")
     say("demo finished: " + ("every reading was right" if not wrong else
-                             f"{len(wrong)} readings were wrong"))
-    return 0 if not wrong else 1
+                             f"{len(wrong)} readings were wrong")
+        + ("; every verdict was the expected one" if not wrong_service else
+           f"; {wrong_service} verdicts were not the expected ones"))
+    return 0 if not wrong and not wrong_service else 1
 
 
-def _exit_lane(say, rng, table, cat) -> None:
-    """A paid order weighed on the exit conveyor: honest, short and over."""
-    from lanecore.core.verify import verify
-    from lanecore.core.weighing import LaneConfig, configure_lane
+def _service_journey(say, data_dir: Path, region: str, rng, table, plain) -> int:
+    """Start ``lanecore serve`` and run a handheld and an exit lane through the client
+    library. Returns how many verdicts were not the expected ones."""
+    import subprocess
+    import sys
+
+    import zmq
+
     from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate
-    from lanecore.ext.loadcell import LaneBank, warm_up
+    from lanecore.gateway.client import Client, ServiceError
+    from lanecore.gateway.protocol import unpack
 
-    warm_up()
-    ok = (np.isfinite(table.weight_mean_g) & np.isfinite(table.weight_sd_g)
-          & (table.flags & (lookup.FLAG_WEIGHT_EXEMPT | lookup.FLAG_VARIABLE_MEASURE) == 0)
-          & (table.weight_mean_g < 2500))
-    rows = rng.choice(np.flatnonzero(ok), 7, replace=False)
-    lines = [{"gtin": f"{int(table.gtin[r]):014d}", "qty": int(q)}
-             for r, q in zip(rows[:6], rng.choice([1, 1, 1, 2], 6))]
-    unscanned = rows[6]
-    lane = LaneConfig(conveyor_hz=7.0)
-    say("5. Exit lane A: the paid order weighed on the conveyor (synthetic load cell at "
-        f"{lane.fs_hz:g} Hz, e = {lane.e_g:g} g, belt vibration at 7 Hz):")
-    for ln in lines:
-        item = cat.item(ln["gtin"])
-        say(f"   {ln['qty']} x {item['name'][:40]:<40} {item['unit_weight_g']:>8,.0f} g each")
+    data_dir = Path(data_dir).resolve()
+    endpoint = f"ipc://{data_dir}/lanecore.ipc"
+    events = f"ipc://{data_dir}/events.ipc"
+    log = open(data_dir / "serve.log", "wb")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lanecore", "serve", "--bind", endpoint,
+                             "--events", events, "--data-dir", str(data_dir),
+                             "--region", region], stdout=log, stderr=subprocess.STDOUT)
+    wrong = 0
+    try:
+        client = Client(endpoint, client_id="demo-lane-controller", timeout_s=2.0, retries=15)
+        hello = client.hello()
+        say(f"5. The service: `lanecore serve` (pid {proc.pid}) answered hello in "
+            f"{time.perf_counter() - t0:.1f} s on {endpoint}: {hello['server']}, protocol "
+            f"{hello['protocol']}, {hello['store']['items']:,} items")
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"alarm")
+        sub.connect(events)
+        say()
 
-    def weigh(units):
-        true_g = sum(float(rng.normal(table.weight_mean_g[r], table.weight_sd_g[r]))
-                     for r in units)
-        x, truth = generate(TraceSpec(seconds=2.5, placements=[Placement(0.3, true_g, 5.0, 0.3)],
+        def code_of(row):
+            g = f"{int(table.gtin[row]):014d}"
+            return g[1:] if g[0] == "0" else g
+
+        # --- a handheld basket ----------------------------------------------------
+        rows = [int(r) for r in rng.choice(plain, 7, replace=False)]
+        say("   Handheld HH-07 (scan as you shop):")
+        basket = client.basket_open("HH-07")["basket"]
+        bid = basket["basket_id"]
+        for r in rows[:4]:
+            item = client.scan("HH-07", code_of(r))["item"]
+            extra = " | ".join(x for x in (item["origin"], item["promotion"]) if x)
+            say(f"     scan {code_of(r):<14} {item['name'][:36]:<36} {_money(item['price_minor']):>7}"
+                f"  {item['unit_weight_g']:>6,.0f} g  {extra[:40]}")
+        client.basket_add(bid, [code_of(r) for r in rows[:4]])
+        client.basket_add(bid, [{"code": code_of(rows[4]), "qty": 2}])
+        say(f"     batch add: 2 x {code_of(rows[4])}; then a mis-scan is refused:")
+        try:
+            client.basket_add(bid, [code_of(rows[5]), code_of(rows[5])[:-1] + "0"])
+        except ServiceError as exc:
+            say(f"       {exc.code}: {exc.message}")
+        basket = client.basket_remove(bid, [{"line_no": 2}])["basket"]
+        say(f"     removed line 2; basket holds {basket['n_items']} items, "
+            f"{_money(basket['total_minor'])} {basket['currency']}")
+        order = client.basket_submit(bid)
+        say(f"     submitted: order {order['order_no']}, {order['n_items']} items, "
+            f"{_money(order['total_minor'])}; order QR ({len(order['qr'])} characters, signed "
+            f"Ed25519): {order['qr'][:40]}...")
+        paid = [r for line in order["lines"] for r in
+                [next(x for x in rows if f"{int(table.gtin[x]):014d}" == line["gtin"])]
+                * line["qty"]]
+        say()
+
+        # --- exit lane A: weigh-check on the conveyor --------------------------------
+        lane = "EXIT-A"
+        cfg = client.weigh_config(lane, fs_hz=1000, e_g=5, conveyor_hz=7.0)
+        say(f"   Exit lane A: weigh-check at 1 kHz, e = 5 g, window "
+            f"{cfg['window_samples']} samples, conveyor notch 7 Hz")
+        seq = 0
+        extra_row = int(rng.choice([x for x in plain if x not in rows]))
+        cases = [("honest shopper", paid, "ok"),
+                 ("an item left unscanned in the bag", paid + [extra_row], "over"),
+                 ("a paid item left behind", paid[1:], "short")]
+        for label, units, want in cases:
+            true_g = sum(float(rng.normal(table.weight_mean_g[r], table.weight_sd_g[r]))
+                         for r in units)
+            x, _ = generate(TraceSpec(seconds=1.6, initial_g=0.0,
+                                      placements=[Placement(0.3, true_g, 5.0, 0.3)],
                                       noise_g=1.0, conveyor_hz=7.0, conveyor_g=4.0,
                                       mains_g=1.0, seed=int(rng.integers(1 << 31))))
-        bank = LaneBank(1)
-        configure_lane(bank, 0, lane)
-        for i in range(0, len(x), 50):
-            for ev in bank.feed(0, x[i:i + 50]):
-                if ev["event"] == "settled" and ev["t"] > 0.3:
-                    return ev, true_g
-        return None, true_g
-
-    paid = [r for r, ln in zip(rows[:6], lines) for _ in range(ln["qty"])]
-    left_behind = paid[int(rng.integers(len(paid)))]
-    cases = [("honest shopper", paid),
-             ("one paid item left behind", [r for r in paid if r is not left_behind]),
-             ("one item not scanned", paid + [unscanned])]
-    for label, units in cases:
-        ev, true_g = weigh(units)
-        if ev is None:
-            say(f"   {label}: the scale never settled")
-            continue
-        v = verify({"lines": lines}, ev["weight_g"], table).to_dict()
-        say(f"   {label}: settled {ev['weight_g']:,.1f} g (± {ev['sigma_g']:.1f}) "
-            f"{ev['t'] - 0.3:.2f} s after the goods landed -> {v['verdict'].upper()} "
-            f"(expected {v['expected_g']:,.0f} ± {v['band_g']:.0f} g, z = {v['z']})")
-        for ex in v["explanations"][:2]:
-            names = ", ".join(f"{ln['qty']} x {cat.item(ln['gtin'])['name'][:30]}"
-                              for ln in ex["lines"])
-            say(f"      {ex['kind']}: {names}  (p = {ex['score']:.2f})")
-        if v["verdict"] != "ok":
-            say("      spoken: \"Please check your bag: an item may be unscanned, "
-                "wrongly scanned or unpaid.\"")
-    say()
+            settled = None
+            t_frames = time.perf_counter()
+            for i in range(0, len(x), 50):
+                reply = client.weigh_frame(lane, seq, samples=x[i:i + 50])
+                seq += 1
+                for ev in reply["events"]:
+                    if ev["event"] == "settled":
+                        settled = ev        # the last one: the goods on the belt
+            spent = time.perf_counter() - t_frames
+            v = client.verify_order(lane, order_qr=order["qr"])
+            say(f"   {label}: {len(x) // 50} frames in {spent:.2f} s; settled "
+                f"{settled['weight_g']:,.1f} g (± {settled['sigma_g']:.1f}) -> "
+                f"{v['verdict'].upper()} (expected {v['expected_g']:,.0f} ± {v['band_g']:.0f} g, "
+                f"z = {v['z']})")
+            for ex in v["explanations"][:2]:
+                names = ", ".join(f"{ln['qty']} x {client.scan(lane, ln['gtin'])['item']['name']}"
+                                  for ln in ex["lines"])
+                say(f"      {ex['kind']}: {names}  (p = {ex['score']:.2f})")
+            if v["verdict"] != "ok":
+                say('      spoken: "Please check your bag: an item may be unscanned, wrongly '
+                    'scanned or unpaid."')
+                if sub.poll(1000):
+                    topic, body = sub.recv_multipart()
+                    ev = unpack(body)
+                    say(f"      the attendants' screen got '{topic.decode()}' for order "
+                        f"{ev['order_no']} at {ev['gate']}")
+            if v["verdict"] != want:
+                wrong += 1
+            # the goods leave the belt before the next shopper's
+            x0 = np.full(300, 0.0) + np.random.default_rng(seq).normal(0, 1.0, 300)
+            for i in range(0, 300, 50):
+                client.weigh_frame(lane, seq, samples=x0[i:i + 50])
+                seq += 1
+        stats = client.stats()
+        say(f"   service: {sum(stats['requests'].values()):,} requests, "
+            f"replays {stats['replays']}, errors {dict(stats['errors'])}")
+        say()
+        sub.close(0)
+        client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return wrong
 
 
 def _basket(rng, gtins: list[str], region: str) -> list[str]:

@@ -29,8 +29,10 @@ from . import protocol as P
 
 log = logging.getLogger("lanecore.broker")
 
-#: Request fields that pin a request to a worker, in order of preference.
-PIN_FIELDS = ("lane", "gate", "basket", "device", "order_no")
+#: Request fields that pin a request to a worker, in order of preference, and the
+#: namespace each pins in: a gate is a lane (verify.order may name it either way).
+PIN_FIELDS = (("lane", "lane"), ("gate", "lane"), ("basket", "basket"),
+              ("device", "device"), ("order_no", "order_no"))
 
 
 def pin_of(payload: bytes) -> bytes | None:
@@ -42,10 +44,10 @@ def pin_of(payload: bytes) -> bytes | None:
         return None
     if not isinstance(req, dict):
         return None
-    for name in PIN_FIELDS:
+    for name, space in PIN_FIELDS:
         v = req.get(name)
         if isinstance(v, str):
-            return f"{name}:{v}".encode()
+            return f"{space}:{v}".encode()
     return None
 
 

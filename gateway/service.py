@@ -48,6 +48,8 @@ MAX_FRAME_SAMPLES = 4096
 MAX_BATCH = 1000
 #: Items kept decoded in memory for scan replies.
 ITEM_CACHE = 20_000
+#: Errors a retry may not meet again: these replies are not replayed.
+TRANSIENT = frozenset(["INTERNAL", "UNAVAILABLE", "DB_BUSY", "DB_ERROR"])
 
 _SCHEMA_SQL = (
     """CREATE TABLE IF NOT EXISTS service_requests (
@@ -142,6 +144,9 @@ class Service:
     def handle(self, req: dict, client: str) -> dict:
         """The reply map for a request map; never raises."""
         rid = P.request_id(req)
+        key = None
+        mutating = False
+        op = None
         try:
             if "id" not in req:
                 raise ProtocolError("MISSING_FIELD", "field 'id' (str or int) is required")
@@ -159,7 +164,10 @@ class Service:
                                                   "the ops")
             fn, schema, mutating = entry
             who = req.get("client")
-            if isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN:
+            if who is not None:
+                if not (isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN):
+                    raise ProtocolError("BAD_FIELD", f"field 'client' must be a str of 1.."
+                                                     f"{P.MAX_ID_LEN} characters")
                 client = who
             key = (client, str(rid))
             self.counts[op] += 1
@@ -174,17 +182,32 @@ class Service:
             return reply
         except ProtocolError as exc:
             self.errors[exc.code] += 1
-            return P.error(rid, exc.code, exc.message)
+            reply = P.error(rid, exc.code, exc.message)
         except LanecoreError as exc:
             self.errors[exc.code] += 1
             reply = P.error(rid, exc.code, exc.message)
             reply["error"].update({k: v for k, v in exc.to_dict().items()
                                    if k not in ("code", "message")})
-            return reply
         except Exception as exc:  # the loop must never die on one request
             log.exception("request failed")
             self.errors["INTERNAL"] += 1
             return P.error(rid, "INTERNAL", f"{type(exc).__name__} while serving this request")
+        # A retry of a request that failed for good gets the same answer; a failure
+        # that may pass (a busy database, a worker restarting) is tried again.
+        if key is not None and reply["error"]["code"] not in TRANSIENT:
+            if mutating:
+                self._record_failure(key, op, reply)
+            else:
+                self._remember(key, reply)
+        return reply
+
+    def _record_failure(self, key, op, reply) -> None:
+        try:
+            self.con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, reply, "
+                             "at) VALUES (?, ?, ?, ?, ?)",
+                             (*key, op, P.pack(reply), time.time()))
+        except sqlite3.Error:
+            log.exception("could not record a failed request")
 
     def _remember(self, key, reply) -> None:
         self._replies[key] = (time.monotonic(), reply)
