@@ -1,7 +1,7 @@
 """The load-cell signal path, for many lanes at once (Numba; twin: NUMBA_DISABLE_JIT=1).
 
-One call of ``lanes_step`` advances every lane in the bank by one frame of raw
-samples. Per sample and lane:
+One call of ``lanes_step`` advances any set of lanes in the bank by one frame of raw
+samples each. Per sample and lane:
 
 1. **faults**: NaN, ±inf, a saturated ADC (``|raw| >= sat``), a stuck ADC (the same
    raw value ``stuck_n`` times running) — the sample is not used, the stability
@@ -100,32 +100,32 @@ def _emit(ev_type, ev_idx, ev_val, ev_n, lane, kind, idx, v0, v1, v2):
         ev_n[lane] = k + 1
 
 
-@kernel("void(f8[:, ::1], i8[::1], i8[::1], f8[:, ::1], f8[:, :, ::1], f8[:, ::1], "
+@kernel("void(i8[::1], f8[:, ::1], i8[::1], i8[::1], f8[:, ::1], f8[:, :, ::1], f8[:, ::1], "
         "i8[:, ::1], f8[:, :, ::1], f8[:, ::1], f8[:, ::1], f8[:, ::1], f8[:, ::1], "
         "i8[:, ::1], i8[:, ::1], f8[:, :, ::1], i8[::1], f8[::1], i8[::1], u1[::1])")
-def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ybuf, sufmax, sufmin,
-               ev_type, ev_idx, ev_val, ev_n, tmp_w, tmp_idx, tmp_reset):
-    """Advance each lane by its frame ``samples[lane, :nsamp[lane]]``.
+def lanes_step(which, samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ybuf, sufmax,
+               sufmin, ev_type, ev_idx, ev_val, ev_n, tmp_w, tmp_idx, tmp_reset):
+    """Advance lane ``which[j]`` by its frame ``samples[j, :nsamp[j]]``, for every j.
 
-    ``seq[lane]`` is the frame's sequence number (-1: unnumbered). Lanes with
-    ``nsamp == 0`` are left alone. Events land in ``ev_*[lane, :ev_n[lane]]`` (fault
-    events first, then the others, each in time order). ``tmp_*`` are scratch arrays
-    at least as long as a frame.
+    ``seq[j]`` is the frame's sequence number (-1: unnumbered); ``nsamp[j] == 0``
+    leaves the lane alone. A lane may appear once per call. Events land in
+    ``ev_*[lane, :ev_n[lane]]`` (fault events first, then the others, each in time
+    order). ``tmp_*`` are scratch arrays at least as long as a frame.
 
     A frame is done in three passes: faults, calibration and spike rejection; the
     filter cascade; then stability, events and zero tracking.
     Zero tracking therefore corrects from the next frame on.
     """
-    n_lanes = samples.shape[0]
-    for lane in range(n_lanes):
+    for jj in range(which.shape[0]):
+        lane = which[jj]
         ev_n[lane] = 0
-        n = nsamp[lane]
+        n = nsamp[jj]
         if n <= 0:
             continue
         sample = ist[lane, IS_SAMPLE]
         reset = 0
         # --- sequence numbers --------------------------------------------------
-        s = seq[lane]
+        s = seq[jj]
         if s >= 0:
             expect = ist[lane, IS_NEXT_SEQ]
             if expect >= 0 and s < expect:
@@ -158,7 +158,7 @@ def lanes_step(samples, nsamp, seq, cfg, sos, fst, ist, zi, med, ybuf, sufmax, s
         m3 = med[lane, 3]
         m4 = med[lane, 4]
         nv = 0
-        row = samples[lane]
+        row = samples[jj]
         for j in range(n):
             raw = row[j]
             idx = sample + j
@@ -408,6 +408,10 @@ class LaneBank:
         self.med = np.zeros((capacity, 5))
         self._scratch(1024)
         self._rings(window)
+        self._all = np.arange(capacity, dtype=np.int64)
+        self._one = np.zeros(1, dtype=np.int64)
+        self._one_n = np.zeros(1, dtype=np.int64)
+        self._one_seq = np.zeros(1, dtype=np.int64)
         self.ev_type = np.zeros((capacity, MAX_EVENTS), dtype=np.int64)
         self.ev_idx = np.zeros((capacity, MAX_EVENTS), dtype=np.int64)
         self.ev_val = np.zeros((capacity, MAX_EVENTS, 3))
@@ -462,12 +466,17 @@ class LaneBank:
         self.med[lane] = 0.0
 
     def step(self, samples: np.ndarray, nsamp: np.ndarray, seq: np.ndarray) -> None:
-        """Advance all lanes: ``samples`` (capacity, frame), ``nsamp`` and ``seq``
-        (capacity,) int64. Read the events with ``events(lane)``."""
+        """Advance lanes 0..k-1 by the k rows of ``samples`` (``nsamp``, ``seq``: (k,)
+        int64). Read the events with ``events(lane)``."""
+        self.step_lanes(self._all[:samples.shape[0]], samples, nsamp, seq)
+
+    def step_lanes(self, lanes: np.ndarray, samples: np.ndarray, nsamp: np.ndarray,
+                   seq: np.ndarray) -> None:
+        """Advance lane ``lanes[j]`` by row j of ``samples`` (each lane at most once)."""
         if samples.shape[1] > self.tmp_w.shape[0]:
             self._scratch(samples.shape[1])
-        lanes_step(samples, nsamp, seq, self.cfg, self.sos, self.fst, self.ist, self.zi,
-                   self.med, self.ybuf, self.sufmax, self.sufmin, self.ev_type,
+        lanes_step(lanes, samples, nsamp, seq, self.cfg, self.sos, self.fst, self.ist,
+                   self.zi, self.med, self.ybuf, self.sufmax, self.sufmin, self.ev_type,
                    self.ev_idx, self.ev_val, self.ev_n, self.tmp_w, self.tmp_idx,
                    self.tmp_reset)
 
@@ -476,15 +485,10 @@ class LaneBank:
         if not self.configured[lane]:
             raise ValueError(f"lane {lane} is not configured")
         x = np.ascontiguousarray(samples, dtype=np.float64).reshape(1, -1)
-        if x.shape[1] > self.tmp_w.shape[0]:
-            self._scratch(x.shape[1])
-        sl = slice(lane, lane + 1)
-        lanes_step(x, np.array([x.shape[1]], dtype=np.int64),
-                   np.array([seq], dtype=np.int64), self.cfg[sl], self.sos[sl],
-                   self.fst[sl], self.ist[sl], self.zi[sl], self.med[sl], self.ybuf[sl],
-                   self.sufmax[sl], self.sufmin[sl], self.ev_type[sl], self.ev_idx[sl],
-                   self.ev_val[sl], self.ev_n[sl], self.tmp_w, self.tmp_idx,
-                   self.tmp_reset)
+        self._one[0] = lane
+        self._one_n[0] = x.shape[1]
+        self._one_seq[0] = seq
+        self.step_lanes(self._one, x, self._one_n, self._one_seq)
         return self.events(lane)
 
     def events(self, lane: int) -> list[dict]:

@@ -81,6 +81,8 @@ def error(req_id, code: str, message: str) -> dict:
 def request_id(req: dict):
     """The request's id if it is one we can echo (str ≤ 128 or int), else None."""
     rid = req.get("id")
+    if type(rid) is str:
+        return rid if len(rid) <= MAX_ID_LEN else None
     if isinstance(rid, bool):
         return None
     if isinstance(rid, int) and -(2 ** 63) <= rid < 2 ** 64:
