@@ -52,6 +52,12 @@ ITEM_CACHE = 20_000
 #: Most requests taken off the socket before answering them (frames among them are
 #: weighed in one kernel call).
 MAX_DRAIN = 512
+# Pieces of a scan reply {id, ok: true, scan, item} in MessagePack, assembled around
+# each request's id, scan and line price.
+_SCAN_HEAD = b"\x84" + P.pack("id")
+_SCAN_MID = P.pack("ok") + P.pack(True) + P.pack("scan")
+_ITEM_KEY = P.pack("item")
+_LINE_PRICE = P.pack("line_price_minor")
 #: Errors a retry may not meet again: these replies are not replayed.
 TRANSIENT = frozenset(["INTERNAL", "UNAVAILABLE", "DB_BUSY", "DB_ERROR"])
 
@@ -109,7 +115,9 @@ class Service:
         self.bank = loadcell.LaneBank(max_lanes)
         self.lanes: dict[str, int] = {}
         self.lane_configs: dict[str, LaneConfig] = {}
-        self._items: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._items: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self._packed_items: dict[int, bytes] = {}
+        self._packed_heads: dict[int, bytes] = {}
         self._replies: collections.OrderedDict[tuple, tuple[float, dict]] = \
             collections.OrderedDict()
         self.publish = publish or (lambda topic, event: None)
@@ -183,6 +191,10 @@ class Service:
                 client = who
             key = (client, str(rid))
             self.counts[op] += 1
+            if op == "scan":
+                fast = self._scan_fast(req, rid)
+                if fast is not None:
+                    return fast
             if kind is DURABLE:
                 return self._durable(key, op, rid, fn, schema, req)
             if kind is STATEFUL:
@@ -361,7 +373,9 @@ class Service:
             hit = (base, shown)
             self._items[row] = hit
             if len(self._items) > ITEM_CACHE:
-                self._items.popitem(last=False)
+                old_row, _ = self._items.popitem(last=False)
+                self._packed_items.pop(old_row, None)
+                self._packed_heads.pop(old_row, None)
         return hit
 
     def _scan_one(self, code, region) -> dict:
@@ -379,6 +393,36 @@ class Service:
         item = dict(shown)
         item["line_price_minor"] = catalog_mod.line_price_minor(base, r)
         return {"scan": r.to_dict(), "item": item}
+
+    def _scan_fast(self, req: dict, rid) -> bytes | None:
+        """A plain ``scan`` request answered straight to bytes (the item's MessagePack
+        kept per catalogue row); None when the general path must answer it."""
+        code = req.get("code")
+        lane = req.get("lane")
+        if not (type(code) is str and len(code) <= 4096 and type(lane) is str
+                and 0 < len(lane) <= 64 and req.get("region") is None):
+            return None
+        r = barcode.parse_scan(code, self.region)
+        if not r.ok:
+            return None
+        key = r.lookup_key
+        row = -1 if key is None else self.table.lookup(key)
+        if row < 0:
+            return None
+        packed = self._packed_items.get(row)
+        base, shown = self._item(row, r.lookup_gtin)
+        if packed is None:
+            body = P.pack(shown)
+            # a map header (fixmap or map16) followed by its pairs: keep the pairs
+            n = len(shown)
+            packed = body[1:] if n < 16 else body[3:]
+            self._packed_items[row] = packed
+            n += 1
+            head = bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
+            self._packed_heads[row] = head
+        tail = _LINE_PRICE + P.pack(catalog_mod.line_price_minor(base, r))
+        return (_SCAN_HEAD + P.pack(rid) + _SCAN_MID + P.pack(r.to_dict()) + _ITEM_KEY
+                + self._packed_heads[row] + packed + tail)
 
     def op_scan(self, f) -> dict:
         return self._scan_one(f["code"], f.get("region"))
@@ -648,6 +692,8 @@ class Service:
         def relearn():
             self.weights.apply_to_table(self.table)
             self._items.clear()    # the items' shown weights come from the table
+            self._packed_items.clear()
+            self._packed_heads.clear()
         after.append(relearn)
         return {"learning": {k: _num(v) for k, v in res.to_dict().items()}}
 
@@ -714,11 +760,10 @@ class Service:
         """Take what is waiting (up to MAX_DRAIN requests), answer it, send."""
         batch = []
         recv = sock.recv_multipart
-        for _ in range(MAX_DRAIN):
-            try:
-                batch.append(recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
+        events = sock.getsockopt
+        # ZMQ_EVENTS says whether more is waiting: no exception ends the drain
+        while len(batch) < MAX_DRAIN and events(zmq.EVENTS) & zmq.POLLIN:
+            batch.append(recv(zmq.NOBLOCK))
         for out in self.on_batch(batch, security):
             try:
                 sock.send_multipart(out, zmq.NOBLOCK)
