@@ -75,6 +75,21 @@ class LaneConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def effective_lowpass_hz(self) -> float:
+        """The low-pass corner in use: ``lowpass_hz``, or min(20 Hz, fs/5) when unset."""
+        return min(20.0, self.fs_hz / 5) if self.lowpass_hz is None else self.lowpass_hz
+
+    def effective_overload_g(self) -> float:
+        """The overload threshold in use: ``overload_g``, or Max + 9 e when unset."""
+        return self.max_g + 9 * self.e_g if self.overload_g is None else self.overload_g
+
+    def resolved_dict(self) -> dict:
+        """Every field with the computed defaults filled in (what the lane runs)."""
+        d = asdict(self)
+        d["lowpass_hz"] = self.effective_lowpass_hz()
+        d["overload_g"] = self.effective_overload_g()
+        return d
+
     # ------------------------------------------------------------------------------
     def _num(self, name: str, lo: float, hi: float, *, code: str = "BAD_WEIGH_CONFIG",
              lo_open: bool = False) -> float:
@@ -134,7 +149,7 @@ class LaneConfig:
         """The filter cascade as SOS rows (low-pass, then the notches)."""
         fs = self.fs_hz
         rows = []
-        lp = min(20.0, fs / 5) if self.lowpass_hz is None else self.lowpass_hz
+        lp = self.effective_lowpass_hz()
         if lp > 0:
             rows.append(filters.butterworth(lp, fs, self.lowpass_order))
         # A tone at or beyond 0.45 fs is aliased or out of reach: no notch for it.
@@ -161,7 +176,7 @@ class LaneConfig:
             "zt_rate": (self.zero_track_rate_e_s * e / fs) if self.zero_tracking else 0.0,
             "zt_band": self.zero_track_band_e * e,
             "zt_limit": self.zero_track_limit * self.max_g,
-            "over_g": self.overload_g if self.overload_g is not None else self.max_g + 9 * e,
+            "over_g": self.effective_overload_g(),
             "under_g": -self.under_zero_e * e,
             "hyst_g": e,
             "placed_g": self.placed_e * e,

@@ -500,7 +500,8 @@ class LaneBank:
             kind = int(self.ev_type[lane, k])
             idx = int(self.ev_idx[lane, k])
             v = self.ev_val[lane, k]
-            ev = {"t": idx / fs, "sample": idx, "event": EVENT_NAMES[kind]}
+            ev = {"t": idx / fs, "sample": idx, "event": EVENT_NAMES[kind],
+                  "weight_g": None, "sigma_g": None}
             if kind == EV_SETTLED:
                 ev.update(weight_g=float(v[0]), sigma_g=float(v[1]), n_samples=int(v[2]))
             elif kind in (EV_PLACED, EV_REMOVED):

@@ -380,7 +380,8 @@ class Service:
 
     def _scan_one(self, code, region) -> dict:
         if not isinstance(code, str):
-            raise ProtocolError("BAD_FIELD", "a code must be a str")
+            raise LanecoreError(f"expected a str, got {type(code).__name__}",
+                                code="NOT_TEXT")
         r = barcode.parse_scan(code, region or self.region)
         if not r.ok:
             raise LanecoreError(r.error_message, code=r.error_code)
@@ -482,7 +483,7 @@ class Service:
             self.bank.configure(idx, params, sos)
             self.lane_configs[f["lane"]] = config
         after.append(apply)
-        return {"lane": f["lane"], "config": config.to_dict(),
+        return {"lane": f["lane"], "config": config.resolved_dict(),
                 "window_samples": config.window_samples()}
 
     def _lane_for_frames(self, lane: str) -> int:
@@ -830,7 +831,9 @@ class Service:
             head, payload = frames[:2], frames[2]
         elif len(frames) >= 2:
             self.errors["BAD_FRAMES"] += 1
-            return [frames[0], P.pack(P.error(None, "BAD_FRAMES",
+            # A REQ client's delimiter goes back with the reply, or its socket drops it.
+            head = frames[:2] if frames[1] == b"" else frames[:1]
+            return head + [P.pack(P.error(None, "BAD_FRAMES",
                                               f"a request is one frame; got {len(frames) - 1}"))]
         else:
             return None
