@@ -13,8 +13,8 @@ from ``docs/protocol.md`` would talk — not through the client library.
   50 float32 samples, seq counting up) and ``verify.order`` (a submitted order,
   ``measured_g`` given). Each of its requests is paired with an echo round trip just
   before it, so noise on this shared machine falls on both; the notes judge the
-  target on those pairs, the ratio table against the echo test's own median (also
-  measured in pairs, with scans). Issue 4 target: ``scan`` p50 ≤ 1.3 × echo p50.
+  target on those pairs only (the ratio table's echo row, the echo test's own median,
+  is shown for scale). Issue 4 target: ``scan`` p50 ≤ 1.3 × echo p50.
 * Throughput: 1 and 100 requests in flight on one DEALER, with the server's CPU
   (``/proc/PID/stat``). Target: ≥ 20,000 scans/s pipelined on one worker.
 * Many lanes: 500 lanes (real runs), each a ``weigh.frame`` of 50 samples every 50 ms
@@ -239,8 +239,9 @@ def test_round_trip(benchmark, record, note, tcp, plan, op):
     n = plan.verify_round_trips if op == "verify.order" else plan.round_trips
     # the echo gets the same request maps: the same bytes to receive and unpack
     cand, floor, cpu = _paired(benchmark, svc, tcp.echo, make, n)
-    record(benchmark, "service round trip (tcp)", op, "candidate", 1,
-           target=round(1 / SCAN_P50_TARGET, 3) if op == "scan" else None)
+    # The target is judged on the pairs (the note below), not in the ratio table:
+    # the table's echo row is another test, minutes apart on a shared machine.
+    record(benchmark, "service round trip (tcp)", op, "candidate", 1)
     replies = cand.check()
     floor.check()
     if op == "scan":
@@ -273,8 +274,7 @@ def test_round_trip_ipc_echo(benchmark, record, note, ipc, plan):
 def test_round_trip_ipc_scan(benchmark, record, note, ipc, plan):
     cand, floor, cpu = _paired(benchmark, ipc.service, ipc.echo, scan_requests(ipc.rows),
                                plan.round_trips // 2 or 1)
-    record(benchmark, "service round trip (ipc)", "scan", "candidate", 1,
-           target=round(1 / SCAN_P50_TARGET, 3))
+    record(benchmark, "service round trip (ipc)", "scan", "candidate", 1)
     assert all(r["scan"]["ok"] for r in cand.check())
     floor.check()
     pc, pf = S.percentiles_us(cand.ns), S.percentiles_us(floor.ns)
