@@ -452,6 +452,47 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def cmd_sim(args) -> int:
+    """Run one simulated device on a pty until interrupted (or its script ends)."""
+    import signal
+    import threading
+
+    from lanecore.drivers import sim
+
+    mod = sim.module(args.device)
+    sp = argparse.ArgumentParser(prog=f"lanecore sim {args.device}", description=mod.HELP)
+    sp.add_argument("--link", metavar="PATH",
+                    help="the port's path: a symbolic link to the pty, kept across "
+                         "unplug/replug (default: a new temporary path)")
+    sp.add_argument("--script", metavar="STEPS",
+                    help='timed actions, e.g. "0.5 weight 1500; 2 unplug; 3 replug", '
+                         "or @FILE")
+    sp.add_argument("--duration", type=float, metavar="S",
+                    help="stop after S seconds (default: run until interrupted)")
+    mod.add_arguments(sp)
+    opts = sp.parse_args(args.args)
+    steps = []
+    if opts.script:
+        text = opts.script
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        try:
+            steps = sim.parse_script(text)
+        except sim.ScriptError as exc:
+            return _die(exc.code, str(exc))
+    device = mod.build(opts, opts.link)
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    with device:
+        print(json.dumps({"device": args.device, "path": device.path}), flush=True)
+        runner = threading.Thread(target=sim.run_script, args=(device, steps),
+                                  kwargs={"stop": stop}, daemon=True)
+        runner.start()
+        stop.wait(opts.duration)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from lanecore.demo import run_demo
     data_dir = Path(args.data_dir or os.environ.get("LANECORE_DATA_DIR") or ".demo")
@@ -592,6 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("info", help="version, kernels in use, data directory, regions")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("sim", help="a simulated lane device on a pty (prints its path)",
+                        description="Simulated devices speaking their real protocols on a "
+                                    "pseudo-terminal. `lanecore sim DEVICE --help` for "
+                                    "each device's options.")
+    from lanecore.drivers.sim import SIMULATORS
+    sp.add_argument("device", choices=SIMULATORS)
+    sp.add_argument("args", nargs=argparse.REMAINDER, help="the device's own options")
+    sp.set_defaults(func=cmd_sim)
 
     sp = sub.add_parser("demo", help="lanecore's main job on embedded defaults")
     sp.add_argument("--rows", type=int, default=50_000, help="catalogue size")

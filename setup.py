@@ -18,7 +18,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "__init__.py").read_tex
                     re.M).group(1)
 
 PACKAGES = ["lanecore", "lanecore.core", "lanecore.ext", "lanecore.drivers",
-            "lanecore.gateway"]
+            "lanecore.drivers.sim", "lanecore.gateway"]
 
 
 class build_py(_build_py):
