@@ -78,7 +78,15 @@ _SCHEMA_SQL = (
         z REAL NOT NULL, expected_g REAL NOT NULL, band_g REAL NOT NULL,
         explanations TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS verdicts_order ON verdicts (order_no)",
+    """CREATE TABLE IF NOT EXISTS device_events (
+        event_id INTEGER PRIMARY KEY, at REAL NOT NULL, lane TEXT NOT NULL,
+        device TEXT NOT NULL, kind TEXT NOT NULL, code TEXT, message TEXT)""",
 )
+
+#: What a lane controller reports about its devices (``device.event``).
+DEVICE_KINDS = ("scale", "bridge", "scanner", "eas_gate", "eas_deactivator", "printer",
+                "qr_display")
+DEVICE_EVENT_KINDS = ("alarm", "fault", "recovered")
 
 
 def _num(v):
@@ -316,6 +324,11 @@ class Service:
             ("weights.confirm", self.op_weights_confirm,
              {"gtin": Field("str", min=8, max=14), "weight_g": Field("float", min=0.0, max=1e6),
               "units": Field("int", required=False, min=1, max=999)}, DURABLE),
+            ("device.event", self.op_device_event,
+             {"lane": NAME, "device": Field("str", choices=DEVICE_KINDS),
+              "kind": Field("str", choices=DEVICE_EVENT_KINDS),
+              "code": Field("str", required=False, min=1, max=32),
+              "message": Field("str", required=False, max=256)}, DURABLE),
             ("stats", self.op_stats, {}, PURE),
             ("health", self.op_health, {}, PURE),
         ]
@@ -686,6 +699,20 @@ class Service:
         # The verdict is about weight; whether the order is paid is the gate's to
         # combine with it (an unpaid order belongs at a kiosk first).
         return {"order_no": order_no, "order_status": status, **out}
+
+    def op_device_event(self, f, after) -> dict:
+        """A lane's device spoke up (an EAS gate alarmed) or failed or came back: kept
+        in ``device_events`` and published on the ``device`` topic for attendants."""
+        at = time.time()
+        cur = self.con.execute(
+            "INSERT INTO device_events (at, lane, device, kind, code, message) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (at, f["lane"], f["device"], f["kind"], f.get("code"), f.get("message")))
+        event = {"event_id": cur.lastrowid, "at": at, "lane": f["lane"],
+                 "device": f["device"], "kind": f["kind"], "code": f.get("code"),
+                 "message": f.get("message")}
+        after.append(lambda: self.publish("device", event))
+        return {"event": event}
 
     def op_weights_confirm(self, f, after) -> dict:
         res = self.weights.learn(f["gtin"], f["weight_g"], units=f.get("units", 1),

@@ -69,7 +69,7 @@ assert not any((v.__name__ if isinstance(v, type(sys)) else
 
 OPS = {"hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
        "basket.get", "basket.submit", "weigh.config", "weigh.frame", "verify.order",
-       "weights.confirm", "stats", "health"}
+       "weights.confirm", "device.event", "stats", "health"}
 
 SCAN_CODES = {"NOT_TEXT", "EMPTY", "TOO_LONG", "NUL_BYTE", "NON_ASCII", "BAD_CHARACTER",
               "NON_DIGIT", "BAD_LENGTH", "BAD_CHECK_DIGIT", "BAD_NUMBER_SYSTEM",
@@ -1324,6 +1324,47 @@ def test_verify_order_data_errors(svc):
     # measured_g omitted on a gate whose lane has never weighed anything.
     r = c.call({"op": "verify.order", "lane": "NEVER", "order_no": order["order_no"]})
     assert_error(r, {"NO_SETTLED_WEIGHT", "LANE_NOT_CONFIGURED"})
+
+
+# ======================================================================================
+# Device events
+
+
+def test_device_event_stored_published_and_once(svc):
+    """`device.event`: the event comes back, is published on `device`, and a retry with
+    the same id is answered from the record without a second publication."""
+    c = svc.dealer()
+    sub = svc.sub("device")
+    req = {"op": "device.event", "id": "gate-alarm-1", "lane": "EXIT-B",
+           "device": "eas_gate", "kind": "alarm", "code": "LIVE_TAG",
+           "message": "gate 1, left side"}
+    r = c.call(req)
+    assert r["ok"], r
+    ev = r["event"]
+    assert set(ev) == {"event_id", "at", "lane", "device", "kind", "code", "message"}
+    assert is_int(ev["event_id"]) and isinstance(ev["at"], float)
+    assert (ev["lane"], ev["device"], ev["kind"], ev["code"], ev["message"]) == (
+        "EXIT-B", "eas_gate", "alarm", "LIVE_TAG", "gate 1, left side")
+    again = c.call(req)
+    assert again["ok"] and again["event"] == ev
+    # code and message are optional: null when not given
+    r2 = c.call({"op": "device.event", "lane": "EXIT-B", "device": "scale",
+                 "kind": "fault"})
+    assert r2["ok"] and r2["event"]["code"] is None and r2["event"]["message"] is None
+    assert r2["event"]["event_id"] != ev["event_id"]
+    got = sub.drain(1.5)
+    assert [t for t, _ in got] == ["device", "device"], got
+    assert got[0][1] == ev and got[1][1] == r2["event"]
+    # the documented lists, and nothing else
+    for bad in ({"device": "toaster"}, {"kind": "ALARM"}, {"code": ""},
+                {"code": "x" * 33}, {"message": "m" * 257}, {"lane": 5}):
+        assert_error(c.call({"op": "device.event", "lane": "EXIT-B", "device": "scanner",
+                             "kind": "fault", **bad}), "BAD_FIELD")
+    for missing in ("lane", "device", "kind"):
+        body = {"op": "device.event", "lane": "EXIT-B", "device": "scanner",
+                "kind": "recovered"}
+        del body[missing]
+        assert_error(c.call(body), "MISSING_FIELD")
 
 
 # ======================================================================================

@@ -42,7 +42,7 @@ TOTAL_QUOTA = 10_000
 
 OPS = ("hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
        "basket.get", "basket.submit", "weigh.config", "weigh.frame", "verify.order",
-       "weights.confirm", "stats", "health")
+       "weights.confirm", "device.event", "stats", "health")
 
 # Every code in docs/protocol.md's error tables.
 DOC_CODES = frozenset("""
@@ -82,6 +82,7 @@ RESULT_KEYS = {
     "verify.order": {"order_no", "order_status", "verdict", "expected_g", "measured_g",
                      "band_g", "sigma_g", "z", "mpe_g", "explanations"},
     "weights.confirm": {"learning"},
+    "device.event": {"event"},
     "stats": {"uptime_s", "requests", "errors", "replays", "lanes", "items"},
     "health": {"status", "db", "uptime_s", "lanes", "scales", "worker", "pid"},
 }
@@ -591,6 +592,13 @@ def op_fields(pools: dict) -> dict:
                          "order_qr": qrs, "measured_g": number},
         "weights.confirm": {"gtin": gtin, "weight_g": number,
                             "units": mostly(st.integers(-2, 1001))},
+        "device.event": {"lane": names,
+                         "device": mostly(pick(["scale", "bridge", "scanner", "eas_gate",
+                                                "eas_deactivator", "printer",
+                                                "qr_display", "toaster"])),
+                         "kind": mostly(pick(["alarm", "fault", "recovered", "ALARM"])),
+                         "code": mostly(st.text(max_size=40)),
+                         "message": mostly(st.text(max_size=300))},
         "stats": {}, "health": {},
     }
 
