@@ -24,11 +24,16 @@ Times are monotonic seconds.
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import serial
+
+log = logging.getLogger(__name__)
 
 PORT_OPEN_FAILED = "PORT_OPEN_FAILED"
 PORT_LOST = "PORT_LOST"
@@ -219,3 +224,135 @@ class Link:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PortLoop:
+    """The thread of a driver that reads a byte stream (scanner, EAS, printer).
+
+    All port I/O happens on one daemon thread: it writes what :meth:`send` queued,
+    reads what arrived, and hands it to :meth:`on_data`. Every reading and every
+    :class:`DeviceFault` goes to ``on_event``. When the link reopens after a fault,
+    :meth:`on_connect` runs before any byte of the new connection is handled, so a
+    subclass drops partial input and pending requests from before.
+    """
+
+    name = "port"
+    idle_s = 0.02          # sleep while the port is down (the Link paces the retries)
+
+    def __init__(self, url: str, line: LineSettings | None = None, *,
+                 on_event: Callable[[object], None] | None = None,
+                 read_timeout_s: float = 0.05, backoff_min_s: float = 0.05,
+                 backoff_max_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.on_event = on_event
+        self.clock = clock
+        self.link = Link(url, line, read_timeout_s=read_timeout_s,
+                         backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s,
+                         on_fault=self.emit, clock=clock)
+        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._opens_seen = 0
+        self._drop_request: tuple[str, str] | None = None
+        self.connected = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return self.link.url
+
+    def emit(self, event) -> None:
+        """Deliver one reading or fault; a failing callback never stops the loop."""
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception:            # noqa: BLE001 - the lane's callback is not ours
+            log.exception("%s: on_event failed for %r", self.name, event)
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes for the port (written by the loop thread, in order)."""
+        self._outbox.put(bytes(data))
+
+    def start(self):
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"drv-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self.link.close()
+        self.connected.clear()
+        self.on_down(self.clock())      # a request still waiting fails now, not later
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """True once the port is open (within ``timeout_s`` seconds)."""
+        return self.connected.wait(timeout_s)
+
+    def request_drop(self, code: str, message: str) -> None:
+        """Have the loop close the port (reporting ``code``) and reopen it after
+        the backoff; safe from any thread. :attr:`connected` clears at once."""
+        self._drop_request = (code, message)
+        self.connected.clear()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            drop, self._drop_request = self._drop_request, None
+            if drop is not None:
+                self.link.drop(*drop)
+            try:
+                if not self.link.open():
+                    raise LinkDown(self.url)
+                self._check_reconnect()
+                self._flush_outbox()
+                data = self.link.read()
+            except LinkDown:
+                self.connected.clear()
+                self.on_down(self.clock())
+                self._stop.wait(self.idle_s)
+                continue
+            self._check_reconnect()
+            self.on_data(data, self.clock())
+
+    def _check_reconnect(self) -> None:
+        if self.link.opens != self._opens_seen:
+            self._opens_seen = self.link.opens
+            self.on_connect(self.clock())
+            self.connected.set()
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                data = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self.link.write(data)
+
+    def discard_outbox(self) -> None:
+        """Drop queued bytes (they belonged to a connection that failed)."""
+        while True:
+            try:
+                self._outbox.get_nowait()
+            except queue.Empty:
+                return
+
+    # Subclasses ------------------------------------------------------------------
+    def on_connect(self, now: float) -> None:
+        """The port has just been (re)opened."""
+
+    def on_down(self, now: float) -> None:
+        """The port is down (called about every ``idle_s`` while it is)."""
+
+    def on_data(self, data: bytes, now: float) -> None:
+        """Bytes read (possibly none: called after every read timeout too)."""
