@@ -493,6 +493,116 @@ def cmd_sim(args) -> int:
     return EXIT_OK
 
 
+def cmd_device_probe(args) -> int:
+    """Which scale protocol answers on a port."""
+    from lanecore.drivers.scales import NO_SCALE, probe
+    found = probe(args.port, timeout_s=args.timeout)
+    if args.json:
+        row = {"port": args.port, "protocol": found}
+        if found is None:
+            row["fault"] = NO_SCALE
+        print(json.dumps(row))
+    elif found is not None:
+        print(found)
+    if found is None:
+        print(f"lanecore: {NO_SCALE}: no scale protocol answered on {args.port}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _device_row(event) -> dict:
+    from lanecore.drivers.scales import ScaleReading, ScanReading
+    if isinstance(event, ScaleReading):
+        return {"weight_g": event.weight_g, "stable": event.stable,
+                "status": list(event.status)}
+    if isinstance(event, ScanReading):
+        return {"scan": event.code, "symbology": event.symbology}
+    return {"fault": event.code, "message": event.message}
+
+
+def _device_human(row: dict) -> str:
+    if "fault" in row:
+        return f"FAULT {row['fault']}: {row['message']}"
+    if "scan" in row:
+        return f"SCAN  {row['scan']} ({row['symbology']})"
+    weight = "-" if row["weight_g"] is None else f"{row['weight_g']:.1f} g"
+    return f"{weight:>12}  {'stable' if row['stable'] else 'unstable':<8} " \
+           f"{' '.join(row['status'])}".rstrip()
+
+
+def cmd_device_read(args) -> int:
+    """Poll a scale and print one row per reading, scan or fault."""
+    import queue
+
+    from lanecore.drivers.scales import ScaleDriver, ScaleReading
+    if args.interval <= 0:
+        return _die("USAGE", "--interval must be positive")
+    if args.count is not None and args.count < 1:
+        return _die("USAGE", "--count must be at least 1")
+    events: queue.Queue = queue.Queue()
+    driver = ScaleDriver(args.port, args.protocol, on_event=events.put,
+                         timeout_s=args.timeout, unit=args.unit)
+    rows = readings = 0
+
+    def emit(event) -> bool:
+        nonlocal rows, readings
+        row = _device_row(event)
+        print(json.dumps(row) if args.json else _device_human(row), flush=True)
+        rows += 1
+        readings += isinstance(event, ScaleReading)
+        return args.count is not None and rows >= args.count
+
+    try:
+        next_at = time.monotonic()
+        while True:
+            answer = driver.read()
+            fresh = []
+            while True:
+                try:
+                    fresh.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            # a port that stays down answers every poll with the fault it reported
+            # once: print it each time, so --count ends even on a dead port
+            if not any(ev is answer for ev in fresh):
+                fresh.append(answer)
+            if any(emit(ev) for ev in fresh):
+                break
+            next_at = max(next_at + args.interval, time.monotonic())
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    finally:
+        driver.stop()
+    return EXIT_OK if readings else EXIT_BAD_INPUT
+
+
+def cmd_lane_run(args) -> int:
+    """Run one lane controller until interrupted (or --duration); one JSON line per
+    record (docs/lanes.md)."""
+    import signal
+    import threading
+
+    from lanecore.gateway.lane import LaneController, LaneSetup
+    setup = LaneSetup.load(args.config)
+    if args.service:
+        setup.service = args.service
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    out_lock = threading.Lock()
+
+    def emit(record: dict) -> None:
+        with out_lock:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+
+    with LaneController(setup, on_record=emit) as lane:
+        emit({"record": "started", "lane": setup.name, "role": setup.role,
+              "service": setup.service,
+              "devices": {name: setup.devices[name]["port"] for name in lane.drivers}})
+        stop.wait(args.duration)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from lanecore.demo import run_demo
     data_dir = Path(args.data_dir or os.environ.get("LANECORE_DATA_DIR") or ".demo")
@@ -642,6 +752,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("device", choices=SIMULATORS)
     sp.add_argument("args", nargs=argparse.REMAINDER, help="the device's own options")
     sp.set_defaults(func=cmd_sim)
+
+    dev = sub.add_parser("device", help="real (or simulated) lane devices on serial ports"
+                         ).add_subparsers(dest="device_command", required=True)
+    from lanecore.drivers.scales import PROTOCOLS
+    sp = dev.add_parser("probe", help="which scale protocol answers on PORT")
+    sp.add_argument("port", metavar="PORT", help="device path, pty, loop:// or socket://")
+    sp.add_argument("--timeout", type=float, default=0.3, metavar="S",
+                    help="seconds to wait for each protocol's answer")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_device_probe)
+    sp = dev.add_parser("read", help="poll a scale: one row per reading, scan or fault")
+    sp.add_argument("port", metavar="PORT", help="device path, pty, loop:// or socket://")
+    sp.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
+    sp.add_argument("--interval", type=float, default=0.2, metavar="S",
+                    help="seconds between weight requests")
+    sp.add_argument("--count", type=int, metavar="N",
+                    help="stop after N rows (default: until interrupted)")
+    sp.add_argument("--timeout", type=float, default=0.5, metavar="S",
+                    help="seconds to wait for each answer")
+    sp.add_argument("--unit", choices=["kg", "g", "lb"],
+                    help="unit of the weights the scale sends (Toledo, SASI; default kg)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_device_read)
+
+    lane = sub.add_parser("lane", help="lane controllers: devices wired to the service") \
+        .add_subparsers(dest="lane_command", required=True)
+    sp = lane.add_parser("run", help="run a lane from its configuration (TOML); "
+                                     "prints a JSON line per scan, verdict and device event")
+    sp.add_argument("config", help="the lane's configuration file (docs/lanes.md)")
+    sp.add_argument("--service", metavar="ADDR", help="the service's address "
+                                                      "(overrides lane.service)")
+    sp.add_argument("--duration", type=float, metavar="S",
+                    help="stop after S seconds (default: run until interrupted)")
+    sp.set_defaults(func=cmd_lane_run)
 
     sp = sub.add_parser("demo", help="lanecore's main job on embedded defaults")
     sp.add_argument("--rows", type=int, default=50_000, help="catalogue size")

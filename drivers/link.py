@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -140,7 +141,8 @@ class Link:
         try:
             port = serial.serial_for_url(self.url, timeout=self.read_timeout_s,
                                          write_timeout=1.0, **self.line.kwargs())
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            # termios.error: a tty that refuses the line settings (not an OSError)
             self._schedule_retry(now)
             if not self._down_reported:
                 self._down_reported = True

@@ -300,6 +300,12 @@ class _Ops:
         return self.call("weights.confirm", gtin=gtin, weight_g=float(weight_g),
                          units=units)
 
+    def device_event(self, lane: str, device: str, kind: str, code: str | None = None,
+                     message: str | None = None):
+        """Report a lane device's alarm, fault or recovery (published on ``device``)."""
+        return self.call("device.event", **_no_none(lane=lane, device=device, kind=kind,
+                                                    code=code, message=message))
+
     def stats(self):
         return self.call("stats")
 

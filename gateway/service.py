@@ -19,7 +19,6 @@ import os
 import signal
 import sqlite3
 import time
-from pathlib import Path
 
 import numpy as np
 import zmq
@@ -32,7 +31,6 @@ from lanecore.core.learning import ScaleHealth, WeightBook
 from lanecore.core.verify import VerifyPolicy, verify
 from lanecore.core.weighing import LaneConfig, configure_lane
 from lanecore.ext import barcode, loadcell
-from lanecore.ext.lookup import FLAG_BITS, FLAG_VARIABLE_MEASURE
 
 from . import protocol as P
 from .protocol import NAME, Field, ProtocolError

@@ -45,12 +45,13 @@ class ScriptedDevice(PtyDevice):
         elif action == "unmute":
             self.muted = False
         elif action == "slow":
-            self.slow_s = _float(action, args, 0)
+            self.slow_s = float_arg(action, args, 0)
         else:
             raise ScriptError(f"{self.name}: unknown action {action!r}")
 
 
-def _float(action: str, args, i: int) -> float:
+def float_arg(action: str, args, i: int) -> float:
+    """Argument ``i`` of a script action as a number (ScriptError if it is not one)."""
     try:
         return float(args[i])
     except (IndexError, ValueError):

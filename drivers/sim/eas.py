@@ -26,7 +26,7 @@ import time
 from lanecore.drivers.eas import (DEFAULT_DEVICE_TIMEOUT_MS, MAX_REQUEST_ID, SEQ_MOD,
                                   LineCodec, _token, frame)
 from lanecore.drivers.link import DeviceFault
-from lanecore.drivers.sim import ScriptedDevice, ScriptError, _float
+from lanecore.drivers.sim import ScriptedDevice, ScriptError, float_arg
 
 HELP = "an EAS tag deactivator (--role deactivator) or exit gate (--role gate)"
 
@@ -111,7 +111,7 @@ class DeactivatorSim(_EasSim):
 
     def do(self, action: str, *args: str) -> None:
         if action == "tag":
-            n = int(_float(action, args, 0)) if args else 1
+            n = int(float_arg(action, args, 0)) if args else 1
             with self._lock:
                 idle = self.pending is None and self.tags == 0
                 self.tags += n
@@ -197,7 +197,7 @@ class GateSim(_EasSim):
             self.deaf = False
         elif action == "skip":
             with self._lock:
-                self.seq = (self.seq + int(_float(action, args, 0))) % SEQ_MOD
+                self.seq = (self.seq + int(float_arg(action, args, 0))) % SEQ_MOD
         else:
             super().do(action, *args)
 

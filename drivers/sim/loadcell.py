@@ -26,7 +26,7 @@ import numpy as np
 
 from lanecore.drivers import bridge as B
 from lanecore.drivers.loadcell_sim import step_response, to_counts
-from lanecore.drivers.sim import ScriptedDevice, ScriptError, _float
+from lanecore.drivers.sim import ScriptedDevice, ScriptError, float_arg
 
 HELP = "raw load-cell bridge (HX711/ADS1232/ADS1256 front end) streaming framed counts"
 ADC_CODES = {"unknown": 0, "HX711": 1, "ADS1232": 2, "ADS1256": 3}
@@ -179,12 +179,12 @@ class BridgeSim(ScriptedDevice):
     def do(self, action: str, *args: str) -> None:
         with self._lock:
             if action in ("place", "remove"):
-                g = abs(_float(action, args, 0))
+                g = abs(float_arg(action, args, 0))
                 self.placements.append((self.signal_t, g if action == "place" else -g))
             elif action == "noise":
-                self.noise_g = abs(_float(action, args, 0))
+                self.noise_g = abs(float_arg(action, args, 0))
             elif action == "drop":
-                n = int(_float(action, args, 0)) if args else 1
+                n = int(float_arg(action, args, 0)) if args else 1
                 if n < 0:
                     raise ScriptError("drop needs a count >= 0")
                 self.seq = (self.seq + n) % B.SEQ_MOD
@@ -207,7 +207,7 @@ class BridgeSim(ScriptedDevice):
                 self.tick(time.monotonic())
                 self.streaming = False
             elif action == "rate":
-                fs, spf = int(_float(action, args, 0)), int(_float(action, args, 1))
+                fs, spf = int(float_arg(action, args, 0)), int(float_arg(action, args, 1))
                 if not B.rate_ok(fs, spf):
                     raise ScriptError(f"no bridge streams {fs} Hz in frames of {spf}")
                 self.tick(time.monotonic())

@@ -27,7 +27,7 @@ from lanecore.core.emvqr import MerchantQr, qr_text
 from lanecore.drivers.qrdisplay import (REASONS, Cancel, CardRead, Command,
                                         DisplayProtocol, DisplayStatus, PayResult,
                                         PaymentData, QrPay, QrShown, StatusRequest)
-from lanecore.drivers.sim import ScriptedDevice, ScriptError, _float
+from lanecore.drivers.sim import ScriptedDevice, ScriptError, float_arg
 
 HELP = "customer QR display: payment data in, EMV payment QR shown, result out"
 
@@ -221,7 +221,7 @@ class QrDisplaySim(ScriptedDevice):
             if not in_progress:
                 self._say("pay: no QR is shown")
                 return
-            paid = int(_float(action, args, 0)) if args else self.payment.amount_minor
+            paid = int(float_arg(action, args, 0)) if args else self.payment.amount_minor
             if paid != self.payment.amount_minor:
                 self._schedule(self._result(False, "AMOUNT_MISMATCH", paid=paid))
             else:
@@ -244,9 +244,9 @@ class QrDisplaySim(ScriptedDevice):
                 self._schedule(self._result(True, paid=self.payment.amount_minor,
                                             channel="CARD"))
         elif action == "delay":
-            self.result_delay_s = _float(action, args, 0)
+            self.result_delay_s = float_arg(action, args, 0)
         elif action == "drop-acks":
-            self.drop_acks = int(_float(action, args, 0))
+            self.drop_acks = int(float_arg(action, args, 0))
         else:
             super().do(action, *args)
 
