@@ -87,6 +87,13 @@ DEVICE_KINDS = ("scale", "bridge", "scanner", "eas_gate", "eas_deactivator", "pr
 DEVICE_EVENT_KINDS = ("alarm", "fault", "recovered")
 
 
+def _set_queues(sock: zmq.Socket) -> None:
+    """No linger at exit; deep queues, so a burst of lanes is queued, not dropped."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+
+
 def _num(v):
     """A JSON/MessagePack-safe number: numpy scalars become Python numbers, NaN null."""
     if isinstance(v, (np.floating, float)):
@@ -733,24 +740,32 @@ class Service:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        _set_queues(sock)
         if security is not None:
             security.server_socket(sock)
         sock.bind(bind)
-        pub = None
-        if events:
-            pub = ctx.socket(zmq.PUB)
-            pub.setsockopt(zmq.LINGER, 0)
-            pub.bind(events)
+        pub = self._open_events(ctx, events, bind=True)
+        self._loop(sock, pub, security, ready=ready)
 
-            def publish(topic, event, _pub=pub):
-                try:
-                    _pub.send_multipart([topic.encode(), P.pack(event)], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass   # a slow subscriber loses events, never the service
-            self.publish = publish
+    def _open_events(self, ctx: zmq.Context, address: str | None, *, bind: bool):
+        """The PUB socket events go out on (bound, or connected to a broker's), and
+        ``self.publish`` sending through it; None when there is no address."""
+        if not address:
+            return None
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        (pub.bind if bind else pub.connect)(address)
+
+        def publish(topic, event, _pub=pub):
+            try:
+                _pub.send_multipart([topic.encode(), P.pack(event)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass   # a slow subscriber loses events, never the service
+        self.publish = publish
+        return pub
+
+    def _loop(self, sock, pub, security, *, ready=None, hello: bytes | None = None) -> None:
+        """Poll and drain ``sock`` until stopped; prune the replay memory when idle."""
         self._running = True
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -759,6 +774,8 @@ class Service:
             except ValueError:   # not the main thread
                 pass
         self._settle_memory()
+        if hello is not None:
+            sock.send_multipart([hello])
         if ready is not None:
             ready()
         poller = zmq.Poller()
@@ -810,43 +827,11 @@ class Service:
         ctx = ctx or zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, f"w{slot}".encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        _set_queues(sock)
         sock.connect(connect)
-        pub = None
-        if events_connect:
-            pub = ctx.socket(zmq.PUB)
-            pub.setsockopt(zmq.LINGER, 0)
-            pub.connect(events_connect)
-
-            def publish(topic, event, _pub=pub):
-                try:
-                    _pub.send_multipart([topic.encode(), P.pack(event)], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-            self.publish = publish
+        pub = self._open_events(ctx, events_connect, bind=False)
         self.worker_slot = slot
-        self._running = True
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
-        self._settle_memory()
-        sock.send_multipart([b"READY"])
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        last_prune = time.time()
-        try:
-            while self._running:
-                if not poller.poll(200):
-                    if time.time() - last_prune > 60:
-                        self.prune()
-                        last_prune = time.time()
-                    continue
-                self._drain(sock, None)
-        finally:
-            sock.close(0)
-            if pub is not None:
-                pub.close(0)
+        self._loop(sock, pub, None, hello=b"READY")
 
     def on_frames(self, frames: list[bytes], security=None) -> list[bytes] | None:
         """Reply frames for the frames of one request (ROUTER side)."""
