@@ -688,7 +688,7 @@ def anatomy_main(data_dir: str, n: int, lanes: int, *, fill: bool = True) -> dic
     from lanecore.core.weighing import LaneConfig, configure_lane
     from lanecore.ext.loadcell import LaneBank
     from lanecore.gateway import protocol as P
-    from lanecore.gateway import service as service_mod
+    from lanecore.gateway import server as server_mod
     from lanecore.gateway.service import Service
     clock = time.perf_counter_ns
     with open(Path(data_dir) / "catalog.csv", newline="", encoding="utf-8") as f:
@@ -754,12 +754,12 @@ def anatomy_main(data_dir: str, n: int, lanes: int, *, fill: bool = True) -> dic
     out["step_lanes"] = lanes
     gc.enable()
     out.update(_anatomy_scan_verify(svc, n, codes))
-    out["replay_memory"] = service_mod.REPLAY_MEMORY
+    out["replay_memory"] = server_mod.REPLAY_MEMORY
     if not fill:
         svc.close()
         return out
     # fill the replay memory the way a stream of frames does
-    more = service_mod.REPLAY_MEMORY - n
+    more = server_mod.REPLAY_MEMORY - n
     for k in range(max(0, more)):
         handle_bytes(msgpack.packb({"op": "weigh.frame", "id": n + k, "lane": "L",
                                     "seq": 2 * n + k,
