@@ -66,9 +66,10 @@ setup(
         # biip: the reference parser the tests agree with and the benchmark beats;
         # scipy: the sosfilt the filter cascade is checked and timed against;
         # hypothesis: property-based tests; opencv-python-headless: decodes the QR
-        # images we render (an independent reader, wheels need no system library).
+        # images we render (an independent reader, wheels need no system library);
+        # pillow: qrcode's image output, which the decoder reads.
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5",
-                 "scipy>=1.11", "opencv-python-headless>=4.8"],
+                 "scipy>=1.11", "opencv-python-headless>=4.8", "pillow>=10"],
     },
     entry_points={"console_scripts": ["lanecore = lanecore.cli:main"]},
     cmdclass={"build_py": build_py},

@@ -23,6 +23,13 @@ supermarkets), the acquirer's merchant account template, and a reference made of
 order number, the register number, the display's device id and hardware serial.
 ``docs/drivers/qr-display.md`` lists every tag with a worked example.
 
+:func:`build_mpm` makes the payload of any merchant from plain arguments (static or
+dynamic, bill number and terminal label in template 62, an account template 26-51,
+template 64) and :func:`decode_mpm` reads any payload into a JSON-ready report; the
+``lanecore qr mpm`` and ``lanecore qr decode-mpm`` commands are thin shells around
+them (``docs/qr.md``). :func:`qr_png`, :func:`qr_svg` and :func:`qr_text` draw the
+symbol.
+
 Errors are :class:`EmvQrError` with a stable ``code``: ``EMV_FORMAT`` (not a run of
 data objects, a missing or misplaced mandatory object, a value that cannot be held),
 ``EMV_CRC`` (the checksum does not match), ``EMV_AMOUNT`` (an amount that is not a
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Iterable, Union
 
@@ -44,6 +52,8 @@ __all__ = [
     "EmvQrError", "CURRENCIES", "MCC_GROCERY", "crc16_ccitt_false", "crc_hex",
     "data_object", "encode", "with_crc", "split", "parse", "check_crc",
     "format_amount", "parse_amount", "MerchantQr", "qr_matrix", "qr_text",
+    "lookup_currency", "parse_minor_units", "build_mpm", "decode_mpm", "field_lines",
+    "qr_code", "qr_png", "qr_svg",
 ]
 
 #: ISO 4217: alphabetic code -> (numeric code, minor-unit exponent).
@@ -51,6 +61,7 @@ CURRENCIES = {
     "CNY": ("156", 2), "HKD": ("344", 2), "MOP": ("446", 2), "TWD": ("901", 2),
     "USD": ("840", 2), "EUR": ("978", 2), "GBP": ("826", 2), "JPY": ("392", 0),
     "KRW": ("410", 0), "SGD": ("702", 2), "MYR": ("458", 2), "THB": ("764", 2),
+    "SEK": ("752", 2), "BRL": ("986", 2),
 }
 _BY_NUMERIC = {num: (alpha, exp) for alpha, (num, exp) in CURRENCIES.items()}
 
@@ -350,19 +361,237 @@ class MerchantQr:
 
 
 # --------------------------------------------------------------------------------------
+# Any merchant's MPM: build from arguments, decode for display
+# --------------------------------------------------------------------------------------
+
+def lookup_currency(code: str) -> tuple[str, str, int]:
+    """``(alphabetic, numeric, exponent)`` of an ISO 4217 currency given by either
+    code: ``"156"`` or ``"CNY"`` -> ``("CNY", "156", 2)``. ``EMV_CURRENCY`` for a
+    currency not in :data:`CURRENCIES` (lanecore needs the exponent to turn minor
+    units into the payload's decimal amount)."""
+    if isinstance(code, str) and code in _BY_NUMERIC:
+        alpha, exponent = _BY_NUMERIC[code]
+        return alpha, code, exponent
+    numeric, exponent = _exponent(code.upper() if isinstance(code, str) else code)
+    return code.upper(), numeric, exponent
+
+
+def parse_minor_units(text: str) -> int:
+    """An amount typed as a whole number of minor units (``"1234"`` fen) as an int;
+    ``EMV_AMOUNT`` for anything else (signs, decimals, non-ASCII digits)."""
+    if not (isinstance(text, str) and text.isascii() and text.isdigit()):
+        raise EmvQrError(f"amount {text!r} is not a whole number of minor units",
+                         code="EMV_AMOUNT")
+    return int(text)
+
+
+def _local(name: str, value: str, most: int) -> None:
+    # template 64 is the one place other scripts may appear, but control characters
+    # would still break a wallet's display and a terminal's log line
+    if not isinstance(value, str) or len(value) > most or not value.isprintable():
+        raise EmvQrError(f"{name} {value!r} is not 1-{most} printable characters")
+
+
+def build_mpm(*, currency: str, country: str, merchant_name: str, city: str,
+              amount_minor: int | None = None, bill: str = "", terminal: str = "",
+              gui: str = "", account: str = "", account_tag: str = "26",
+              mcc: str = MCC_GROCERY, name_local: str = "", city_local: str = "",
+              language: str = "ZH") -> str:
+    """An EMVCo merchant-presented QR payload (CRC included) for any merchant.
+
+    ``amount_minor``: integer minor units of ``currency`` (ISO 4217 numeric such as
+    ``"156"``, or alphabetic); written with the currency's exponent in tag 54 and the
+    QR is dynamic (01 = ``"12"``, one sale); ``None`` makes a static QR (``"11"``,
+    the shopper types the amount). ``country``: ISO 3166 alpha-2 (tag 58);
+    ``merchant_name`` up to 25 and ``city`` up to 15 printable ASCII characters
+    (59, 60). ``bill``/``terminal``: tag 62 sub-tags 01 (bill number) and 07
+    (terminal label), up to 25 characters each. ``gui``/``account``: a merchant
+    account template at ``account_tag`` (26-51) with sub-tag 00 the globally unique
+    id (reverse domain name or AID, up to 32) and 01 the merchant's account; both or
+    neither. ``mcc``: tag 52, ISO 18245 (default grocery, 5411). ``name_local``/
+    ``city_local``: template 64 in ``language`` (ISO 639-1), any script.
+
+    Raises :class:`EmvQrError`: ``EMV_AMOUNT``, ``EMV_CURRENCY`` or ``EMV_FORMAT``.
+    """
+    _, numeric, exponent = lookup_currency(currency)
+    if not (isinstance(country, str) and re.fullmatch(r"[A-Z]{2}", country)):
+        raise EmvQrError(f"country {country!r} is not ISO 3166 alpha-2 (upper case)")
+    if not (isinstance(mcc, str) and re.fullmatch(r"[0-9]{4}", mcc)):
+        raise EmvQrError(f"mcc {mcc!r} is not four digits")
+    _ans("merchant name", merchant_name, 25)
+    _ans("city", city, 15)
+    objs: list[tuple[str, Value]] = [("00", "01"),
+                                     ("01", "11" if amount_minor is None else "12")]
+    if bool(gui) != bool(account):
+        raise EmvQrError("a merchant account needs both the GUI and the account")
+    if gui:
+        if not (isinstance(account_tag, str) and _ID_RE.fullmatch(account_tag)
+                and 26 <= int(account_tag) <= 51):
+            raise EmvQrError(f"account tag {account_tag!r} is not one of 26-51")
+        _ans("GUI", gui, 32)
+        _ans("account", account, 99)
+        objs.append((account_tag, [("00", gui), ("01", account)]))
+    objs += [("52", mcc), ("53", numeric)]
+    if amount_minor is not None:
+        objs.append(("54", format_amount(amount_minor, exponent)))
+    objs += [("58", country), ("59", merchant_name), ("60", city)]
+    extra = []
+    if bill:
+        _ans("bill number", bill, 25)
+        extra.append(("01", bill))
+    if terminal:
+        _ans("terminal label", terminal, 25)
+        extra.append(("07", terminal))
+    if extra:
+        objs.append(("62", extra))
+    if name_local or city_local:
+        if not (isinstance(language, str) and re.fullmatch(r"[A-Z]{2}", language)):
+            raise EmvQrError(f"language {language!r} is not ISO 639-1 (upper case)")
+        local: list[tuple[str, Value]] = [("00", language)]
+        if name_local:
+            _local("local merchant name", name_local, 25)
+            local.append(("01", name_local))
+        if city_local:
+            _local("local city", city_local, 15)
+            local.append(("02", city_local))
+        objs.append(("64", local))
+    # every value is bounded above, so the payload stays far under EMVCo's 512
+    return with_crc(encode(objs))
+
+
+def _check_fields(fields: dict) -> tuple[str | None, int | None]:
+    """Formats of the top-level objects that are present; ``(currency, minor)``.
+
+    Presence is not demanded beyond 00 and 63: published national schemes (Thai
+    PromptPay among them) leave out 52, 59 and 60, and a reader should still show
+    them."""
+    if "01" in fields and fields["01"] not in ("11", "12"):
+        raise EmvQrError(f"point of initiation {fields['01']!r} is neither 11 nor 12")
+    if "52" in fields and not re.fullmatch(r"[0-9]{4}", fields["52"]):
+        raise EmvQrError(f"merchant category code {fields['52']!r} is not four digits")
+    if "58" in fields and not re.fullmatch(r"[A-Z]{2}", fields["58"]):
+        raise EmvQrError(f"country {fields['58']!r} is not ISO 3166 alpha-2")
+    alpha = exponent = None
+    if "53" in fields:
+        if not re.fullmatch(r"[0-9]{3}", fields["53"]):
+            raise EmvQrError(f"currency {fields['53']!r} is not ISO 4217 numeric")
+        alpha, exponent = _BY_NUMERIC.get(fields["53"], (None, None))
+    minor = None
+    if "54" in fields:
+        text = fields["54"]
+        if exponent is None:
+            # a currency lanecore has no exponent for: check the decimal's shape only
+            parse_amount(text, len(text.partition(".")[2]))
+        else:
+            minor = parse_amount(text, exponent)
+    return alpha, minor
+
+
+def decode_mpm(text: str) -> dict:
+    """Everything a reader shows about a payload, never raising.
+
+    ``{"ok": True, "crc_ok": True, "fields": {...}, "currency": "CNY" | None,
+    "amount_minor": int | None}`` for a good payload; ``fields`` maps each ID to
+    its value, with templates (26-51, 62 and its 50-99, 64, 80-99) as nested maps
+    of sub-ID -> value, in payload order. ``amount_minor`` is tag 54 in minor units
+    when the currency's exponent is known. A bad payload gives ``{"ok": False,
+    "error": {"code", "message"}}``, plus ``crc_ok`` and ``fields`` when the objects
+    could be read (a wrong CRC, or a malformed amount under a good CRC).
+    """
+    try:
+        fields = parse(text, verify=False)
+    except EmvQrError as exc:
+        return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+    out: dict = {"ok": False, "crc_ok": True, "fields": fields}
+    try:
+        check_crc(text)
+    except EmvQrError as exc:
+        out.update(crc_ok=False, error={"code": exc.code, "message": exc.message})
+        return out
+    try:
+        currency, minor = _check_fields(fields)
+    except EmvQrError as exc:
+        out["error"] = {"code": exc.code, "message": exc.message}
+        return out
+    out.update(ok=True, currency=currency, amount_minor=minor)
+    return out
+
+
+def field_lines(fields: dict, indent: str = "") -> list[str]:
+    """``fields`` of :func:`decode_mpm` as readable lines: ``"ID  value"``, a
+    template's ID alone with its objects indented two spaces under it."""
+    lines = []
+    for tag, value in fields.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{tag}")
+            lines += field_lines(value, indent + "  ")
+        else:
+            lines.append(f"{indent}{tag}  {value}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------
+
+def qr_code(payload: str, *, border: int = 4, box_size: int = 10):
+    """The ``qrcode.QRCode`` of ``payload``, made (UTF-8, error correction M),
+    ``border`` light modules around, ``box_size`` pixels (or tenths of a mm in SVG)
+    per module; ``.make_image()`` draws it with any of ``qrcode``'s image factories."""
+    import qrcode
+    from qrcode.constants import ERROR_CORRECT_M
+
+    qr = qrcode.QRCode(error_correction=ERROR_CORRECT_M, border=border, box_size=box_size)
+    # ASCII payloads may be split into numeric/alphanumeric/byte segments for a
+    # smaller symbol. A payload with UTF-8 (template 64) goes in one byte segment:
+    # OpenCV's reader (5.0) returns nothing for non-ASCII bytes mixed with other
+    # segments, and a phone's wallet reader may share that weakness; one segment
+    # costs a few versions and reads everywhere.
+    qr.add_data(payload.encode("utf-8"), optimize=20 if payload.isascii() else 0)
+    qr.make(fit=True)
+    return qr
+
 
 def qr_matrix(payload: str, *, border: int = 4) -> list[list[bool]]:
     """The QR symbol of ``payload`` (UTF-8, byte mode, error correction M) as rows
     of modules, True = dark, with ``border`` light modules around."""
-    import qrcode
-    from qrcode.constants import ERROR_CORRECT_M
+    return [list(map(bool, row)) for row in qr_code(payload, border=border).get_matrix()]
 
-    qr = qrcode.QRCode(error_correction=ERROR_CORRECT_M, border=border)
-    qr.add_data(payload.encode("utf-8"))
-    qr.make(fit=True)
-    return [list(map(bool, row)) for row in qr.get_matrix()]
+
+def qr_png(payload: str, *, scale: int = 8, border: int = 4) -> bytes:
+    """The QR of ``payload`` as a PNG file's bytes: 8-bit greyscale, ``scale``
+    pixels per module, ``border`` light modules of quiet zone (4 is the standard's).
+
+    The modules come from ``qrcode``; the PNG is written here with ``zlib`` so the
+    command line needs no imaging library (``qrcode``'s own PNG output needs Pillow
+    or pypng)."""
+    if type(scale) is not int or scale < 1:
+        raise EmvQrError(f"scale {scale!r} is not a positive number of pixels")
+    rows = qr_matrix(payload, border=border)
+    width = len(rows[0]) * scale
+    raw = bytearray()
+    for row in rows:
+        # filter type 0 (none) then one byte per pixel: 0 dark, 255 light
+        line = b"\x00" + b"".join((b"\x00" if dark else b"\xff") * scale for dark in row)
+        raw += line * scale
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return (len(data).to_bytes(4, "big") + body
+                + (binascii.crc32(body) & 0xFFFFFFFF).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + width.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(raw), 9)) + chunk(b"IEND", b""))
+
+
+def qr_svg(payload: str, *, border: int = 4) -> str:
+    """The QR of ``payload`` as an SVG document (one path, 1 mm per module), drawn
+    by ``qrcode``'s SVG image factory."""
+    from qrcode.image.svg import SvgPathImage
+
+    img = qr_code(payload, border=border).make_image(image_factory=SvgPathImage)
+    return img.to_string(encoding="unicode")
 
 
 def qr_text(payload: str, *, invert: bool = False, border: int = 2) -> str:
