@@ -457,6 +457,9 @@ def cmd_sim(args) -> int:
     import signal
     import threading
 
+    if args.device == "provider":
+        from lanecore.gateway import provider_sim
+        return provider_sim.main(args.args)
     from lanecore.drivers import sim
 
     mod = sim.module(args.device)
@@ -491,6 +494,63 @@ def cmd_sim(args) -> int:
         runner.start()
         stop.wait(opts.duration)
     return EXIT_OK
+
+
+def cmd_gateway_payments(args) -> int:
+    """The payment gateway until SIGTERM/SIGINT."""
+    from lanecore.gateway import payments
+    return payments.serve(args.data_dir, args.bind)
+
+
+def cmd_recon(args) -> int:
+    """Reconcile the ledger's charges of one day against the providers' bill files."""
+    import csv
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from lanecore.core import recon
+    date = recon.check_date(args.date)
+    start = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    if not Path(args.ledger).is_file():
+        return _die("NO_LEDGER", f"no ledger database at {args.ledger}")
+    con = sqlite3.connect(f"file:{Path(args.ledger).resolve()}?mode=ro", uri=True)
+    try:
+        # A charge belongs to the day it was paid (else sent, else created): the day
+        # the provider's bill puts it on.
+        cur = con.execute(
+            "SELECT merchant_ref, channel, amount_minor, currency, state FROM charges "
+            "WHERE COALESCE(paid_at, sent_at, created_at) >= ? "
+            "AND COALESCE(paid_at, sent_at, created_at) < ?", (start, start + 86400.0))
+        ledger = [dict(zip(("merchant_ref", "channel", "amount_minor", "currency", "state"), r))
+                  for r in cur]
+    except sqlite3.Error as exc:
+        return _die("DB_ERROR", f"cannot read charges from {args.ledger}: {exc}")
+    finally:
+        con.close()
+    bills, channels = [], []
+    files = sorted(Path(args.bills).glob(f"*-{date}.csv"))
+    if not files:
+        return _die("NO_BILL", f"no bill file *-{date}.csv in {args.bills}")
+    for path in files:
+        channel = path.name[:-len(f"-{date}.csv")]
+        channels.append(channel)
+        with open(path, newline="", encoding="utf-8") as fh:
+            bills.extend(recon.parse_bill(csv.DictReader(fh), channel))
+    # The ledger holds no refunds yet, so refund lines count in the totals only.
+    report = recon.reconcile(ledger, bills, channels=channels, check_refunds=False)
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(recon.Finding.__dataclass_fields__))
+            w.writeheader()
+            w.writerows(report.rows())
+    if args.json:
+        print(json.dumps({"date": date, "bills": [str(p) for p in files],
+                          **report.to_dict()}, indent=2))
+    else:
+        print(f"{date}: {len(ledger)} ledger charges, {len(bills)} bill lines from "
+              f"{', '.join(p.name for p in files)}")
+        print(report.summary())
+    return EXIT_OK if report.clean else EXIT_BAD_INPUT
 
 
 def cmd_device_probe(args) -> int:
@@ -574,6 +634,64 @@ def cmd_device_read(args) -> int:
     finally:
         driver.stop()
     return EXIT_OK if readings else EXIT_BAD_INPUT
+
+
+def cmd_qr_mpm(args) -> int:
+    """An EMVCo merchant-presented QR: the payload, and its symbol as PNG, SVG or
+    terminal art (docs/qr.md)."""
+    from lanecore.core import emvqr
+    payload = emvqr.build_mpm(
+        amount_minor=(None if args.amount_minor is None
+                      else emvqr.parse_minor_units(args.amount_minor)),
+        currency=args.currency, country=args.country, merchant_name=args.merchant_name,
+        city=args.city, bill=args.bill or "", terminal=args.terminal or "",
+        gui=args.gui or "", account=args.account or "", account_tag=args.account_tag,
+        mcc=args.mcc, name_local=args.name_local or "", city_local=args.city_local or "",
+        language=args.language)
+    out = {"payload": payload}
+    target, image = None, None
+    if args.png:
+        target, image = args.png, emvqr.qr_png(payload, scale=args.scale)
+        out["png"] = args.png
+    elif args.svg:
+        target, image = args.svg, emvqr.qr_svg(payload).encode("utf-8")
+        out["svg"] = args.svg
+    if target is not None:
+        try:
+            Path(target).write_bytes(image)
+        except OSError as exc:
+            return _die("CANNOT_WRITE", f"{target}: {exc.strerror}")
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+    elif target is None:
+        sys.stdout.write(emvqr.qr_text(payload, invert=args.invert))
+        print(payload)
+    else:
+        print(payload)
+    return EXIT_OK
+
+
+def cmd_qr_decode_mpm(args) -> int:
+    """Read an EMVCo merchant-presented payload: its objects, templates opened, and
+    whether its CRC holds. Exit 1 when the payload is not good."""
+    from lanecore.core.emvqr import decode_mpm, field_lines
+    text = args.payload
+    if text == "-":
+        text = sys.stdin.readline().rstrip("\r\n")
+    report = decode_mpm(text)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        if "fields" in report:
+            print("\n".join(field_lines(report["fields"])))
+        if report["ok"]:
+            amount = report["amount_minor"]
+            print(f"CRC ok; currency {report['currency'] or '-'}; amount_minor "
+                  f"{'-' if amount is None else amount}")
+        else:
+            err = report["error"]
+            print(f"lanecore: {err['code']}: {err['message']}", file=sys.stderr)
+    return EXIT_OK if report["ok"] else EXIT_BAD_INPUT
 
 
 def cmd_lane_run(args) -> int:
@@ -749,9 +867,28 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pseudo-terminal. `lanecore sim DEVICE --help` for "
                                     "each device's options.")
     from lanecore.drivers.sim import SIMULATORS
-    sp.add_argument("device", choices=SIMULATORS)
+    sp.add_argument("device", choices=[*SIMULATORS, "provider"])
     sp.add_argument("args", nargs=argparse.REMAINDER, help="the device's own options")
     sp.set_defaults(func=cmd_sim)
+
+    gw = sub.add_parser("gateway", help="the payment gateway process").add_subparsers(
+        dest="gateway_command", required=True)
+    sp = gw.add_parser("payments", help="the payment gateway: ZeroMQ ROUTER, ledger, "
+                                        "channels (docs/payments.md)")
+    sp.add_argument("--bind", default="tcp://127.0.0.1:5560", metavar="ADDR",
+                    help="ROUTER endpoint (default tcp://127.0.0.1:5560)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_gateway_payments)
+
+    sp = sub.add_parser("recon", help="reconcile a day's ledger against the providers' "
+                                      "bill files (docs/providers.md)")
+    sp.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day (UTC)")
+    sp.add_argument("--ledger", required=True, metavar="PATH", help="the ledger database")
+    sp.add_argument("--bills", required=True, metavar="DIR",
+                    help="folder of bill files KIND-YYYY-MM-DD.csv")
+    sp.add_argument("--out", metavar="CSV", help="write every finding to this CSV")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.set_defaults(func=cmd_recon)
 
     dev = sub.add_parser("device", help="real (or simulated) lane devices on serial ports"
                          ).add_subparsers(dest="device_command", required=True)
@@ -775,6 +912,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="unit of the weights the scale sends (Toledo, SASI; default kg)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_device_read)
+
+    qr = sub.add_parser("qr", help="EMVCo merchant-presented payment QR codes (docs/qr.md)"
+                        ).add_subparsers(dest="qr_command", required=True)
+    sp = qr.add_parser("mpm", help="make a merchant-presented QR: dynamic with an amount, "
+                                   "static without")
+    sp.add_argument("--amount-minor", metavar="N",
+                    help="amount in minor units (fen, cents); omit for a static QR")
+    sp.add_argument("--currency", required=True, metavar="NNN",
+                    help="ISO 4217 numeric (156, 826, 978, 840, 764, 392, 752, ...) "
+                         "or alphabetic code")
+    sp.add_argument("--country", required=True, metavar="CC", help="ISO 3166 alpha-2")
+    sp.add_argument("--merchant-name", required=True, metavar="X",
+                    help="up to 25 printable ASCII characters")
+    sp.add_argument("--city", required=True, metavar="Y",
+                    help="up to 15 printable ASCII characters")
+    sp.add_argument("--bill", metavar="B", help="bill number (tag 62 sub-tag 01)")
+    sp.add_argument("--terminal", metavar="T", help="terminal label (tag 62 sub-tag 07)")
+    sp.add_argument("--gui", metavar="G", help="merchant account: globally unique id "
+                                               "(reverse domain name or AID)")
+    sp.add_argument("--account", metavar="A", help="merchant account under --gui")
+    sp.add_argument("--account-tag", default="26", metavar="NN",
+                    help="tag of the merchant account template, 26-51 (default 26)")
+    sp.add_argument("--mcc", default="5411", metavar="NNNN",
+                    help="merchant category code (default 5411, grocery)")
+    sp.add_argument("--name-local", metavar="X",
+                    help="merchant name in the local script (template 64)")
+    sp.add_argument("--city-local", metavar="Y", help="city in the local script (template 64)")
+    sp.add_argument("--language", default="ZH", metavar="LL",
+                    help="ISO 639-1 language of template 64 (default ZH)")
+    image = sp.add_mutually_exclusive_group()
+    image.add_argument("--png", metavar="F", help="write the QR as a PNG file")
+    image.add_argument("--svg", metavar="F", help="write the QR as an SVG file")
+    sp.add_argument("--scale", type=int, default=8, metavar="PX",
+                    help="PNG pixels per module (default 8)")
+    sp.add_argument("--invert", action="store_true",
+                    help="terminal art for a dark background")
+    sp.add_argument("--json", action="store_true", help='print {"payload": ...} only')
+    sp.set_defaults(func=cmd_qr_mpm)
+    sp = qr.add_parser("decode-mpm", help="read a merchant-presented payload: fields, "
+                                          "templates, CRC")
+    sp.add_argument("payload", metavar="PAYLOAD", help="the payload text (- for stdin)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_qr_decode_mpm)
 
     lane = sub.add_parser("lane", help="lane controllers: devices wired to the service") \
         .add_subparsers(dest="lane_command", required=True)

@@ -10,7 +10,11 @@ declare how a retry with the same id is answered (``kind``):
   answered again;
 * ``STATEFUL`` — remembered in memory (a weighing frame is not fed twice);
 * ``DURABLE`` — its reply is recorded in ``service_requests`` in the same SQLite
-  transaction as its change, so a retry after a crash gets the same reply.
+  transaction as its change, so a retry after a crash gets the same reply;
+* ``RECORDED`` — an op that keeps its own transactions (a payment: nothing may hold
+  a transaction across a provider's answer) and is idempotent by its own key; its
+  reply is recorded once it is final (the op returns ``_final: False`` while it is
+  not), and a retry gets the record.
 
 Final errors are remembered like replies; ``TRANSIENT`` ones are not (a retry may
 pass). The verification service (``service.py``) and the payment gateway
@@ -46,7 +50,7 @@ MAX_DRAIN = 512
 TRANSIENT = frozenset(["INTERNAL", "UNAVAILABLE", "DB_BUSY", "DB_ERROR"])
 
 #: What an op does, for retries (above).
-PURE, STATEFUL, DURABLE = "pure", "stateful", "durable"
+PURE, STATEFUL, DURABLE, RECORDED = "pure", "stateful", "durable", "recorded"
 
 REQUESTS_SQL = """CREATE TABLE IF NOT EXISTS service_requests (
     client TEXT NOT NULL, id TEXT NOT NULL, op TEXT NOT NULL, reply BLOB NOT NULL,
@@ -137,6 +141,8 @@ class OpServer:
                 return fast
             if kind is DURABLE:
                 return self._durable(key, op, rid, fn, schema, req)
+            if kind is RECORDED:
+                return self._recorded(key, op, rid, fn, schema, req)
             if kind is STATEFUL:
                 hit = self._replies.get(key)
                 if hit is not None and time.monotonic() - hit[0] < REPLAY_WINDOW_S:
@@ -163,7 +169,7 @@ class OpServer:
         # A retry of a request that failed for good gets the same answer; a failure
         # that may pass (a busy database, a worker restarting) is tried again.
         if key is not None and reply["error"]["code"] not in TRANSIENT:
-            if kind is DURABLE:
+            if kind is DURABLE or kind is RECORDED:
                 self._record_failure(key, op, out)
             elif kind is STATEFUL:
                 self._remember(key, out)
@@ -207,6 +213,25 @@ class OpServer:
         for action in after:    # events and in-memory effects, once the change is safe
             action()
         return out
+
+    def _recorded(self, key, op, rid, fn, schema, req) -> bytes:
+        """Run an op that keeps its own transactions; record its reply once final."""
+        row = self.con.execute("SELECT reply FROM service_requests WHERE client = ? AND "
+                               "id = ?", key).fetchone()
+        if row is not None:
+            self.replays += 1
+            return row[0]
+        result = fn(P.check(req, schema))
+        final = result.pop("_final", True)
+        out = P.pack(P.ok(rid, **result))
+        if final:
+            self.con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, reply, "
+                             "at) VALUES (?, ?, ?, ?, ?)", (*key, op, out, time.time()))
+        return out
+
+    def on_idle(self) -> None:
+        """Called by the loop when no request waits (at least every 0.2 s): work a
+        service does in the background (driving open payments to a final state)."""
 
     def prune(self, now: float | None = None) -> int:
         """Forget replies older than the replay window; returns how many rows went."""
@@ -271,14 +296,18 @@ class OpServer:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         last_prune = time.time()
+        last_idle = time.monotonic()
         try:
             while self._running:
-                if not poller.poll(200):
-                    if time.time() - last_prune > 60:
-                        self.prune()
-                        last_prune = time.time()
-                    continue
-                self._drain(sock, security)
+                if poller.poll(200):
+                    self._drain(sock, security)
+                    if time.monotonic() - last_idle < 0.2:
+                        continue           # under load, background work every 0.2 s
+                elif time.time() - last_prune > 60:
+                    self.prune()
+                    last_prune = time.time()
+                self.on_idle()
+                last_idle = time.monotonic()
         finally:
             for sig, old in installed:
                 signal.signal(sig, old)

@@ -1,0 +1,476 @@
+"""The payment gateway: ``lanecore gateway payments [--bind ADDR] [--data-dir D]``.
+
+A ZeroMQ ROUTER with the verification service's envelope (``gateway/server.py``,
+``docs/protocol.md`` "Payments"). Every charge is a row of the ledger
+(``core/ledger.py``) moved one durable step at a time, and a provider is only called
+after the charge is marked ``sent``; so a gateway killed at any point restarts, drives
+every open charge to a final state by asking the provider (never by charging again),
+and nothing is taken twice or lost.
+
+Configuration: ``DATA_DIR/payments.toml`` (``docs/payments.md``): the channels with
+their routing fields (``core/routing.py``) plus ``endpoint`` and ``timeout_s`` of
+their provider; the ``[policy]`` for unknown results; the ``[qr]`` merchant for
+``pay.qr``.
+
+Fault injection for tests: ``LANECORE_PAY_CRASH="after_ledger:0.05,after_sent:0.05,
+after_provider:0.05,before_reply:0.05"`` makes the process kill itself (SIGKILL) at
+those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from lanecore.core import emvqr
+from lanecore.core import ledger as L
+from lanecore.core.cash import Drawer
+from lanecore.core.config import resolve_data_dir
+from lanecore.core.errors import LanecoreError
+from lanecore.core.ledger import Ledger, UnknownPolicy, next_step
+from lanecore.core.routing import (ConfigError, Decline, NoEligibleChannel, PaymentRequest,
+                                   Router, Usage, parse_channels)
+
+from . import protocol as P
+from .protocol import NAME, Field
+from .providers import Card, Connector, ProviderError, connector
+from .server import PURE, RECORDED, OpServer
+
+log = logging.getLogger("lanecore.payments")
+
+CONFIG_FILE = "payments.toml"
+LEDGER_FILE = "payments.db"
+#: Card-kind channels call the bank provider.
+PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
+                 "card": "bank"}
+_PROVIDER_FIELDS = ("endpoint", "timeout_s")
+CRASH_POINTS = ("after_ledger", "after_sent", "after_provider", "before_reply")
+
+
+class PaymentConfigError(LanecoreError):
+    code = "BAD_CONFIG"
+
+
+def load_payments_config(data_dir: Path) -> dict:
+    """``payments.toml`` as a dict (``{}`` when absent)."""
+    path = Path(data_dir) / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PaymentConfigError(f"{path}: {exc}") from exc
+
+
+def _crash_plan() -> tuple[dict[str, float], random.Random]:
+    spec = os.environ.get("LANECORE_PAY_CRASH", "")
+    plan = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        point, _, p = part.partition(":")
+        if point not in CRASH_POINTS:
+            raise PaymentConfigError(f"LANECORE_PAY_CRASH: no point {point!r}")
+        plan[point] = float(p or 1.0)
+    return plan, random.Random(os.environ.get("LANECORE_PAY_CRASH_SEED"))
+
+
+class PaymentGateway(OpServer):
+    """The ledger, the channels and their providers, the drawers."""
+
+    def __init__(self, data_dir, *, publish=None, clock=time.time) -> None:
+        self.data_dir = resolve_data_dir(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = load_payments_config(self.data_dir)
+        unknown = set(config) - {"channels", "policy", "qr"}
+        if unknown:
+            raise PaymentConfigError(f"{CONFIG_FILE}: unknown section(s) {sorted(unknown)}")
+        self.clock = clock
+        self.ledger = Ledger.open(self.data_dir / LEDGER_FILE, clock=clock)
+        raw = config.get("channels", {})
+        routing_tables = {name: {k: v for k, v in t.items() if k not in _PROVIDER_FIELDS}
+                          for name, t in raw.items()} if isinstance(raw, dict) else raw
+        try:
+            self.router = Router(parse_channels(routing_tables))
+        except ConfigError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE}: {exc.message}") from exc
+        self.connectors: dict[str, Connector] = {}
+        for ch in self.router.channels:
+            if ch.kind == "cash":
+                continue            # the drawer is the provider
+            kind = PROVIDER_KIND.get(ch.kind)
+            if kind is None:
+                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name}: this gateway "
+                                         f"has no connector for kind {ch.kind!r}")
+            table = raw[ch.name]
+            if "endpoint" not in table:
+                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name} needs the "
+                                         "provider's endpoint")
+            self.connectors[ch.name] = connector(table["endpoint"], kind,
+                                                 timeout_s=float(table.get("timeout_s", 5.0)))
+        try:
+            self.policy = UnknownPolicy(**config.get("policy", {}))
+        except TypeError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE} [policy]: {exc}") from exc
+        self.qr = dict(config.get("qr", {}))
+        self._last_query: dict[str, float] = {}
+        self._crash, self._crash_rng = _crash_plan()
+        super().__init__(self.ledger.con, publish=publish)
+        self.recover()
+
+    # ------------------------------------------------------------------------------
+    def _ops(self):
+        money = Field("int", min=1, max=10 ** 12)
+        ccy = Field("str", min=3, max=3)
+        return [
+            ("hello", self.op_hello, {}, PURE),
+            ("pay.quote", self.op_quote,
+             {"amount_minor": money, "currency": ccy, "method": Field("str", max=16),
+              "terminal": NAME, "payer": Field("str", required=False, max=64),
+              "auth_code": Field("str", required=False, max=32)}, PURE),
+            ("pay.charge", self.op_charge,
+             {"order_no": Field("str", min=1, max=56), "amount_minor": money,
+              "currency": ccy, "method": Field("str", max=16), "terminal": NAME,
+              "payer": Field("str", required=False, max=64),
+              "auth_code": Field("str", required=False, max=32),
+              "card": Field("map", required=False), "cash": Field("map", required=False)},
+             RECORDED),
+            ("pay.status", self.op_status, {"order_no": Field("str", min=1, max=56)}, PURE),
+            ("pay.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=56)},
+             RECORDED),
+            ("pay.qr", self.op_qr,
+             {"order_no": Field("str", min=1, max=25), "amount_minor": money,
+              "currency": ccy, "terminal": NAME}, PURE),
+            ("stats", self.op_stats, {}, PURE),
+        ]
+
+    def op_hello(self, f) -> dict:
+        import lanecore
+        return {"protocol": P.PROTOCOL_VERSION, "server": f"lanecore {lanecore.__version__}",
+                "capabilities": sorted(self.ops),
+                "channels": [ch.to_dict() for ch in self.router.channels]}
+
+    def op_stats(self, f) -> dict:
+        states: dict[str, int] = {}
+        for (state, n) in self.con.execute("SELECT state, COUNT(*) FROM charges GROUP BY state"):
+            states[state] = n
+        return {"uptime_s": round(time.monotonic() - self.started, 3),
+                "requests": dict(self.counts), "errors": dict(self.errors),
+                "replays": self.replays, "charges": states}
+
+    # ------------------------------------------------------------------------------
+    def _maybe_crash(self, point: str) -> None:
+        p = self._crash.get(point)
+        if p and self._crash_rng.random() < p:
+            log.warning("fault injection: SIGKILL %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _usage(self) -> Usage:
+        """Today's totals (paid and still open charges) per channel, payer, terminal."""
+        start = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).replace(
+            hour=0, minute=0, second=0, microsecond=0).timestamp()
+        usage = Usage()
+        for c in self.ledger.charges(since=start):
+            if c.state in (L.PAID, L.SENT, L.UNKNOWN, L.QUERIED):
+                usage.record(c.channel, c.terminal, c.amount_minor, c.payer)
+        return usage
+
+    def _request(self, f) -> PaymentRequest:
+        return PaymentRequest(f["amount_minor"], f["currency"], f["method"], f["terminal"],
+                              f.get("payer"), f.get("auth_code"))
+
+    def op_quote(self, f) -> dict:
+        judged = self.router.explain(self._request(f), self._usage())
+        return {"channels": [{"channel": ch.name, "kind": ch.kind, "eligible": why is None,
+                              "reason": why} for ch, why in judged]}
+
+    # ------------------------------------------------------------------------------
+    def op_charge(self, f) -> dict:
+        """Take the payment for ``order_no``, once. An order already paid is answered
+        with that payment; one with an open charge is asked about, never charged
+        again; otherwise a new attempt goes to the first eligible channel, and to the
+        next on a decline that may fall back."""
+        order_no = f["order_no"]
+        attempts = self.ledger.attempts(order_no)
+        paid = [c for c in attempts if c.state == L.PAID]
+        if paid:
+            return self._reply(order_no, paid[-1])
+        open_ = [c for c in attempts if not c.final]
+        if open_:
+            charge = self.drive(open_[-1], force=True)
+            return self._reply(order_no, charge)
+        req = self._request(f)
+        means = self._means(f)
+        usage = self._usage()
+        tried: list[str] = []
+        attempt = len(attempts)
+        channels = self.router.route_request(req, usage)
+        channel = channels[0]
+        while True:
+            attempt += 1
+            charge = self._attempt(order_no, attempt, req, channel, means)
+            if charge.state != L.FAILED or not charge.reason:
+                return self._reply(order_no, charge)
+            decline = Decline(req, usage, channel.name, charge.reason, tuple(tried))
+            tried.append(channel.name)
+            try:
+                nxt = self.router.next_after(decline)
+            except NoEligibleChannel:
+                nxt = None
+            if nxt is None:
+                return self._reply(order_no, charge)
+            channel = nxt
+
+    def _means(self, f) -> dict:
+        method = f["method"]
+        if method == "auth_code":
+            if "auth_code" not in f:
+                raise P.ProtocolError("MISSING_FIELD", "an auth_code payment needs auth_code")
+            return {"auth_code": f["auth_code"]}
+        if method == "card":
+            c = f.get("card")
+            if c is None:
+                raise P.ProtocolError("MISSING_FIELD", "a card payment needs card")
+            try:
+                return {"card": Card(entry=c.get("entry"), pan=c.get("pan"),
+                                     token=c.get("token"), pin_block=c.get("pin_block"))}
+            except ProviderError as exc:
+                raise P.ProtocolError("BAD_FIELD", f"card: {exc.message}") from None
+        if method == "cash":
+            cash = f.get("cash")
+            tendered = None if cash is None else cash.get("tendered")
+            if not isinstance(tendered, dict):
+                raise P.ProtocolError("MISSING_FIELD", "a cash payment needs cash.tendered "
+                                                       "({denomination: count})")
+            try:
+                return {"tendered": {int(k): v for k, v in tendered.items()}}
+            except (TypeError, ValueError):
+                raise P.ProtocolError("BAD_FIELD", "cash.tendered keys are denominations "
+                                                   "in minor units") from None
+        return {}
+
+    def _attempt(self, order_no, attempt, req, channel, means) -> L.Charge:
+        charge, _ = self.ledger.create(order_no, attempt, req.amount_minor, req.currency,
+                                       req.method, channel.name, req.terminal,
+                                       payer=req.payer)
+        ref = charge.merchant_ref
+        self._maybe_crash("after_ledger")
+        if channel.kind == "cash":
+            return self._cash(charge, means["tendered"])
+        conn = self.connectors.get(channel.name)
+        if conn is None:
+            return self.ledger.move(ref, L.FAILED, reason="NO_PROVIDER")
+        self.ledger.move(ref, L.SENT)          # write-ahead: from here it may be charged
+        self._maybe_crash("after_sent")
+        res = conn.charge(ref, req.amount_minor, req.currency, terminal=req.terminal,
+                          **{k: v for k, v in means.items() if k in ("auth_code", "card")})
+        self._maybe_crash("after_provider")
+        return self._apply(self.ledger.get(ref), res)
+
+    def _cash(self, charge: L.Charge, tendered: dict) -> L.Charge:
+        """Cash: the drawer and the ledger move in one transaction."""
+        ref = charge.merchant_ref
+        drawer = Drawer(self.con, drawer_id=charge.terminal, currency=charge.currency)
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.ledger.move(ref, L.SENT)
+            try:
+                change = drawer.pay_cash(charge.amount_minor, tendered, ref=ref)
+            except LanecoreError as exc:
+                self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
+                con.execute("COMMIT")
+                raise
+            self.ledger.move(ref, L.PAID, detail=f"change {change.change_minor}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return self.ledger.get(ref)
+
+    def _is_cash(self, charge: L.Charge) -> bool:
+        ch = self.router.by_name.get(charge.channel)
+        return ch is not None and ch.kind == "cash"
+
+    def _cash_record(self, charge: L.Charge) -> dict | None:
+        """The drawer's record of a cash charge (its change), or None."""
+        Drawer(self.con, drawer_id=charge.terminal, currency=charge.currency)  # its tables
+        row = self.con.execute("SELECT result FROM drawer_moves WHERE drawer_id = ? AND "
+                               "ref = ?", (charge.terminal, charge.merchant_ref)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _apply(self, charge: L.Charge, res) -> L.Charge:
+        """A provider's answer into the ledger."""
+        ref = charge.merchant_ref
+        if res.status == "paid":
+            if charge.state == L.SENT:
+                return self.ledger.move(ref, L.PAID, provider_ref=res.provider_ref)
+            if charge.state == L.UNKNOWN:
+                self.ledger.move(ref, L.QUERIED)
+            return self.ledger.move(ref, L.PAID, provider_ref=res.provider_ref)
+        if res.status == "failed":
+            return self.ledger.move(ref, L.FAILED, reason=res.decline_code or "DECLINED",
+                                    detail=res.message or None)
+        if res.status == "reversed":
+            if charge.state == L.SENT:
+                self.ledger.move(ref, L.UNKNOWN)
+            if charge.state in (L.SENT, L.UNKNOWN):
+                self.ledger.move(ref, L.QUERIED)
+            return self.ledger.move(ref, L.REVERSED, reason="REVERSED")
+        # unknown: "user paying", a timeout, a system error
+        if charge.state == L.SENT:
+            return self.ledger.move(ref, L.UNKNOWN, reason=res.decline_code or "UNKNOWN")
+        return charge
+
+    def _reply(self, order_no: str, charge: L.Charge) -> dict:
+        status = {L.PAID: "paid", L.FAILED: "failed", L.REVERSED: "reversed"}.get(
+            charge.state, "pending")
+        out = {"order_no": order_no, "status": status, "merchant_ref": charge.merchant_ref,
+               "attempt": charge.attempt, "channel": charge.channel,
+               "amount_minor": charge.amount_minor, "currency": charge.currency,
+               "provider_ref": charge.provider_ref,
+               "decline_code": charge.reason if status == "failed" else None,
+               "change": None, "_final": status != "pending"}
+        if status == "paid" and self._is_cash(charge):
+            out["change"] = self._cash_record(charge)
+        self._maybe_crash("before_reply")
+        return out
+
+    # ------------------------------------------------------------------------------
+    def drive(self, charge: L.Charge, *, force: bool = False) -> L.Charge:
+        """One step towards a final state for an open charge (never a new charge)."""
+        now = self.clock()
+        last = self._last_query.get(charge.merchant_ref)
+        step = next_step(charge, now, self.policy, last_query_at=None if force else last)
+        ref = charge.merchant_ref
+        if step.action == "fail":
+            return self.ledger.move(ref, L.FAILED, reason="NOT_SENT")
+        if step.action == "wait" or step.at > now:
+            return charge
+        if self._is_cash(charge):
+            return self._settle_cash(charge)
+        conn = self.connectors.get(charge.channel)
+        if conn is None:
+            return charge
+        if step.action == "query":
+            self._last_query[ref] = now
+            res = conn.query(ref)
+            if res.status == "not_found":
+                # it never reached the provider: close the trade so it never can
+                closed = conn.reverse(ref)
+                if closed.status in ("reversed", "not_found"):
+                    return self.ledger.move(ref, L.FAILED, reason="NOT_SENT")
+                return charge
+            if res.status == "unknown":
+                if charge.state == L.SENT:
+                    charge = self.ledger.move(ref, L.UNKNOWN, reason=res.decline_code)
+                return self.ledger.move(ref, L.QUERIED)
+            return self._apply(charge, res)
+        # reverse: still unknown after the cap
+        self.ledger.note_reversal_attempt(ref)
+        res = conn.reverse(ref)
+        if res.status in ("reversed", "not_found"):
+            if charge.state == L.SENT:
+                charge = self.ledger.move(ref, L.UNKNOWN)
+            if charge.state == L.UNKNOWN:
+                self.ledger.move(ref, L.QUERIED)
+            return self.ledger.move(ref, L.REVERSED, reason="GAVE_UP")
+        return charge
+
+    def _settle_cash(self, charge: L.Charge) -> L.Charge:
+        """A cash charge left ``sent`` by a crash: the drawer's record says whether
+        it was taken (its move and the ledger's commit together, so this is rare)."""
+        taken = self._cash_record(charge) is not None
+        return self.ledger.move(charge.merchant_ref, L.PAID if taken else L.FAILED,
+                                reason=None if taken else "NOT_SENT")
+
+    def recover(self) -> None:
+        """At start-up: one step for every open charge (those that need the provider
+        again are picked up by :meth:`on_idle`)."""
+        for charge in self.ledger.open_charges():
+            try:
+                self.drive(charge, force=True)
+            except Exception:   # one bad charge must not keep the gateway down
+                log.exception("recovery of %s failed", charge.merchant_ref)
+
+    def on_idle(self) -> None:
+        for charge in self.ledger.open_charges():
+            try:
+                self.drive(charge)
+            except Exception:
+                log.exception("driving %s failed", charge.merchant_ref)
+
+    # ------------------------------------------------------------------------------
+    def op_status(self, f) -> dict:
+        attempts = self.ledger.attempts(f["order_no"])
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        paid = [c for c in attempts if c.state == L.PAID]
+        last = paid[-1] if paid else attempts[-1]
+        out = self._reply(f["order_no"], last)
+        out.pop("_final")
+        out["attempts"] = [{"merchant_ref": c.merchant_ref, "channel": c.channel,
+                            "state": c.state, "reason": c.reason} for c in attempts]
+        return out
+
+    def op_reverse(self, f) -> dict:
+        """Cancel an order's payment (same day): the paid charge is given back."""
+        attempts = self.ledger.attempts(f["order_no"])
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        last = attempts[-1]
+        if last.state == L.REVERSED:
+            return self._reply(f["order_no"], last)
+        paid = [c for c in attempts if c.state == L.PAID]
+        if not paid:
+            raise LanecoreError(f"order {f['order_no']} has no paid charge to reverse",
+                                code="NOT_PAID")
+        charge = paid[-1]
+        conn = self.connectors.get(charge.channel)
+        if conn is None:
+            raise LanecoreError(f"a {charge.channel} payment is not reversed here (cash "
+                                "goes back from the drawer)", code="NOT_REVERSIBLE")
+        res = conn.reverse(charge.merchant_ref)
+        if res.status != "reversed":
+            out = self._reply(f["order_no"], charge)
+            out.update(status="pending", _final=False)
+            return out
+        return self._reply(f["order_no"], self.ledger.move(charge.merchant_ref, L.REVERSED,
+                                                           reason="CANCELLED"))
+
+    def op_qr(self, f) -> dict:
+        """A dynamic merchant-presented QR for the amount (EMVCo MPM)."""
+        if not self.qr:
+            raise LanecoreError(f"no [qr] merchant in {CONFIG_FILE}", code="NO_QR_MERCHANT")
+        currency = emvqr.lookup_currency(f["currency"])[1]
+        payload = emvqr.build_mpm(currency=currency, amount_minor=f["amount_minor"],
+                                  bill=f["order_no"], terminal=f["terminal"], **self.qr)
+        return {"payload": payload}
+
+
+def serve(data_dir, bind: str) -> int:
+    """Run the gateway until SIGTERM/SIGINT."""
+    gw = PaymentGateway(data_dir)
+    try:
+        gw.serve(bind)
+    finally:
+        gw.ledger.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lanecore.gateway.payments`` = ``lanecore gateway payments``."""
+    from lanecore import cli
+    return cli.main(["gateway", "payments", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

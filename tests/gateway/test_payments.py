@@ -1,0 +1,334 @@
+"""The payment gateway (gateway/payments.py) against real provider simulator
+processes: routing and fall-back, exactly-once charging, unknown results driven to a
+final state, cash with change, and kill -9 at random steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from lanecore.gateway.payments import PaymentGateway
+from lanecore.gateway.providers import connector
+
+WECHAT_CODE = "134567890123456789"     # 18 digits, prefix 13
+ALIPAY_CODE = "2812345678901234"       # 16 digits, prefix 28
+
+
+class Provider:
+    def __init__(self, kind: str, data_dir: Path, sock_dir: Path, *extra: str):
+        self.kind = kind
+        self.data_dir = data_dir
+        endpoint = f"ipc://{sock_dir}/{kind}-{data_dir.name}.ipc"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lanecore", "sim", "provider", "--kind", kind,
+             "--bind", endpoint, "--data-dir", str(data_dir), "--fast", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read()
+        self.endpoint = json.loads(line)["endpoint"]
+        self.conn = connector(self.endpoint, kind, timeout_s=5.0)
+
+    def paid(self) -> dict[str, int]:
+        """merchant_ref → amount of every trade the provider holds as paid."""
+        con = sqlite3.connect(self.data_dir / f"{self.kind}.sqlite")
+        try:
+            return dict(con.execute("SELECT merchant_ref, amount_minor FROM trades "
+                                    "WHERE status IN ('paid', 'refunded')"))
+        finally:
+            con.close()
+
+    def stop(self):
+        self.conn.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def providers(tmp_path):
+    made = {}
+
+    def start(name: str, kind: str, *extra: str) -> Provider:
+        d = tmp_path / f"prov-{name}"
+        d.mkdir()
+        made[name] = Provider(kind, d, tmp_path, *extra)
+        return made[name]
+    yield start
+    for p in made.values():
+        p.stop()
+
+
+def write_config(d: Path, channels: dict, policy: dict | None = None) -> None:
+    lines = []
+    for name, t in channels.items():
+        lines.append(f"[channels.{name}]")
+        for k, v in t.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    if policy:
+        lines.append("[policy]")
+        lines += [f"{k} = {v}" for k, v in policy.items()]
+    lines += ["[qr]", 'merchant_name = "Riverside Market"', 'city = "Hangzhou"',
+              'country = "CN"', 'gui = "com.example.pay"', 'account = "M000123"']
+    (d / "payments.toml").write_text("\n".join(lines) + "\n")
+
+
+def wallet(name, endpoint, priority, kind="wechat", **limits):
+    t = {"kind": kind, "priority": priority, "methods": ["auth_code"], "currency": "CNY",
+         "endpoint": endpoint, "timeout_s": 2.0}
+    t.update(limits)
+    return t
+
+
+def call(gw: PaymentGateway, op: str, rid, **fields) -> dict:
+    return gw.handle({"op": op, "id": rid, **fields}, client="till-1")
+
+
+def charge(gw, rid, order_no, amount, code=WECHAT_CODE, **kw):
+    return call(gw, "pay.charge", rid, order_no=order_no, amount_minor=amount,
+                currency="CNY", method=kw.pop("method", "auth_code"), terminal="T1",
+                **({"auth_code": code} if code else {}), **kw)
+
+
+def test_charge_once_retry_and_replay(tmp_path, providers):
+    p = providers("wx", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1)})
+    gw = PaymentGateway(d)
+    r = charge(gw, "c1", "ORD-1", 1234)
+    assert r["ok"] and r["status"] == "paid", r
+    assert r["merchant_ref"] == "ORD-1-1" and r["channel"] == "wx" and r["provider_ref"]
+    assert charge(gw, "c1", "ORD-1", 1234) == r            # a retry: the record
+    again = charge(gw, "c2", "ORD-1", 1234)                # a new request, same order
+    assert again["status"] == "paid" and again["merchant_ref"] == "ORD-1-1"
+    assert p.paid() == {"ORD-1-1": 1234}                    # charged once
+    s = call(gw, "pay.status", "s1", order_no="ORD-1")
+    assert s["status"] == "paid" and [a["state"] for a in s["attempts"]] == ["paid"]
+    assert call(gw, "pay.status", "s2", order_no="NOPE")["error"]["code"] == "UNKNOWN_ORDER"
+    gw.ledger.close()
+
+
+def test_over_one_channels_limit_goes_to_the_next(tmp_path, providers):
+    a, b = providers("a", "wechat"), providers("b", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"small": wallet("small", a.endpoint, 1, max_payment_minor=10_000),
+                     "big": wallet("big", b.endpoint, 2, max_payment_minor=50_000)})
+    gw = PaymentGateway(d)
+    r = charge(gw, "1", "ORD-2", 20_000)
+    assert r["status"] == "paid" and r["channel"] == "big"
+    q = call(gw, "pay.quote", "q", amount_minor=20_000, currency="CNY", method="auth_code",
+             terminal="T1", auth_code=WECHAT_CODE)
+    assert [(c["channel"], c["eligible"], c["reason"]) for c in q["channels"]] == [
+        ("small", False, "OVER_PAYMENT_LIMIT"), ("big", True, None)]
+    none = charge(gw, "2", "ORD-3", 90_000)
+    assert none["ok"] is False and none["error"]["code"] == "NO_ELIGIBLE_CHANNEL"
+    assert none["error"]["reasons"] == {"small": "OVER_PAYMENT_LIMIT",
+                                        "big": "OVER_PAYMENT_LIMIT"}
+    wrong = charge(gw, "3", "ORD-4", 100, code=ALIPAY_CODE)  # an Alipay code, WeChat only
+    assert wrong["error"]["code"] == "NO_ELIGIBLE_CHANNEL"
+    assert set(wrong["error"]["reasons"].values()) == {"CODE_NOT_THIS_CHANNEL"}
+    assert a.paid() == {} and b.paid() == {"ORD-2-1": 20_000}
+    gw.ledger.close()
+
+
+def test_a_decline_that_may_fall_back_does_and_a_final_one_does_not(tmp_path, providers):
+    a, b = providers("a", "wechat"), providers("b", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"first": wallet("first", a.endpoint, 1),
+                     "second": wallet("second", b.endpoint, 2)})
+    gw = PaymentGateway(d)
+    a.conn.configure(next=["EXCEED_LIMIT"])                # the channel's own limit
+    r = charge(gw, "1", "ORD-5", 500)
+    assert r["status"] == "paid" and r["channel"] == "second" and r["attempt"] == 2
+    s = call(gw, "pay.status", "s", order_no="ORD-5")
+    assert [(x["channel"], x["state"], x["reason"]) for x in s["attempts"]] == [
+        ("first", "failed", "EXCEED_LIMIT"), ("second", "paid", None)]
+    a.conn.configure(next=["NOTENOUGH"])                   # the payer's money: final
+    r = charge(gw, "2", "ORD-6", 500)
+    assert r["status"] == "failed" and r["decline_code"] == "NOTENOUGH"
+    assert r["channel"] == "first"
+    assert b.paid() == {"ORD-5-2": 500} and a.paid() == {}
+    gw.ledger.close()
+
+
+def test_user_paying_is_driven_to_paid_without_charging_again(tmp_path, providers):
+    p = providers("wx", "wechat", "--userpaying-delay-s", "0.5")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1)},
+                 policy={"poll_every_s": 0.2, "give_up_after_s": 30})
+    gw = PaymentGateway(d)
+    p.conn.configure(next=["userpaying"])
+    r = charge(gw, "1", "ORD-7", 800)
+    assert r["status"] == "pending" and r["merchant_ref"] == "ORD-7-1"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gw.on_idle()
+        again = charge(gw, "1", "ORD-7", 800)              # the till asks again
+        if again["status"] != "pending":
+            break
+        time.sleep(0.1)
+    assert again["status"] == "paid", again
+    assert p.paid() == {"ORD-7-1": 800}
+    assert [s[2] for s in gw.ledger.steps("ORD-7-1")][:3] == ["created", "sent", "unknown"]
+    gw.ledger.close()
+
+
+def test_still_unknown_after_the_cap_is_reversed(tmp_path, providers):
+    p = providers("wx", "wechat", "--userpaying-delay-s", "600")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1)},
+                 policy={"poll_every_s": 0.1, "give_up_after_s": 0.5,
+                         "reverse_not_before_s": 0.6})
+    gw = PaymentGateway(d)
+    p.conn.configure(next=["userpaying"])
+    assert charge(gw, "1", "ORD-8", 300)["status"] == "pending"
+    deadline = time.monotonic() + 10
+    while gw.ledger.get("ORD-8-1").state != "reversed" and time.monotonic() < deadline:
+        gw.on_idle()
+        time.sleep(0.05)
+    c = gw.ledger.get("ORD-8-1")
+    assert c.state == "reversed" and c.reversals >= 1
+    steps = gw.ledger.steps("ORD-8-1")
+    reversed_at = steps[-1][0]
+    assert reversed_at - c.sent_at >= 0.6                 # never sooner
+    assert p.paid() == {}
+    assert p.conn.query("ORD-8-1").status == "reversed"    # it can never be paid now
+    gw.ledger.close()
+
+
+def test_cash_with_change(tmp_path):
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"cash": {"kind": "cash", "priority": 1, "methods": ["cash"],
+                              "currency": "GBP"}})
+    gw = PaymentGateway(d)
+    from lanecore.core.cash import Drawer
+    Drawer(gw.con, drawer_id="T1", currency="GBP").float_in({50: 1, 20: 3}, ref="open")
+    r = call(gw, "pay.charge", "1", order_no="ORD-9", amount_minor=40, currency="GBP",
+             method="cash", terminal="T1", cash={"tendered": {"100": 1}})
+    assert r["status"] == "paid", r
+    assert r["change"]["pieces"] in ({"20": 3}, {20: 3})    # 60p: 20+20+20, not 50+…
+    bad = call(gw, "pay.charge", "2", order_no="ORD-10", amount_minor=45, currency="GBP",
+               method="cash", terminal="T1", cash={"tendered": {"100": 1}})
+    assert bad["ok"] is False and bad["error"]["code"] == "NO_EXACT_CHANGE"
+    assert gw.ledger.get("ORD-10-1").state == "failed"
+    gw.ledger.close()
+
+
+def test_pay_qr_is_a_dynamic_emv_payload(tmp_path):
+    from lanecore.core.emvqr import decode_mpm
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"cash": {"kind": "cash", "priority": 1, "methods": ["cash"],
+                              "currency": "CNY"}})
+    gw = PaymentGateway(d)
+    r = call(gw, "pay.qr", "1", order_no="ORD-11", amount_minor=1999, currency="CNY",
+             terminal="T1")
+    dec = decode_mpm(r["payload"])
+    assert dec["ok"] and dec["crc_ok"] and dec["amount_minor"] == 1999
+    assert dec["fields"]["01"] == "12" and dec["fields"]["62"]["01"] == "ORD-11"
+    gw.ledger.close()
+
+
+# ----------------------------------------------------------------------------------
+# kill -9 at random steps
+
+def _call_sock(sock, req: dict, timeout_s: float):
+    sock.send(msgpack.packb(req))
+    if not sock.poll(int(timeout_s * 1000)):
+        return None
+    return msgpack.unpackb(sock.recv())
+
+
+def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path,
+                                                                        providers):
+    n = int(os.environ.get("LANECORE_PAY_CRASH_N", "200"))
+    p = providers("wx", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1)},
+                 policy={"poll_every_s": 0.2, "give_up_after_s": 30})
+    endpoint = f"ipc://{tmp_path}/pay.ipc"
+    env = dict(os.environ, LANECORE_PAY_CRASH="after_ledger:0.03,after_sent:0.03,"
+               "after_provider:0.03,before_reply:0.03")
+    log = open(tmp_path / "gw.log", "w")
+    state = {"proc": None, "starts": 0, "kills": 0}
+
+    def ensure_up():
+        proc = state["proc"]
+        if proc is not None and proc.poll() is None:
+            return
+        if proc is not None and proc.returncode == -signal.SIGKILL:
+            state["kills"] += 1
+        state["starts"] += 1
+        env["LANECORE_PAY_CRASH_SEED"] = str(state["starts"])
+        state["proc"] = subprocess.Popen(
+            [sys.executable, "-m", "lanecore.gateway.payments", "--bind", endpoint,
+             "--data-dir", str(d)], stdout=log, stderr=log, env=env)
+
+    ctx = zmq.Context.instance()
+    sock = None
+    try:
+        for i in range(n):
+            order = f"K{i:04d}"
+            req = {"op": "pay.charge", "id": f"r{i}", "client": "till-1", "order_no": order,
+                   "amount_minor": 100 + i, "currency": "CNY", "method": "auth_code",
+                   "terminal": "T1", "auth_code": WECHAT_CODE}
+            for _ in range(200):                          # retries, same id
+                ensure_up()
+                if sock is None:
+                    sock = ctx.socket(zmq.DEALER)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(endpoint)
+                reply = _call_sock(sock, req, 3.0)
+                if reply is None:                         # lost: a fresh socket, again
+                    sock.close(0)
+                    sock = None
+                    continue
+                assert reply["ok"], reply
+                if reply["status"] != "pending":
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"{order} never became final")
+            assert reply["status"] == "paid", reply
+    finally:
+        if sock is not None:
+            sock.close(0)
+        proc = state["proc"]
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(20)
+        log.close()
+    # a last start with no faults drives anything still open, then stops
+    gw = PaymentGateway(d)
+    for _ in range(50):
+        if not gw.ledger.open_charges():
+            break
+        gw.on_idle()
+        time.sleep(0.2)
+    charges = gw.ledger.charges()
+    assert gw.ledger.open_charges() == [], "every payment is final"
+    ledger_paid = {c.merchant_ref: c.amount_minor for c in charges if c.state == "paid"}
+    assert p.paid() == ledger_paid, "the provider's charges are the ledger's paid ones"
+    per_order = {}
+    for ref in ledger_paid:
+        per_order.setdefault(ref.rsplit("-", 1)[0], []).append(ref)
+    assert len(per_order) == n and all(len(v) == 1 for v in per_order.values())
+    assert state["kills"] >= 10, state                     # the faults really happened
+    print(f"\n{n} payments, gateway started {state['starts']}×, killed -9 "
+          f"{state['kills']}×; {len(charges)} charges, {len(ledger_paid)} paid")
+    gw.ledger.close()
