@@ -129,9 +129,12 @@ class Ledger:
     """The charges table in a SQLite database (its own connection, autocommit; every
     change is one ``BEGIN IMMEDIATE`` transaction)."""
 
-    def __init__(self, con: sqlite3.Connection, *, clock=time.time) -> None:
+    def __init__(self, con: sqlite3.Connection, *, clock=time.time, on_move=None) -> None:
         self.con = con
         self.clock = clock
+        #: ``on_move(before, after)`` after every state change (``before`` None for a
+        #: new charge): a caller keeping totals in memory follows the ledger with it.
+        self.on_move = on_move
         for stmt in _SCHEMA:
             con.execute(stmt)
 
@@ -190,7 +193,10 @@ class Ledger:
                 (ref, order_no, attempt, amount_minor, currency, method, channel, terminal,
                  payer, CREATED, now, now))
             self._step(ref, None, CREATED, None, now)
-            return self._row(ref), True
+            made = self._row(ref)
+        if self.on_move is not None:
+            self.on_move(None, made)
+        return made, True
 
     def move(self, ref: str, to: str, *, provider_ref: str | None = None,
              reason: str | None = None, detail: str | None = None) -> Charge:
@@ -229,7 +235,10 @@ class Ledger:
             self.con.execute(f"UPDATE charges SET {', '.join(sets)} WHERE merchant_ref = ?",
                              (*args, ref))
             self._step(ref, row.state, to, detail or reason, now)
-            return self._row(ref)
+            after = self._row(ref)
+        if self.on_move is not None:
+            self.on_move(row, after)
+        return after
 
     def note_reversal_attempt(self, ref: str) -> Charge:
         """Count a reversal request the provider has not confirmed yet."""

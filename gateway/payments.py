@@ -12,8 +12,8 @@ their routing fields (``core/routing.py``) plus ``endpoint`` and ``timeout_s`` o
 their provider; the ``[policy]`` for unknown results; the ``[qr]`` merchant for
 ``pay.qr``.
 
-Fault injection for tests: ``LANECORE_PAY_CRASH="after_ledger:0.05,after_sent:0.05,
-after_provider:0.05,before_reply:0.05"`` makes the process kill itself (SIGKILL) at
+Fault injection for tests: ``LANECORE_PAY_CRASH="after_ledger:0.05,after_provider:0.05,
+before_reply:0.05"`` makes the process kill itself (SIGKILL) at
 those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``).
 """
 
@@ -52,7 +52,10 @@ LEDGER_FILE = "payments.db"
 PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
                  "card": "bank"}
 _PROVIDER_FIELDS = ("endpoint", "timeout_s")
-CRASH_POINTS = ("after_ledger", "after_sent", "after_provider", "before_reply")
+CRASH_POINTS = ("after_ledger", "after_provider", "before_reply")
+#: Charges that count against today's limits: paid, and those still open (an unknown
+#: result may yet be a deduction).
+_COUNTED = frozenset((L.PAID, L.SENT, L.UNKNOWN, L.QUERIED))
 
 
 class PaymentConfigError(LanecoreError):
@@ -93,7 +96,10 @@ class PaymentGateway(OpServer):
         if unknown:
             raise PaymentConfigError(f"{CONFIG_FILE}: unknown section(s) {sorted(unknown)}")
         self.clock = clock
-        self.ledger = Ledger.open(self.data_dir / LEDGER_FILE, clock=clock)
+        self.ledger = Ledger.open(self.data_dir / LEDGER_FILE, clock=clock,
+                                  on_move=self._follow)
+        self._usage_day: float | None = None
+        self._usage_cache = Usage()
         raw = config.get("channels", {})
         routing_tables = {name: {k: v for k, v in t.items() if k not in _PROVIDER_FIELDS}
                           for name, t in raw.items()} if isinstance(raw, dict) else raw
@@ -172,15 +178,39 @@ class PaymentGateway(OpServer):
             log.warning("fault injection: SIGKILL %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _usage(self) -> Usage:
-        """Today's totals (paid and still open charges) per channel, payer, terminal."""
-        start = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).replace(
+    def _day_start(self) -> float:
+        return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).replace(
             hour=0, minute=0, second=0, microsecond=0).timestamp()
-        usage = Usage()
-        for c in self.ledger.charges(since=start):
-            if c.state in (L.PAID, L.SENT, L.UNKNOWN, L.QUERIED):
-                usage.record(c.channel, c.terminal, c.amount_minor, c.payer)
-        return usage
+
+    def _usage(self) -> Usage:
+        """Today's totals (paid and still open charges) per channel, payer and
+        terminal: read from the ledger once a day, then kept up to date by every
+        move (:meth:`_follow`), so routing costs the same on the day's last payment
+        as on its first."""
+        start = self._day_start()
+        if self._usage_day != start:
+            usage = Usage()
+            for c in self.ledger.charges(since=start):
+                if c.state in _COUNTED:
+                    usage.record(c.channel, c.terminal, c.amount_minor, c.payer)
+            self._usage_cache, self._usage_day = usage, start
+        return self._usage_cache
+
+    def _follow(self, before: L.Charge | None, after: L.Charge) -> None:
+        """A ledger move, into today's totals."""
+        if self._usage_day is None or after.created_at < self._usage_day:
+            return
+        was = before is not None and before.state in _COUNTED
+        now = after.state in _COUNTED
+        if was == now:
+            return
+        sign = 1 if now else -1
+        for table, who in ((self._usage_cache.terminal, after.terminal),
+                           (self._usage_cache.payer, after.payer)):
+            if who is not None:
+                amount, count = table.get((after.channel, who), (0, 0))
+                table[(after.channel, who)] = (amount + sign * after.amount_minor,
+                                               count + sign)
 
     def _request(self, f) -> PaymentRequest:
         return PaymentRequest(f["amount_minor"], f["currency"], f["method"], f["terminal"],
@@ -213,20 +243,28 @@ class PaymentGateway(OpServer):
         attempt = len(attempts)
         channels = self.router.route_request(req, usage)
         channel = channels[0]
-        while True:
-            attempt += 1
-            charge = self._attempt(order_no, attempt, req, channel, means)
-            if charge.state != L.FAILED or not charge.reason:
-                return self._reply(order_no, charge)
-            decline = Decline(req, usage, channel.name, charge.reason, tuple(tried))
-            tried.append(channel.name)
-            try:
-                nxt = self.router.next_after(decline)
-            except NoEligibleChannel:
-                nxt = None
-            if nxt is None:
-                return self._reply(order_no, charge)
-            channel = nxt
+        try:
+            while True:
+                attempt += 1
+                charge = self._attempt(order_no, attempt, req, channel, means)
+                if charge.state != L.FAILED or not charge.reason:
+                    return self._reply(order_no, charge)
+                decline = Decline(req, usage, channel.name, charge.reason, tuple(tried))
+                tried.append(channel.name)
+                try:
+                    nxt = self.router.next_after(decline)
+                except NoEligibleChannel:
+                    nxt = None
+                if nxt is None:
+                    return self._reply(order_no, charge)
+                if self.con.in_transaction:   # the decline, before the next attempt
+                    self.con.execute("COMMIT")
+                channel = nxt
+        except BaseException:
+            if self.con.in_transaction:       # the outcome is undone: recovery asks again
+                self.con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
 
     def _means(self, f) -> dict:
         method = f["method"]
@@ -257,21 +295,36 @@ class PaymentGateway(OpServer):
         return {}
 
     def _attempt(self, order_no, attempt, req, channel, means) -> L.Charge:
-        charge, _ = self.ledger.create(order_no, attempt, req.amount_minor, req.currency,
-                                       req.method, channel.name, req.terminal,
-                                       payer=req.payer)
-        ref = charge.merchant_ref
-        self._maybe_crash("after_ledger")
+        """One attempt on one channel. Two flushes to disk for a provider charge: the
+        charge written and marked ``sent`` in one transaction before the provider is
+        called (write-ahead), and its outcome, left open here, committed with the
+        record of the reply (``OpServer._recorded``)."""
         if channel.kind == "cash":
+            charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
+                                           req.currency, req.method, channel.name,
+                                           req.terminal, payer=req.payer)
+            self._maybe_crash("after_ledger")
             return self._cash(charge, means["tendered"])
-        conn = self.connectors.get(channel.name)
-        if conn is None:
-            return self.ledger.move(ref, L.FAILED, reason="NO_PROVIDER")
-        self.ledger.move(ref, L.SENT)          # write-ahead: from here it may be charged
-        self._maybe_crash("after_sent")
+        conn = self.connectors[channel.name]
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
+                                           req.currency, req.method, channel.name,
+                                           req.terminal, payer=req.payer)
+            ref = charge.merchant_ref
+            self.ledger.move(ref, L.SENT)      # write-ahead: from here it may be charged
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
+        self._maybe_crash("after_ledger")
         res = conn.charge(ref, req.amount_minor, req.currency, terminal=req.terminal,
                           **{k: v for k, v in means.items() if k in ("auth_code", "card")})
         self._maybe_crash("after_provider")
+        con.execute("BEGIN IMMEDIATE")         # committed with the reply's record
         return self._apply(self.ledger.get(ref), res)
 
     def _cash(self, charge: L.Charge, tendered: dict) -> L.Charge:
@@ -293,6 +346,7 @@ class PaymentGateway(OpServer):
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
+                self._usage_day = None      # the totals followed moves now undone
             raise
         return self.ledger.get(ref)
 

@@ -14,7 +14,8 @@ declare how a retry with the same id is answered (``kind``):
 * ``RECORDED`` — an op that keeps its own transactions (a payment: nothing may hold
   a transaction across a provider's answer) and is idempotent by its own key; its
   reply is recorded once it is final (the op returns ``_final: False`` while it is
-  not), and a retry gets the record.
+  not), and a retry gets the record. The op may leave its last transaction open: it
+  is committed with the record (rolled back if the op fails).
 
 Final errors are remembered like replies; ``TRANSIENT`` ones are not (a retry may
 pass). The verification service (``service.py``) and the payment gateway
@@ -221,12 +222,24 @@ class OpServer:
         if row is not None:
             self.replays += 1
             return row[0]
-        result = fn(P.check(req, schema))
+        con = self.con
+        try:
+            result = fn(P.check(req, schema))
+        except BaseException:
+            if con.in_transaction:      # a last step the op left open: undone
+                con.execute("ROLLBACK")
+            raise
         final = result.pop("_final", True)
         out = P.pack(P.ok(rid, **result))
+        # The op may leave its last step's transaction open: it commits together with
+        # the record of its reply (one disk flush instead of two).
         if final:
-            self.con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, reply, "
-                             "at) VALUES (?, ?, ?, ?, ?)", (*key, op, out, time.time()))
+            if not con.in_transaction:
+                con.execute("BEGIN IMMEDIATE")
+            con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, reply, "
+                        "at) VALUES (?, ?, ?, ?, ?)", (*key, op, out, time.time()))
+        if con.in_transaction:
+            con.execute("COMMIT")
         return out
 
     def on_idle(self) -> None:

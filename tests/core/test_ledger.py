@@ -183,3 +183,19 @@ def test_next_step_follows_the_wallet_rules(ledger, clock):
         with pytest.raises(LedgerError) as e:
             UnknownPolicy(**bad)
         assert e.value.code == "BAD_POLICY"
+
+
+def test_on_move_follows_every_change(tmp_path, clock):
+    seen = []
+    lg = Ledger.open(tmp_path / "m.db", clock=clock,
+                     on_move=lambda before, after: seen.append(
+                         (None if before is None else before.state, after.state)))
+    ref = charge(lg)[0].merchant_ref
+    charge(lg)                                    # a retry: no move
+    lg.move(ref, "sent")
+    lg.move(ref, "paid")
+    lg.move(ref, "paid")                          # a repeated notification: no move
+    with pytest.raises(LedgerError):
+        lg.move(ref, "failed")                    # refused: no move
+    assert seen == [(None, "created"), ("created", "sent"), ("sent", "paid")]
+    lg.close()

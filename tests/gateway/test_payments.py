@@ -141,6 +141,25 @@ def test_over_one_channels_limit_goes_to_the_next(tmp_path, providers):
     gw.ledger.close()
 
 
+def test_daily_limits_count_paid_and_open_charges_not_failed_ones(tmp_path, providers):
+    p = providers("wx", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1, terminal_daily_max_minor=1_000)})
+    gw = PaymentGateway(d)
+    assert charge(gw, "1", "D-1", 600)["status"] == "paid"
+    p.conn.configure(next=["NOTENOUGH"])
+    assert charge(gw, "2", "D-2", 300)["status"] == "failed"    # does not count
+    assert charge(gw, "3", "D-3", 400)["status"] == "paid"      # 600 + 400 = the cap
+    over = charge(gw, "4", "D-4", 1)
+    assert over["error"]["code"] == "NO_ELIGIBLE_CHANNEL"
+    assert over["error"]["reasons"] == {"wx": "OVER_TERMINAL_DAILY_LIMIT"}
+    gw.ledger.close()
+    gw2 = PaymentGateway(d)                     # a restart reads the day's totals back
+    assert charge(gw2, "5", "D-5", 1)["error"]["code"] == "NO_ELIGIBLE_CHANNEL"
+    gw2.ledger.close()
+
+
 def test_a_decline_that_may_fall_back_does_and_a_final_one_does_not(tmp_path, providers):
     a, b = providers("a", "wechat"), providers("b", "wechat")
     d = tmp_path / "gw"
@@ -267,8 +286,8 @@ def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path
     write_config(d, {"wx": wallet("wx", p.endpoint, 1)},
                  policy={"poll_every_s": 0.2, "give_up_after_s": 30})
     endpoint = f"ipc://{tmp_path}/pay.ipc"
-    env = dict(os.environ, LANECORE_PAY_CRASH="after_ledger:0.03,after_sent:0.03,"
-               "after_provider:0.03,before_reply:0.03")
+    env = dict(os.environ, LANECORE_PAY_CRASH="after_ledger:0.04,after_provider:0.04,"
+               "before_reply:0.04")
     log = open(tmp_path / "gw.log", "w")
     state = {"proc": None, "starts": 0, "kills": 0}
 
