@@ -15,6 +15,7 @@ share it.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import secrets
@@ -216,12 +217,13 @@ def _frame_bytes(values, dtype: str, what: str) -> bytes:
     return data
 
 
-class _Ops:
+class _Ops(abc.ABC):
     """The convenience methods, one per op of docs/protocol.md, over ``call``.
     (In AsyncClient ``call`` is a coroutine, so these return awaitables.)"""
 
-    def call(self, op: str, **fields):   # pragma: no cover - defined by subclasses
-        raise NotImplementedError
+    @abc.abstractmethod
+    def call(self, op: str, **fields):
+        """One request: ``Client.call`` / ``AsyncClient.call``."""
 
     def hello(self):
         """Protocol version, server, capabilities, kernels, store, order key, limits."""
