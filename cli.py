@@ -506,23 +506,15 @@ def cmd_recon(args) -> int:
     """Reconcile the ledger's charges of one day against the providers' bill files."""
     import csv
     import sqlite3
-    from datetime import datetime, timezone
 
     from lanecore.core import recon
+    from lanecore.core.ledger import day_rows
     date = recon.check_date(args.date)
-    start = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
     if not Path(args.ledger).is_file():
         return _die("NO_LEDGER", f"no ledger database at {args.ledger}")
     con = sqlite3.connect(f"file:{Path(args.ledger).resolve()}?mode=ro", uri=True)
     try:
-        # A charge belongs to the day it was paid (else sent, else created): the day
-        # the provider's bill puts it on.
-        cur = con.execute(
-            "SELECT merchant_ref, channel, amount_minor, currency, state FROM charges "
-            "WHERE COALESCE(paid_at, sent_at, created_at) >= ? "
-            "AND COALESCE(paid_at, sent_at, created_at) < ?", (start, start + 86400.0))
-        ledger = [dict(zip(("merchant_ref", "channel", "amount_minor", "currency", "state"), r))
-                  for r in cur]
+        ledger = day_rows(con, date)
     except sqlite3.Error as exc:
         return _die("DB_ERROR", f"cannot read charges from {args.ledger}: {exc}")
     finally:
@@ -536,8 +528,7 @@ def cmd_recon(args) -> int:
         channels.append(channel)
         with open(path, newline="", encoding="utf-8") as fh:
             bills.extend(recon.parse_bill(csv.DictReader(fh), channel))
-    # The ledger holds no refunds yet, so refund lines count in the totals only.
-    report = recon.reconcile(ledger, bills, channels=channels, check_refunds=False)
+    report = recon.reconcile(ledger, bills, channels=channels)
     if args.out:
         with open(args.out, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(recon.Finding.__dataclass_fields__))

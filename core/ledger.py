@@ -74,6 +74,12 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS charges_open ON charges (state) "
     "WHERE state IN ('created', 'sent', 'unknown', 'queried')",
     "CREATE INDEX IF NOT EXISTS charges_terminal ON charges (terminal, created_at)",
+    """CREATE TABLE IF NOT EXISTS refunds (
+        refund_ref TEXT PRIMARY KEY, merchant_ref TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL, currency TEXT NOT NULL, channel TEXT NOT NULL,
+        state TEXT NOT NULL, provider_ref TEXT, reason TEXT,
+        created_at REAL NOT NULL, done_at REAL, updated_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS refunds_charge ON refunds (merchant_ref)",
     """CREATE TABLE IF NOT EXISTS charge_steps (
         step_id INTEGER PRIMARY KEY, merchant_ref TEXT NOT NULL, at REAL NOT NULL,
         from_state TEXT, to_state TEXT NOT NULL, detail TEXT)""",
@@ -251,6 +257,91 @@ class Ledger:
             return row
 
     # ------------------------------------------------------------------------------
+    # refunds ------------------------------------------------------------------------
+    def create_refund(self, merchant_ref: str, refund_ref: str, amount_minor: int
+                      ) -> tuple[Refund, bool]:
+        """A refund of a paid charge, written before anything is sent. Returns
+        ``(refund, created)``; the same ``refund_ref`` with the same terms returns the
+        first one (a retry). Refuses: ``UNKNOWN_CHARGE``, ``NOT_PAID``, ``BAD_CHARGE``
+        (bad amount or reference, or the reference used with other terms),
+        ``REFUND_EXCEEDS_PAID`` (refunds not failed would pass what was paid)."""
+        if not _REF.match(refund_ref or ""):
+            raise LedgerError("refund_ref must be 1..64 characters A-Z a-z 0-9 _ -",
+                              code="BAD_CHARGE")
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) \
+                or amount_minor <= 0:
+            raise LedgerError("amount_minor must be a positive integer", code="BAD_CHARGE")
+        now = self.clock()
+        with self._txn():
+            old = self._refund_row(refund_ref)
+            if old is not None:
+                if (old.merchant_ref, old.amount_minor) != (merchant_ref, amount_minor):
+                    raise LedgerError(f"refund {refund_ref} exists with other terms",
+                                      code="BAD_CHARGE")
+                return old, False
+            charge = self._row(merchant_ref)
+            if charge is None:
+                raise LedgerError(f"no charge {merchant_ref}", code="UNKNOWN_CHARGE")
+            if charge.state != PAID:
+                raise LedgerError(f"{merchant_ref} is {charge.state}, not paid",
+                                  code="NOT_PAID")
+            (taken,) = self.con.execute(
+                "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE merchant_ref = ? "
+                "AND state != 'failed'", (merchant_ref,)).fetchone()
+            if taken + amount_minor > charge.amount_minor:
+                raise LedgerError(f"refunds of {merchant_ref} would be {taken + amount_minor}"
+                                  f", more than the {charge.amount_minor} paid",
+                                  code="REFUND_EXCEEDS_PAID")
+            self.con.execute(
+                f"INSERT INTO refunds ({_REFUND_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (refund_ref, merchant_ref, amount_minor, charge.currency, charge.channel,
+                 CREATED, None, None, now, None, now))
+            return self._refund_row(refund_ref), True
+
+    def move_refund(self, refund_ref: str, to: str, *, provider_ref: str | None = None,
+                    reason: str | None = None) -> Refund:
+        """Move a refund along ``REFUND_TRANSITIONS`` (a final state again: no-op)."""
+        now = self.clock()
+        with self._txn():
+            row = self._refund_row(refund_ref)
+            if row is None:
+                raise LedgerError(f"no refund {refund_ref}", code="UNKNOWN_CHARGE")
+            if row.state == to and to in (PAID, FAILED):
+                return row
+            if to not in REFUND_TRANSITIONS.get(row.state, ()):
+                raise LedgerError(f"refund {refund_ref}: {row.state} cannot become {to}",
+                                  code="BAD_TRANSITION")
+            self.con.execute(
+                "UPDATE refunds SET state = ?, updated_at = ?, provider_ref = "
+                "COALESCE(?, provider_ref), reason = COALESCE(?, reason), done_at = ? "
+                "WHERE refund_ref = ?",
+                (to, now, provider_ref, reason, now if to in (PAID, FAILED) else None,
+                 refund_ref))
+            return self._refund_row(refund_ref)
+
+    def refunds(self, *, merchant_ref: str | None = None, open_only: bool = False
+                ) -> list[Refund]:
+        sql, args = f"SELECT {_REFUND_COLS} FROM refunds", []
+        where = []
+        if merchant_ref is not None:
+            where.append("merchant_ref = ?")
+            args.append(merchant_ref)
+        if open_only:
+            where.append("state IN ('created', 'sent', 'unknown')")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [Refund(*r) for r in self.con.execute(sql + " ORDER BY created_at, rowid",
+                                                     args)]
+
+    def _refund_row(self, refund_ref: str) -> Refund | None:
+        r = self.con.execute(f"SELECT {_REFUND_COLS} FROM refunds WHERE refund_ref = ?",
+                             (refund_ref,)).fetchone()
+        return None if r is None else Refund(*r)
+
+    def day_rows(self, date: str) -> list[dict]:
+        """:func:`day_rows` of this ledger."""
+        return day_rows(self.con, date)
+
     def get(self, ref: str) -> Charge:
         row = self._row(ref)
         if row is None:
@@ -301,6 +392,45 @@ class Ledger:
 
 
 _COLS = ", ".join(Charge.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Money given back on a paid charge. ``state``: ``created``, ``sent``, ``paid``
+    (refunded), ``failed``, ``unknown`` (sent, outcome not known: sent again with the
+    same ``refund_ref``, which the provider treats as the same refund)."""
+
+    refund_ref: str
+    merchant_ref: str
+    amount_minor: int
+    currency: str
+    channel: str
+    state: str
+    provider_ref: str | None
+    reason: str | None
+    created_at: float
+    done_at: float | None
+    updated_at: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_REFUND_COLS = ", ".join(Refund.__dataclass_fields__)
+REFUND_TRANSITIONS = {CREATED: frozenset((SENT, FAILED)), SENT: frozenset((PAID, FAILED,
+                                                                           UNKNOWN)),
+                      UNKNOWN: frozenset((UNKNOWN, PAID, FAILED)),
+                      PAID: frozenset(), FAILED: frozenset()}
+
+
+def day_bounds(date: str) -> tuple[float, float]:
+    """Unix seconds of a UTC day ``YYYY-MM-DD``: [start, end)."""
+    import datetime as dt
+    try:
+        start = dt.datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise LedgerError(f"a date is YYYY-MM-DD, got {date!r}", code="BAD_DATE") from None
+    return start.timestamp(), start.timestamp() + 86400.0
 
 
 class _Txn:
@@ -377,3 +507,23 @@ def next_step(charge: Charge, now: float, policy: UnknownPolicy = UnknownPolicy(
     if due > now:
         return NextStep("wait", min(due, give_up))
     return NextStep("query", now)
+
+
+def day_rows(con: sqlite3.Connection, date: str) -> list[dict]:
+    """One UTC day's ledger rows as ``core.recon.reconcile`` takes them: charges by
+    the day they were paid (else sent, else created) — the day the provider's bill
+    puts them on — and refunds by the day they were done (else created). ``con`` may
+    be read-only (``lanecore recon``)."""
+    start, end = day_bounds(date)
+    rows = [dict(zip(("merchant_ref", "channel", "amount_minor", "currency", "state"), r))
+            for r in con.execute(
+                "SELECT merchant_ref, channel, amount_minor, currency, state FROM charges "
+                "WHERE COALESCE(paid_at, sent_at, created_at) >= ? "
+                "AND COALESCE(paid_at, sent_at, created_at) < ?", (start, end))]
+    rows += [{"type": "refund", "refund_ref": r[0], "merchant_ref": r[1],
+              "channel": r[2], "amount_minor": r[3], "currency": r[4], "state": r[5]}
+             for r in con.execute(
+                 "SELECT refund_ref, merchant_ref, channel, amount_minor, currency, state "
+                 "FROM refunds WHERE COALESCE(done_at, created_at) >= ? "
+                 "AND COALESCE(done_at, created_at) < ?", (start, end))]
+    return rows

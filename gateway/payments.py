@@ -19,7 +19,9 @@ those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``).
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import logging
 import os
@@ -127,6 +129,7 @@ class PaymentGateway(OpServer):
             raise PaymentConfigError(f"{CONFIG_FILE} [policy]: {exc}") from exc
         self.qr = dict(config.get("qr", {}))
         self._last_query: dict[str, float] = {}
+        self._last_refund_try: dict[str, float] = {}
         self._crash, self._crash_rng = _crash_plan()
         super().__init__(self.ledger.con, publish=publish)
         self.recover()
@@ -151,6 +154,10 @@ class PaymentGateway(OpServer):
             ("pay.status", self.op_status, {"order_no": Field("str", min=1, max=56)}, PURE),
             ("pay.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=56)},
              RECORDED),
+            ("pay.refund", self.op_refund,
+             {"order_no": Field("str", min=1, max=56),
+              "refund_ref": Field("str", min=1, max=64), "amount_minor": money}, RECORDED),
+            ("recon.run", self.op_recon, {"date": Field("str", min=10, max=10)}, PURE),
             ("pay.qr", self.op_qr,
              {"order_no": Field("str", min=1, max=25), "amount_minor": money,
               "currency": ccy, "terminal": NAME}, PURE),
@@ -461,6 +468,20 @@ class PaymentGateway(OpServer):
                 self.drive(charge)
             except Exception:
                 log.exception("driving %s failed", charge.merchant_ref)
+        now = time.monotonic()
+        for refund in self.ledger.refunds(open_only=True):
+            # an unknown refund is sent again (same reference) every poll interval
+            if now - self._last_refund_try.get(refund.refund_ref, 0.0) < \
+                    self.policy.poll_every_s:
+                continue
+            self._last_refund_try[refund.refund_ref] = now
+            conn = self.connectors.get(refund.channel)
+            if conn is None:
+                continue
+            try:
+                self._send_refund(refund, conn)
+            except Exception:
+                log.exception("refund %s failed", refund.refund_ref)
 
     # ------------------------------------------------------------------------------
     def op_status(self, f) -> dict:
@@ -499,6 +520,72 @@ class PaymentGateway(OpServer):
             return out
         return self._reply(f["order_no"], self.ledger.move(charge.merchant_ref, L.REVERSED,
                                                            reason="CANCELLED"))
+
+    def op_refund(self, f) -> dict:
+        """Give back part or all of an order's paid charge, once per ``refund_ref``."""
+        attempts = self.ledger.attempts(f["order_no"])
+        paid = [c for c in attempts if c.state == L.PAID]
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        if not paid:
+            raise LanecoreError(f"order {f['order_no']} has no paid charge", code="NOT_PAID")
+        charge = paid[-1]
+        conn = self.connectors.get(charge.channel)
+        if conn is None:
+            raise LanecoreError(f"a {charge.channel} payment is not refunded here (cash "
+                                "goes back from the drawer)", code="NOT_REVERSIBLE")
+        refund, _ = self.ledger.create_refund(charge.merchant_ref, f["refund_ref"],
+                                              f["amount_minor"])
+        refund = self._send_refund(refund, conn)
+        return self._refund_reply(f["order_no"], refund)
+
+    def _send_refund(self, refund: L.Refund, conn: Connector) -> L.Refund:
+        """Send (or send again: the provider knows a refund by its reference) a refund
+        that is not final, and record what came back."""
+        if refund.state in (L.PAID, L.FAILED):
+            return refund
+        if refund.state == L.CREATED:
+            refund = self.ledger.move_refund(refund.refund_ref, L.SENT)
+        res = conn.refund(refund.merchant_ref, refund.refund_ref, refund.amount_minor)
+        if res.status == "refunded":
+            return self.ledger.move_refund(refund.refund_ref, L.PAID,
+                                           provider_ref=res.provider_ref)
+        if res.status in ("failed", "not_found"):
+            return self.ledger.move_refund(refund.refund_ref, L.FAILED,
+                                           reason=res.decline_code or "DECLINED")
+        return self.ledger.move_refund(refund.refund_ref, L.UNKNOWN,
+                                       reason=res.decline_code or "UNKNOWN")
+
+    @staticmethod
+    def _refund_reply(order_no: str, refund: L.Refund) -> dict:
+        status = {L.PAID: "refunded", L.FAILED: "failed"}.get(refund.state, "pending")
+        return {"order_no": order_no, "refund_ref": refund.refund_ref,
+                "merchant_ref": refund.merchant_ref, "status": status,
+                "amount_minor": refund.amount_minor, "currency": refund.currency,
+                "provider_ref": refund.provider_ref,
+                "decline_code": refund.reason if status == "failed" else None,
+                "_final": status != "pending"}
+
+    def op_recon(self, f) -> dict:
+        """Reconcile one UTC day: the ledger against every provider channel's bill."""
+        from lanecore.core import recon
+        date = recon.check_date(f["date"])
+        bills, channels, missing = [], [], []
+        for name, conn in self.connectors.items():
+            try:
+                bill = conn.bill(date)
+            except ProviderError as exc:
+                missing.append({"channel": name, "code": exc.code, "message": exc.message})
+                continue
+            text = bill.csv_text
+            if text is None:
+                text = Path(bill.path).read_text(encoding="utf-8")
+            channels.append(name)
+            bills.extend(recon.parse_bill(csv.DictReader(io.StringIO(text)), name))
+        rows = [r for r in self.ledger.day_rows(date) if r["channel"] in channels]
+        report = recon.reconcile(rows, bills, channels=channels)
+        return {"date": date, "channels": channels, "no_bill": missing,
+                **report.to_dict()}
 
     def op_qr(self, f) -> dict:
         """A dynamic merchant-presented QR for the amount (EMVCo MPM)."""

@@ -199,3 +199,53 @@ def test_on_move_follows_every_change(tmp_path, clock):
         lg.move(ref, "failed")                    # refused: no move
     assert seen == [(None, "created"), ("created", "sent"), ("sent", "paid")]
     lg.close()
+
+
+def test_refunds_never_pass_what_was_paid(ledger, clock):
+    ref = charge(ledger, amount=1000)[0].merchant_ref
+    with pytest.raises(LedgerError) as e:
+        ledger.create_refund(ref, "R1", 100)
+    assert e.value.code == "NOT_PAID"
+    ledger.move(ref, "sent")
+    ledger.move(ref, "paid")
+    r1, made = ledger.create_refund(ref, "R1", 600)
+    assert made and r1.state == "created" and r1.channel == "wechat"
+    assert ledger.create_refund(ref, "R1", 600) == (r1, False)     # a retry
+    with pytest.raises(LedgerError) as e:
+        ledger.create_refund(ref, "R1", 601)                       # other terms
+    assert e.value.code == "BAD_CHARGE"
+    with pytest.raises(LedgerError) as e:
+        ledger.create_refund(ref, "R2", 401)                       # 600 + 401 > 1000
+    assert e.value.code == "REFUND_EXCEEDS_PAID"
+    ledger.move_refund("R1", "sent")
+    ledger.move_refund("R1", "failed", reason="SYSTEMERROR")      # a failed one frees it
+    r2, _ = ledger.create_refund(ref, "R2", 1000)
+    ledger.move_refund("R2", "sent")
+    ledger.move_refund("R2", "unknown")
+    assert [r.refund_ref for r in ledger.refunds(open_only=True)] == ["R2"]
+    done = ledger.move_refund("R2", "paid", provider_ref="RF9")
+    assert (done.state, done.provider_ref, done.done_at) == ("paid", "RF9", clock.t)
+    with pytest.raises(LedgerError) as e:
+        ledger.move_refund("R2", "sent")
+    assert e.value.code == "BAD_TRANSITION"
+    for bad in (("", 5), ("R 3", 5), ("R3", 0), ("R3", 2.5)):
+        with pytest.raises(LedgerError):
+            ledger.create_refund(ref, *bad)
+
+
+def test_day_rows_are_what_reconciliation_reads(ledger, clock):
+    import datetime as dt
+    day = dt.datetime.fromtimestamp(clock.t, dt.timezone.utc).strftime("%Y-%m-%d")
+    ref = charge(ledger, amount=500)[0].merchant_ref
+    ledger.move(ref, "sent")
+    ledger.move(ref, "paid")
+    ledger.create_refund(ref, "RR", 200)
+    rows = ledger.day_rows(day)
+    assert {(r.get("type"), r["merchant_ref"], r["amount_minor"], r["state"]) for r in rows} \
+        == {(None, ref, 500, "paid"), ("refund", ref, 200, "created")}
+    clock.t += 86400
+    later = dt.datetime.fromtimestamp(clock.t, dt.timezone.utc).strftime("%Y-%m-%d")
+    assert ledger.day_rows(later) == []
+    with pytest.raises(LedgerError) as e:
+        ledger.day_rows("22/11/2026")
+    assert e.value.code == "BAD_DATE"

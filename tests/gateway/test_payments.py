@@ -228,6 +228,38 @@ def test_still_unknown_after_the_cap_is_reversed(tmp_path, providers):
     gw.ledger.close()
 
 
+def test_refunds_and_the_days_reconciliation(tmp_path, providers):
+    p = providers("wx", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1)})
+    gw = PaymentGateway(d)
+    assert charge(gw, "1", "RF-1", 1000)["status"] == "paid"
+    assert charge(gw, "2", "RF-2", 300)["status"] == "paid"
+    r = call(gw, "pay.refund", "r1", order_no="RF-1", refund_ref="RF-1-R1", amount_minor=400)
+    assert r["ok"] and r["status"] == "refunded" and r["provider_ref"], r
+    assert call(gw, "pay.refund", "r1", order_no="RF-1", refund_ref="RF-1-R1",
+                amount_minor=400) == r                               # a retry: the record
+    again = call(gw, "pay.refund", "r2", order_no="RF-1", refund_ref="RF-1-R1",
+                 amount_minor=400)                                  # same refund, new id
+    assert again["status"] == "refunded" and again["provider_ref"] == r["provider_ref"]
+    over = call(gw, "pay.refund", "r3", order_no="RF-1", refund_ref="RF-1-R2",
+                amount_minor=601)
+    assert over["error"]["code"] == "REFUND_EXCEEDS_PAID"
+    assert call(gw, "pay.refund", "r4", order_no="NOPE", refund_ref="X",
+                amount_minor=1)["error"]["code"] == "UNKNOWN_ORDER"
+    assert p.conn.query("RF-1-1").refunded_minor == 400            # given back once
+    import datetime as dt
+    day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    rep = call(gw, "recon.run", "rc", date=day)
+    assert rep["ok"], rep
+    assert rep["channels"] == ["wx"] and rep["no_bill"] == []
+    assert rep["clean"] is True and rep["discrepancies"] == [], rep
+    assert rep["counts"]["matched"] == 3 and rep["refunds_checked"]  # two charges, a refund
+    assert rep["totals"]["wx"]["refunded_minor"] == 400
+    gw.ledger.close()
+
+
 def test_cash_with_change(tmp_path):
     d = tmp_path / "gw"
     d.mkdir()
