@@ -24,6 +24,7 @@ client is used from one thread. What happens is reported as records (dicts) to
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -41,6 +42,8 @@ from lanecore.drivers import scanner as scanner_mod
 from lanecore.drivers.link import DeviceFault
 
 from .client import Client, CurveKeys, ServiceError
+
+log = logging.getLogger("lanecore.lane")
 
 ORDER_QR_PREFIX = "LCO1."
 ROLES = ("exit", "till")
@@ -274,6 +277,13 @@ class LaneController:
             except ServiceError as exc:
                 self._record({"record": "service_error", "device": device,
                               "code": exc.code, "message": exc.message})
+            except LanecoreError as exc:
+                self._record({"record": "lane_error", "device": device,
+                              "code": exc.code, "message": exc.message})
+            except Exception as exc:  # one event must never stop the lane
+                log.exception("lane %s: %s event failed", self.setup.name, device)
+                self._record({"record": "lane_error", "device": device, "code": "INTERNAL",
+                              "message": f"{type(exc).__name__} while handling this event"})
 
     def handle(self, device: str, event) -> None:
         """One device event (called on the lane's thread)."""

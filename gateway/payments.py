@@ -283,9 +283,12 @@ class PaymentGateway(OpServer):
             c = f.get("card")
             if c is None:
                 raise P.ProtocolError("MISSING_FIELD", "a card payment needs card")
+            parts = {k: c.get(k) for k in ("entry", "pan", "token", "pin_block")}
+            wrong = [k for k, v in parts.items() if v is not None and not isinstance(v, str)]
+            if wrong:
+                raise P.ProtocolError("BAD_FIELD", f"card.{wrong[0]} must be a str")
             try:
-                return {"card": Card(entry=c.get("entry"), pan=c.get("pan"),
-                                     token=c.get("token"), pin_block=c.get("pin_block"))}
+                return {"card": Card(**parts)}
             except ProviderError as exc:
                 raise P.ProtocolError("BAD_FIELD", f"card: {exc.message}") from None
         if method == "cash":

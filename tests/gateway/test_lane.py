@@ -241,3 +241,23 @@ def test_lane_run_command_prints_json_lines(serve, sims, tmp_path, capsys):
         "scanner": scanner.path}
     scans = [r for r in rows if r["record"] == "scan"]
     assert len(scans) == 1 and scans[0]["name"] == item["name"]
+
+
+def test_an_event_that_fails_does_not_stop_the_lane(serve, sims):
+    served = serve()
+    item = served.items(1)[0]
+    scanner = sims(ScannerSim)
+    setup = LaneSetup.from_dict({
+        "lane": {"name": "TILL-5", "role": "till", "service": served.endpoint},
+        "scanner": {"port": scanner.path}})
+    with LaneController(setup) as lane:
+        wait_for(lambda: lane.drivers["scanner"].connected.is_set(), what="scanner")
+        real_scan = lane.client.scan
+        lane.client.scan = lambda *a, **k: 1 / 0       # a bug on this event's path
+        scanner.scan(item["gtin"])
+        err = wait_for(lambda: of(lane, "lane_error"), what="lane error")[0]
+        assert err["code"] == "INTERNAL" and "ZeroDivisionError" in err["message"]
+        lane.client.scan = real_scan
+        scanner.scan(item["gtin"])
+        rec = wait_for(lambda: of(lane, "scan"), what="the next scan")[0]
+        assert rec["name"] == item["name"]

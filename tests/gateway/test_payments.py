@@ -260,6 +260,27 @@ def test_refunds_and_the_days_reconciliation(tmp_path, providers):
     gw.ledger.close()
 
 
+def test_bad_means_are_clear_errors(tmp_path):
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"cash": {"kind": "cash", "priority": 1, "methods": ["cash"],
+                              "currency": "GBP"}})
+    gw = PaymentGateway(d)
+    base = dict(order_no="B-1", amount_minor=100, currency="GBP", terminal="T1")
+    for extra, code in (({"method": "card", "card": {"entry": "chip", "pan": 4111}},
+                         "BAD_FIELD"),
+                        ({"method": "card", "card": {"entry": "swipe", "token": "t"}},
+                         "BAD_FIELD"),
+                        ({"method": "card"}, "MISSING_FIELD"),
+                        ({"method": "cash", "cash": {"tendered": {"abc": 1}}}, "BAD_FIELD"),
+                        ({"method": "cash", "cash": {"tendered": {"100": "x"}}},
+                         "BAD_AMOUNT"),
+                        ({"method": "auth_code"}, "MISSING_FIELD")):
+        r = call(gw, "pay.charge", f"b{code}{len(str(extra))}", **base, **extra)
+        assert r["ok"] is False and r["error"]["code"] == code, (extra, r)
+    gw.ledger.close()
+
+
 def test_cash_with_change(tmp_path):
     d = tmp_path / "gw"
     d.mkdir()
