@@ -499,7 +499,66 @@ def cmd_sim(args) -> int:
 def cmd_gateway_payments(args) -> int:
     """The payment gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import payments
-    return payments.serve(args.data_dir, args.bind)
+    from lanecore.gateway import security as sec
+    if not args.curve:
+        sec.check_plain([args.bind], args.allow_plain)
+    return payments.serve(args.data_dir, args.bind, curve=args.curve)
+
+
+def _terminals(args):
+    """The payment gateway's terminal registry (in its ledger database)."""
+    import sqlite3
+
+    from lanecore.core.config import resolve_data_dir
+    from lanecore.gateway.payments import LEDGER_FILE
+    from lanecore.gateway.terminals import Terminals
+    data_dir = resolve_data_dir(args.data_dir, create=True)
+    path = data_dir / LEDGER_FILE
+    con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    con.execute("PRAGMA journal_mode=WAL")
+    os.chmod(path, 0o600)        # it holds the terminals' keys
+    return con, Terminals(con)
+
+
+def cmd_terminal_add(args) -> int:
+    """Register a POS terminal (or give it a new key) and print its key once."""
+    from lanecore.gateway.terminals import key_text
+    con, reg = _terminals(args)
+    try:
+        methods = args.methods.split(",") if args.methods else None
+        terminal, key = reg.register(args.id, admin=args.admin,
+                                     max_payment_minor=args.max_payment_minor,
+                                     max_day_minor=args.max_day_minor, methods=methods,
+                                     rotate=args.rotate)
+    finally:
+        con.close()
+    out = {**terminal.to_dict(), "key": key_text(key)}
+    if args.key_file:
+        fd = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(out["key"] + "\n")
+        out["key_file"] = args.key_file
+    print(json.dumps(out))
+    return EXIT_OK
+
+
+def cmd_terminal_list(args) -> int:
+    con, reg = _terminals(args)
+    try:
+        for t in reg.list():
+            print(json.dumps(t.to_dict()))
+    finally:
+        con.close()
+    return EXIT_OK
+
+
+def cmd_terminal_disable(args) -> int:
+    con, reg = _terminals(args)
+    try:
+        print(json.dumps(reg.disable(args.id).to_dict()))
+    finally:
+        con.close()
+    return EXIT_OK
 
 
 def cmd_recon(args) -> int:
@@ -868,8 +927,39 @@ def build_parser() -> argparse.ArgumentParser:
                                         "channels (docs/payments.md)")
     sp.add_argument("--bind", default="tcp://127.0.0.1:5560", metavar="ADDR",
                     help="ROUTER endpoint (default tcp://127.0.0.1:5560)")
+    sp.add_argument("--curve", action="store_true",
+                    help="CurveZMQ: encrypt and authenticate the transport (keys in the "
+                         "data directory, as for serve)")
+    sp.add_argument("--allow-plain", action="store_true",
+                    help="allow plain TCP beyond loopback (not recommended: card data)")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_payments)
+
+    term = sub.add_parser("terminal", help="POS terminals of the payment gateway: "
+                                           "keys and limits (docs/payments.md)"
+                          ).add_subparsers(dest="terminal_command", required=True)
+    sp = term.add_parser("add", help="register a terminal and print its key (once)")
+    sp.add_argument("id", help="the terminal id (1-32 letters, digits, . _ -)")
+    sp.add_argument("--admin", action="store_true",
+                    help="may see every terminal's charges, run recon.run and stats")
+    sp.add_argument("--max-payment-minor", type=int, metavar="N",
+                    help="largest single payment, minor units")
+    sp.add_argument("--max-day-minor", type=int, metavar="N",
+                    help="most the terminal takes in a UTC day, minor units")
+    sp.add_argument("--methods", metavar="M,M",
+                    help="payment methods it may take (auth_code,card,cash,qr,stored_value)")
+    sp.add_argument("--rotate", action="store_true",
+                    help="the terminal exists: give it a new key and these limits")
+    sp.add_argument("--key-file", metavar="PATH", help="also write the key here (mode 0600)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_terminal_add)
+    sp = term.add_parser("list", help="the registered terminals (JSON lines, no keys)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_terminal_list)
+    sp = term.add_parser("disable", help="refuse every request of a terminal from now on")
+    sp.add_argument("id")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_terminal_disable)
 
     sp = sub.add_parser("recon", help="reconcile a day's ledger against the providers' "
                                       "bill files (docs/providers.md)")

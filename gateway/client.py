@@ -21,7 +21,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
@@ -109,6 +109,25 @@ class CurveKeys:
         sock.curve_serverkey = self.server_public
         sock.curve_publickey = self.client_public
         sock.curve_secretkey = self.client_secret
+
+
+@dataclass(frozen=True)
+class TerminalKey:
+    """A POS terminal's id and secret key for a payment gateway with
+    ``[pos] auth = "hmac"`` (``lanecore terminal add``): every request then goes out
+    with its authentication frame (``gateway/terminals.py``)."""
+
+    terminal: str
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def from_text(cls, terminal: str, key_text: str) -> "TerminalKey":
+        from lanecore.gateway.terminals import parse_key
+        return cls(terminal, parse_key(key_text))
+
+    def frames(self, payload: bytes) -> list[bytes]:
+        from lanecore.gateway.terminals import auth_frame
+        return [payload, auth_frame(self.terminal, self.key, payload)]
 
 
 # ----------------------------------------------------------------------------------
@@ -317,7 +336,8 @@ class _Ops(abc.ABC):
 
 class _Base(_Ops):
     def __init__(self, endpoint: str, *, client_id, timeout_s, retries, backoff_s,
-                 backoff_max_s, curve, heartbeat_ivl_s, heartbeat_timeout_s):
+                 backoff_max_s, curve, heartbeat_ivl_s, heartbeat_timeout_s,
+                 terminal_key=None):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if retries < 0:
@@ -335,6 +355,7 @@ class _Base(_Ops):
         self.backoff_max_s = float(backoff_max_s if backoff_max_s is not None
                                    else max(backoff_s, min(1.0, timeout_s)))
         self.curve = curve
+        self.terminal_key = terminal_key
         self.heartbeat_ivl_s = heartbeat_ivl_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._counter = itertools.count(1)
@@ -401,17 +422,20 @@ class Client(_Base):
     doubling up to ``backoff_max_s``), then ServiceError(TIMEOUT) — or the last
     UNAVAILABLE. ``curve``: CurveKeys for ``serve --curve``. ``ctx``: a zmq.Context
     (default the process's shared one; never terminated by the client).
+    ``terminal_key``: a TerminalKey for a payment gateway that authenticates its
+    terminals (each send is signed afresh, so a retry carries a current ``ts``).
     """
 
     def __init__(self, endpoint: str, *, client_id: str | None = None,
                  timeout_s: float = 2.0, retries: int = 3, backoff_s: float = 0.05,
                  curve: CurveKeys | None = None, heartbeat_ivl_s: float = 1.0,
                  heartbeat_timeout_s: float = 5.0, ctx: zmq.Context | None = None,
-                 backoff_max_s: float | None = None):
+                 backoff_max_s: float | None = None,
+                 terminal_key: TerminalKey | None = None):
         super().__init__(endpoint, client_id=client_id, timeout_s=timeout_s,
                          retries=retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s,
                          curve=curve, heartbeat_ivl_s=heartbeat_ivl_s,
-                         heartbeat_timeout_s=heartbeat_timeout_s)
+                         heartbeat_timeout_s=heartbeat_timeout_s, terminal_key=terminal_key)
         self.ctx = ctx or zmq.Context.instance()
         self._sock = self._open()
 
@@ -436,7 +460,10 @@ class Client(_Base):
 
     def _send(self, payload: bytes) -> bool:
         try:
-            self._sock.send(payload)
+            if self.terminal_key is None:
+                self._sock.send(payload)
+            else:
+                self._sock.send_multipart(self.terminal_key.frames(payload))
             return True
         except zmq.Again:
             return False
@@ -609,11 +636,12 @@ class AsyncClient(_Base):
                  timeout_s: float = 2.0, retries: int = 3, backoff_s: float = 0.05,
                  curve: CurveKeys | None = None, heartbeat_ivl_s: float = 1.0,
                  heartbeat_timeout_s: float = 5.0, ctx=None,
-                 backoff_max_s: float | None = None):
+                 backoff_max_s: float | None = None,
+                 terminal_key: TerminalKey | None = None):
         super().__init__(endpoint, client_id=client_id, timeout_s=timeout_s,
                          retries=retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s,
                          curve=curve, heartbeat_ivl_s=heartbeat_ivl_s,
-                         heartbeat_timeout_s=heartbeat_timeout_s)
+                         heartbeat_timeout_s=heartbeat_timeout_s, terminal_key=terminal_key)
         if isinstance(ctx, zmq.asyncio.Context):
             self.ctx = ctx
         else:
@@ -674,7 +702,11 @@ class AsyncClient(_Base):
     async def _send(self, payload: bytes) -> bool:
         self._ensure_open()
         try:
-            await asyncio.wait_for(self._sock.send(payload), self.timeout_s)
+            if self.terminal_key is None:
+                await asyncio.wait_for(self._sock.send(payload), self.timeout_s)
+            else:
+                await asyncio.wait_for(self._sock.send_multipart(
+                    self.terminal_key.frames(payload)), self.timeout_s)
             return True
         except (asyncio.TimeoutError, zmq.Again):
             return False

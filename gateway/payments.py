@@ -45,6 +45,7 @@ from . import protocol as P
 from .protocol import NAME, Field
 from .providers import Card, Connector, ProviderError, connector
 from .server import PURE, RECORDED, OpServer
+from .terminals import MAX_SKEW_S, AuthError, Terminal, Terminals
 
 log = logging.getLogger("lanecore.payments")
 
@@ -94,7 +95,7 @@ class PaymentGateway(OpServer):
         self.data_dir = resolve_data_dir(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = load_payments_config(self.data_dir)
-        unknown = set(config) - {"channels", "policy", "qr"}
+        unknown = set(config) - {"channels", "policy", "qr", "pos"}
         if unknown:
             raise PaymentConfigError(f"{CONFIG_FILE}: unknown section(s) {sorted(unknown)}")
         self.clock = clock
@@ -128,6 +129,16 @@ class PaymentGateway(OpServer):
         except TypeError as exc:
             raise PaymentConfigError(f"{CONFIG_FILE} [policy]: {exc}") from exc
         self.qr = dict(config.get("qr", {}))
+        pos = dict(config.get("pos", {}))
+        unknown = set(pos) - {"auth", "max_skew_s"}
+        if unknown or pos.get("auth", "off") not in ("off", "hmac"):
+            raise PaymentConfigError(f"{CONFIG_FILE} [pos]: auth is \"off\" or \"hmac\", "
+                                     f"max_skew_s seconds; got {pos}")
+        self.auth = pos.get("auth", "off") == "hmac"
+        self.max_skew_s = float(pos.get("max_skew_s", MAX_SKEW_S))
+        self.terminals = Terminals(self.ledger.con, clock=clock)
+        #: The authenticated terminal of the request being answered (None: auth off).
+        self.caller: Terminal | None = None
         self._last_query: dict[str, float] = {}
         self._last_refund_try: dict[str, float] = {}
         self._crash, self._crash_rng = _crash_plan()
@@ -161,16 +172,126 @@ class PaymentGateway(OpServer):
             ("pay.qr", self.op_qr,
              {"order_no": Field("str", min=1, max=25), "amount_minor": money,
               "currency": ccy, "terminal": NAME}, PURE),
+            ("pay.list", self.op_list,
+             {"date": Field("str", required=False, min=10, max=10),
+              "terminal": Field("str", required=False, max=32)}, PURE),
             ("stats", self.op_stats, {}, PURE),
         ]
 
     def op_hello(self, f) -> dict:
         import lanecore
-        return {"protocol": P.PROTOCOL_VERSION, "server": f"lanecore {lanecore.__version__}",
-                "capabilities": sorted(self.ops),
-                "channels": [ch.to_dict() for ch in self.router.channels]}
+        out = {"protocol": P.PROTOCOL_VERSION, "server": f"lanecore {lanecore.__version__}",
+               "capabilities": sorted(self.ops), "auth": "hmac" if self.auth else "off",
+               "channels": [ch.to_dict() for ch in self.router.channels]}
+        if self.caller is not None:
+            out["terminal"] = self.caller.to_dict()
+        return out
+
+    # ------------------------------------------------------------------------------
+    # POS terminals: authentication, what each may see and do
+    # ------------------------------------------------------------------------------
+    def on_frames(self, frames: list[bytes], security=None) -> list[bytes] | None:
+        """With ``[pos] auth = "hmac"``: a request is its frame plus an authentication
+        frame (``gateway/terminals.py``); ``hello`` alone may come without one."""
+        if not self.auth:
+            return super().on_frames(frames, security)
+        if len(frames) >= 3 and frames[1] == b"":     # REQ: [identity, "", request, auth?]
+            head, rest = frames[:2], frames[2:]
+        else:                                         # DEALER: [identity, request, auth?]
+            head, rest = frames[:1], frames[1:]
+        if not 1 <= len(rest) <= 2:
+            self.errors["BAD_FRAMES"] += 1
+            return head + [P.pack(P.error(None, "BAD_FRAMES", "a request is its frame and "
+                                                              "an authentication frame"))]
+        return head + [self.handle_signed(rest[0], rest[1] if len(rest) == 2 else None,
+                                          frames[0].hex())]
+
+    def handle_signed(self, payload: bytes, auth: bytes | None, client: str) -> bytes:
+        """The reply frame for an authenticated request; never raises."""
+        try:
+            req = P.unpack(payload)
+        except P.ProtocolError as exc:
+            self.errors[exc.code] += 1
+            return P.pack(P.error(None, exc.code, exc.message))
+        if auth is None and req.get("op") == "hello":
+            return self._answer(req, client)
+        try:
+            terminal = self.terminals.authenticate(auth, payload, max_skew_s=self.max_skew_s)
+        except AuthError as exc:
+            self.errors[exc.code] += 1
+            return P.pack(P.error(P.request_id(req), exc.code, exc.message))
+        req.pop("client", None)           # the terminal is the client: its own replies only
+        entry = self.ops.get(req.get("op"))
+        if entry is not None and "terminal" in entry[1] and entry[1]["terminal"].required:
+            req.setdefault("terminal", terminal.id)   # a payment op: this terminal's
+        self.caller = terminal
+        try:
+            return self._answer(req, f"pos:{terminal.id}")
+        finally:
+            self.caller = None
+
+    def _own(self, attempts: list[L.Charge]) -> list[L.Charge]:
+        """An order's charges as the caller may see them: none when they are another
+        terminal's (an admin terminal sees every terminal's)."""
+        caller = self.caller
+        if caller is None or caller.admin:
+            return attempts
+        return [] if any(c.terminal != caller.id for c in attempts) else attempts
+
+    def _admin_only(self, op: str) -> None:
+        if self.caller is not None and not self.caller.admin:
+            raise LanecoreError(f"{op} is for admin terminals", code="FORBIDDEN")
+
+    def _terminal_for(self, f) -> Terminal | None:
+        """The registered terminal a payment request is for (its limits apply), or
+        None; FORBIDDEN when an authenticated terminal names another."""
+        if self.caller is not None:
+            if f["terminal"] != self.caller.id:
+                raise LanecoreError(f"terminal {self.caller.id} cannot pay for terminal "
+                                    f"{f['terminal']}", code="FORBIDDEN")
+            return self.caller
+        terminal = self.terminals.get(f["terminal"])
+        if terminal is not None and terminal.disabled_at is not None:
+            raise LanecoreError(f"terminal {terminal.id} is disabled",
+                                code="TERMINAL_DISABLED")
+        return terminal
+
+    def _used_today(self, terminal_id: str) -> int:
+        return sum(amount for (_, who), (amount, _) in self._usage().terminal.items()
+                   if who == terminal_id)
+
+    def _check_terminal_limits(self, f) -> None:
+        terminal = self._terminal_for(f)
+        if terminal is not None:
+            terminal.check_limits(f["amount_minor"], f["method"],
+                                  self._used_today(terminal.id))
+
+    def op_list(self, f) -> dict:
+        """The caller's charges (of one UTC day when ``date`` is given): a terminal
+        sees its own; an admin terminal, or any caller when authentication is off,
+        those of ``terminal`` or of all."""
+        who = f.get("terminal")
+        if self.caller is not None and not self.caller.admin:
+            if who not in (None, self.caller.id):
+                raise LanecoreError("a terminal lists only its own charges", code="FORBIDDEN")
+            who = self.caller.id
+        since = until = None
+        if "date" in f:
+            from lanecore.core import recon
+            day = dt.datetime.strptime(recon.check_date(f["date"]), "%Y-%m-%d").replace(
+                tzinfo=dt.timezone.utc).timestamp()
+            since, until = day, day + 86_400
+        rows = self.ledger.charges(terminal=who, since=since, until=until)
+        return {"charges": [{"order_no": c.order_no, "merchant_ref": c.merchant_ref,
+                             "attempt": c.attempt, "terminal": c.terminal,
+                             "channel": c.channel, "method": c.method, "state": c.state,
+                             "amount_minor": c.amount_minor, "currency": c.currency,
+                             "reason": c.reason, "created_at": c.created_at,
+                             "paid_at": c.paid_at} for c in rows[-1000:]],
+                "truncated": len(rows) > 1000}
 
     def op_stats(self, f) -> dict:
+        self._admin_only("stats")
         states: dict[str, int] = {}
         for (state, n) in self.con.execute("SELECT state, COUNT(*) FROM charges GROUP BY state"):
             states[state] = n
@@ -224,9 +345,18 @@ class PaymentGateway(OpServer):
                               f.get("payer"), f.get("auth_code"))
 
     def op_quote(self, f) -> dict:
+        try:
+            self._check_terminal_limits(f)
+            limit = None
+        except LanecoreError as exc:
+            if exc.code != "TERMINAL_LIMIT":
+                raise
+            limit = exc.message
         judged = self.router.explain(self._request(f), self._usage())
-        return {"channels": [{"channel": ch.name, "kind": ch.kind, "eligible": why is None,
-                              "reason": why} for ch, why in judged]}
+        return {"channels": [{"channel": ch.name, "kind": ch.kind,
+                              "eligible": why is None and limit is None,
+                              "reason": why or limit} for ch, why in judged],
+                "terminal_limit": limit}
 
     # ------------------------------------------------------------------------------
     def op_charge(self, f) -> dict:
@@ -236,6 +366,8 @@ class PaymentGateway(OpServer):
         next on a decline that may fall back."""
         order_no = f["order_no"]
         attempts = self.ledger.attempts(order_no)
+        if attempts and not self._own(attempts):
+            raise LanecoreError(f"order {order_no} is another terminal's", code="FORBIDDEN")
         paid = [c for c in attempts if c.state == L.PAID]
         if paid:
             return self._reply(order_no, paid[-1])
@@ -243,6 +375,7 @@ class PaymentGateway(OpServer):
         if open_:
             charge = self.drive(open_[-1], force=True)
             return self._reply(order_no, charge)
+        self._check_terminal_limits(f)
         req = self._request(f)
         means = self._means(f)
         usage = self._usage()
@@ -488,7 +621,7 @@ class PaymentGateway(OpServer):
 
     # ------------------------------------------------------------------------------
     def op_status(self, f) -> dict:
-        attempts = self.ledger.attempts(f["order_no"])
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
         paid = [c for c in attempts if c.state == L.PAID]
@@ -501,7 +634,7 @@ class PaymentGateway(OpServer):
 
     def op_reverse(self, f) -> dict:
         """Cancel an order's payment (same day): the paid charge is given back."""
-        attempts = self.ledger.attempts(f["order_no"])
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
         last = attempts[-1]
@@ -526,7 +659,7 @@ class PaymentGateway(OpServer):
 
     def op_refund(self, f) -> dict:
         """Give back part or all of an order's paid charge, once per ``refund_ref``."""
-        attempts = self.ledger.attempts(f["order_no"])
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
         paid = [c for c in attempts if c.state == L.PAID]
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
@@ -572,6 +705,7 @@ class PaymentGateway(OpServer):
     def op_recon(self, f) -> dict:
         """Reconcile one UTC day: the ledger against every provider channel's bill."""
         from lanecore.core import recon
+        self._admin_only("recon.run")
         date = recon.check_date(f["date"])
         bills, channels, missing = [], [], []
         for name, conn in self.connectors.items():
@@ -592,6 +726,7 @@ class PaymentGateway(OpServer):
 
     def op_qr(self, f) -> dict:
         """A dynamic merchant-presented QR for the amount (EMVCo MPM)."""
+        self._terminal_for(f)
         if not self.qr:
             raise LanecoreError(f"no [qr] merchant in {CONFIG_FILE}", code="NO_QR_MERCHANT")
         currency = emvqr.lookup_currency(f["currency"])[1]
@@ -600,12 +735,19 @@ class PaymentGateway(OpServer):
         return {"payload": payload}
 
 
-def serve(data_dir, bind: str) -> int:
-    """Run the gateway until SIGTERM/SIGINT."""
+def serve(data_dir, bind: str, *, curve: bool = False) -> int:
+    """Run the gateway until SIGTERM/SIGINT (``curve``: CurveZMQ with the keys of the
+    data directory, ``gateway/security.py``)."""
+    import zmq
+
+    from .security import ServerSecurity
     gw = PaymentGateway(data_dir)
+    guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
     try:
-        gw.serve(bind)
+        gw.serve(bind, security=guard)
     finally:
+        if guard is not None:
+            guard.stop()
         gw.ledger.close()
     return 0
 

@@ -18,6 +18,8 @@ import msgpack
 import pytest
 import zmq
 
+from payfix import providers  # noqa: F401  (provider simulator processes, a fixture)
+
 
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory):

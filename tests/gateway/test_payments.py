@@ -4,88 +4,18 @@ final state, cash with change, and kill -9 at random steps."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import msgpack
-import pytest
 import zmq
 
 from lanecore.gateway.payments import PaymentGateway
-from lanecore.gateway.providers import connector
 
-WECHAT_CODE = "134567890123456789"     # 18 digits, prefix 13
-ALIPAY_CODE = "2812345678901234"       # 16 digits, prefix 28
-
-
-class Provider:
-    def __init__(self, kind: str, data_dir: Path, sock_dir: Path, *extra: str):
-        self.kind = kind
-        self.data_dir = data_dir
-        endpoint = f"ipc://{sock_dir}/{kind}-{data_dir.name}.ipc"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lanecore", "sim", "provider", "--kind", kind,
-             "--bind", endpoint, "--data-dir", str(data_dir), "--fast", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line, self.proc.stderr.read()
-        self.endpoint = json.loads(line)["endpoint"]
-        self.conn = connector(self.endpoint, kind, timeout_s=5.0)
-
-    def paid(self) -> dict[str, int]:
-        """merchant_ref → amount of every trade the provider holds as paid."""
-        con = sqlite3.connect(self.data_dir / f"{self.kind}.sqlite")
-        try:
-            return dict(con.execute("SELECT merchant_ref, amount_minor FROM trades "
-                                    "WHERE status IN ('paid', 'refunded')"))
-        finally:
-            con.close()
-
-    def stop(self):
-        self.conn.close()
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def providers(tmp_path):
-    made = {}
-
-    def start(name: str, kind: str, *extra: str) -> Provider:
-        d = tmp_path / f"prov-{name}"
-        d.mkdir()
-        made[name] = Provider(kind, d, tmp_path, *extra)
-        return made[name]
-    yield start
-    for p in made.values():
-        p.stop()
-
-
-def write_config(d: Path, channels: dict, policy: dict | None = None) -> None:
-    lines = []
-    for name, t in channels.items():
-        lines.append(f"[channels.{name}]")
-        for k, v in t.items():
-            lines.append(f"{k} = {json.dumps(v)}")
-    if policy:
-        lines.append("[policy]")
-        lines += [f"{k} = {v}" for k, v in policy.items()]
-    lines += ["[qr]", 'merchant_name = "Riverside Market"', 'city = "Hangzhou"',
-              'country = "CN"', 'gui = "com.example.pay"', 'account = "M000123"']
-    (d / "payments.toml").write_text("\n".join(lines) + "\n")
-
-
-def wallet(name, endpoint, priority, kind="wechat", **limits):
-    t = {"kind": kind, "priority": priority, "methods": ["auth_code"], "currency": "CNY",
-         "endpoint": endpoint, "timeout_s": 2.0}
-    t.update(limits)
-    return t
+from payfix import ALIPAY_CODE, WECHAT_CODE, wallet, write_config
 
 
 def call(gw: PaymentGateway, op: str, rid, **fields) -> dict:
