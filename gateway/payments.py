@@ -221,7 +221,8 @@ class PaymentGateway(OpServer):
             self.errors[exc.code] += 1
             return P.pack(P.error(P.request_id(req), exc.code, exc.message))
         req.pop("client", None)           # the terminal is the client: its own replies only
-        entry = self.ops.get(req.get("op"))
+        op = req.get("op")
+        entry = self.ops.get(op) if isinstance(op, str) else None
         if entry is not None and "terminal" in entry[1] and entry[1]["terminal"].required:
             req.setdefault("terminal", terminal.id)   # a payment op: this terminal's
         self.caller = terminal
