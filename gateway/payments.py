@@ -54,7 +54,8 @@ LEDGER_FILE = "payments.db"
 #: Card-kind channels call the bank provider.
 PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
                  "card": "bank"}
-_PROVIDER_FIELDS = ("endpoint", "timeout_s")
+_PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor")
+ENTRY_MODES = ("magstripe", "chip", "nfc")
 CRASH_POINTS = ("after_ledger", "after_provider", "before_reply")
 #: Charges that count against today's limits: paid, and those still open (an unknown
 #: result may yet be a deduction).
@@ -111,7 +112,9 @@ class PaymentGateway(OpServer):
         except ConfigError as exc:
             raise PaymentConfigError(f"{CONFIG_FILE}: {exc.message}") from exc
         self.connectors: dict[str, Connector] = {}
+        self.pin_policy: dict[str, tuple[frozenset, int | None]] = {}
         for ch in self.router.channels:
+            self.pin_policy[ch.name] = self._pin_policy(ch, raw[ch.name])
             if ch.kind == "cash":
                 continue            # the drawer is the provider
             kind = PROVIDER_KIND.get(ch.kind)
@@ -359,6 +362,39 @@ class PaymentGateway(OpServer):
                               "reason": why or limit} for ch, why in judged],
                 "terminal_limit": limit}
 
+    @staticmethod
+    def _pin_policy(ch, table) -> tuple[frozenset, int | None]:
+        """A card channel's cardholder verification: ``pin_entries`` (entry modes
+        that always need a PIN block) and ``cvm_limit_minor`` (above it a
+        contactless payment needs one too); absent, the provider decides."""
+        entries = table.get("pin_entries", [])
+        limit = table.get("cvm_limit_minor")
+        where = f"{CONFIG_FILE}: channels.{ch.name}"
+        if (entries or limit is not None) and ch.kind != "card":
+            raise PaymentConfigError(f"{where}: pin_entries and cvm_limit_minor are for "
+                                     "card channels")
+        if not isinstance(entries, list) or any(e not in ENTRY_MODES for e in entries):
+            raise PaymentConfigError(f"{where}.pin_entries: a list of "
+                                     f"{', '.join(ENTRY_MODES)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise PaymentConfigError(f"{where}.cvm_limit_minor: minor units, >= 0")
+        return frozenset(entries), limit
+
+    def _check_pin(self, channel, req: PaymentRequest, means: dict) -> None:
+        """PIN_REQUIRED before anything is written or sent: the terminal asks the
+        shopper for the PIN and sends the payment again with ``card.pin_block``."""
+        card = means.get("card")
+        if card is None or card.pin_block is not None:
+            return
+        entries, limit = self.pin_policy.get(channel.name, (frozenset(), None))
+        if card.entry in entries or (card.entry == "nfc" and limit is not None
+                                     and req.amount_minor > limit):
+            why = (f"a {card.entry} payment" if card.entry in entries else
+                   f"a contactless payment over {limit}")
+            raise LanecoreError(f"{why} on {channel.name} needs the cardholder's PIN "
+                                "(card.pin_block)", code="PIN_REQUIRED")
+
     # ------------------------------------------------------------------------------
     def op_charge(self, f) -> dict:
         """Take the payment for ``order_no``, once. An order already paid is answered
@@ -450,6 +486,7 @@ class PaymentGateway(OpServer):
             self._maybe_crash("after_ledger")
             return self._cash(charge, means["tendered"])
         conn = self.connectors[channel.name]
+        self._check_pin(channel, req, means)
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:

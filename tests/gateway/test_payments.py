@@ -11,6 +11,7 @@ import sys
 import time
 
 import msgpack
+import pytest
 import zmq
 
 from lanecore.gateway.payments import PaymentGateway
@@ -340,3 +341,50 @@ def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path
     print(f"\n{n} payments, gateway started {state['starts']}×, killed -9 "
           f"{state['kills']}×; {len(charges)} charges, {len(ledger_paid)} paid")
     gw.ledger.close()
+
+
+def test_cards_through_the_gateway_pin_policy_and_no_clear_pan_anywhere(tmp_path,
+                                                                        providers, caplog):
+    from lanecore.gateway.provider_sim import pin_block
+    pan = "4111111111111111"
+    bank = providers("bank", "bank")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"card": {"kind": "card", "priority": 1, "methods": ["card"],
+                              "currency": "CNY", "endpoint": bank.endpoint,
+                              "pin_entries": ["chip"], "cvm_limit_minor": 30_000}})
+    gw = PaymentGateway(d)
+
+    replies = []
+
+    def pay(rid, order, amount, entry, pin=None):
+        card = {"entry": entry, "pan": pan}
+        if pin is not None:
+            card["pin_block"] = pin_block(pin, pan)
+        replies.append(call(gw, "pay.charge", rid, order_no=order, amount_minor=amount,
+                            currency="CNY", method="card", terminal="T1", card=card))
+        return replies[-1]
+
+    # the policy asks for the PIN before anything is written or sent
+    assert pay("1", "C-1", 500, "chip")["error"]["code"] == "PIN_REQUIRED"
+    assert pay("2", "C-2", 30_001, "nfc")["error"]["code"] == "PIN_REQUIRED"
+    assert call(gw, "pay.status", "s", order_no="C-1")["error"]["code"] == "UNKNOWN_ORDER"
+    assert pay("3", "C-1", 500, "chip", pin="1234")["status"] == "paid"
+    assert pay("4", "C-2", 30_000, "nfc")["status"] == "paid"          # at the limit: no PIN
+    assert pay("5", "C-3", 800, "magstripe")["status"] == "paid"       # not in pin_entries
+    wrong = pay("6", "C-4", 900, "chip", pin="9999")
+    assert (wrong["status"], wrong["decline_code"]) == ("failed", "55")  # the payer's: final
+    assert bank.paid() == {"C-1-1": 500, "C-2-1": 30_000, "C-3-1": 800}
+    gw.ledger.close()
+    # the card number is in no reply, no log line and no byte of the ledger's files
+    assert pan not in repr(replies)
+    for path in d.iterdir():
+        if path.is_file():
+            assert pan.encode() not in path.read_bytes(), path
+    assert pan not in caplog.text
+    bad = {"card": {"kind": "cash", "priority": 1, "methods": ["cash"], "currency": "CNY",
+                    "cvm_limit_minor": 1}}
+    write_config(d, bad)
+    with pytest.raises(Exception) as e:
+        PaymentGateway(d)
+    assert getattr(e.value, "code", None) == "BAD_CONFIG"
