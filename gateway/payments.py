@@ -40,6 +40,7 @@ from lanecore.core.errors import LanecoreError
 from lanecore.core.ledger import Ledger, UnknownPolicy, next_step
 from lanecore.core.routing import (ConfigError, Decline, NoEligibleChannel, PaymentRequest,
                                    Router, Usage, parse_channels)
+from lanecore.core.storedvalue import StoredValue, StoredValueError
 
 from . import protocol as P
 from .protocol import NAME, Field
@@ -56,6 +57,8 @@ PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
                  "card": "bank"}
 _PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor")
 ENTRY_MODES = ("magstripe", "chip", "nfc")
+#: Channel kinds the gateway settles itself, in its own database.
+LOCAL_KINDS = ("cash", "stored_value")
 CRASH_POINTS = ("after_ledger", "after_provider", "before_reply")
 #: Charges that count against today's limits: paid, and those still open (an unknown
 #: result may yet be a deduction).
@@ -96,7 +99,7 @@ class PaymentGateway(OpServer):
         self.data_dir = resolve_data_dir(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = load_payments_config(self.data_dir)
-        unknown = set(config) - {"channels", "policy", "qr", "pos"}
+        unknown = set(config) - {"channels", "policy", "qr", "pos", "receipt"}
         if unknown:
             raise PaymentConfigError(f"{CONFIG_FILE}: unknown section(s) {sorted(unknown)}")
         self.clock = clock
@@ -113,10 +116,11 @@ class PaymentGateway(OpServer):
             raise PaymentConfigError(f"{CONFIG_FILE}: {exc.message}") from exc
         self.connectors: dict[str, Connector] = {}
         self.pin_policy: dict[str, tuple[frozenset, int | None]] = {}
+        self._svs: dict[str, StoredValue] = {}
         for ch in self.router.channels:
             self.pin_policy[ch.name] = self._pin_policy(ch, raw[ch.name])
-            if ch.kind == "cash":
-                continue            # the drawer is the provider
+            if ch.kind in LOCAL_KINDS:
+                continue            # the drawer, the member accounts: no provider
             kind = PROVIDER_KIND.get(ch.kind)
             if kind is None:
                 raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name}: this gateway "
@@ -140,6 +144,14 @@ class PaymentGateway(OpServer):
         self.auth = pos.get("auth", "off") == "hmac"
         self.max_skew_s = float(pos.get("max_skew_s", MAX_SKEW_S))
         self.terminals = Terminals(self.ledger.con, clock=clock)
+        self.receipt_cfg = self._receipt_config(config.get("receipt", {}))
+        self._signer = None
+        from .outbox import Outbox, OutboxError, sink_from_url
+        try:
+            self.outbox = Outbox(self.ledger.con, sink_from_url(self.receipt_cfg["sms_sink"]))
+        except OutboxError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE} [receipt] sms_sink: {exc.message}") \
+                from exc
         #: The authenticated terminal of the request being answered (None: auth off).
         self.caller: Terminal | None = None
         self._last_query: dict[str, float] = {}
@@ -163,7 +175,8 @@ class PaymentGateway(OpServer):
               "currency": ccy, "method": Field("str", max=16), "terminal": NAME,
               "payer": Field("str", required=False, max=64),
               "auth_code": Field("str", required=False, max=32),
-              "card": Field("map", required=False), "cash": Field("map", required=False)},
+              "card": Field("map", required=False), "cash": Field("map", required=False),
+              "sv_pin": Field("str", required=False, max=32)},
              RECORDED),
             ("pay.status", self.op_status, {"order_no": Field("str", min=1, max=56)}, PURE),
             ("pay.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=56)},
@@ -178,6 +191,18 @@ class PaymentGateway(OpServer):
             ("pay.list", self.op_list,
              {"date": Field("str", required=False, min=10, max=10),
               "terminal": Field("str", required=False, max=32)}, PURE),
+            ("pay.receipt", self.op_receipt,
+             {"order_no": Field("str", min=1, max=56),
+              "lines": Field("list", required=False, max=200),
+              "sms_to": Field("str", required=False, max=24)}, PURE),
+            ("sv.open", self.op_sv_open,
+             {"member": Field("str", min=1, max=64), "currency": ccy,
+              "pin": Field("str", required=False, max=32)}, PURE),
+            ("sv.topup", self.op_sv_topup,
+             {"member": Field("str", min=1, max=64), "currency": ccy, "amount_minor": money,
+              "ref": Field("str", min=1, max=64)}, PURE),
+            ("sv.balance", self.op_sv_balance,
+             {"member": Field("str", min=1, max=64), "currency": ccy}, PURE),
             ("stats", self.op_stats, {}, PURE),
         ]
 
@@ -185,6 +210,7 @@ class PaymentGateway(OpServer):
         import lanecore
         out = {"protocol": P.PROTOCOL_VERSION, "server": f"lanecore {lanecore.__version__}",
                "capabilities": sorted(self.ops), "auth": "hmac" if self.auth else "off",
+               "receipt_key": self.signer.public_key_b64(),
                "channels": [ch.to_dict() for ch in self.router.channels]}
         if self.caller is not None:
             out["terminal"] = self.caller.to_dict()
@@ -293,6 +319,92 @@ class PaymentGateway(OpServer):
                              "reason": c.reason, "created_at": c.created_at,
                              "paid_at": c.paid_at} for c in rows[-1000:]],
                 "truncated": len(rows) > 1000}
+
+    # ------------------------------------------------------------------------------
+    # Receipts
+    # ------------------------------------------------------------------------------
+    def _receipt_config(self, table) -> dict:
+        unknown = set(table) - {"store_name", "store_id", "footer", "sms_sink"}
+        if unknown:
+            raise PaymentConfigError(f"{CONFIG_FILE} [receipt]: unknown {sorted(unknown)}")
+        return {"store_name": table.get("store_name",
+                                        self.qr.get("merchant_name", "lanecore store")),
+                "store_id": table.get("store_id", "store"),
+                "footer": table.get("footer"),
+                "sms_sink": table.get("sms_sink",
+                                      f"file:{self.data_dir / 'sms-outbox.jsonl'}")}
+
+    @property
+    def signer(self):
+        """The gateway's Ed25519 key (``DATA_DIR/keys/order_signing.key``, made on
+        first use): it signs receipts."""
+        if self._signer is None:
+            from lanecore.core.orderqr import Signer
+            self._signer = Signer.load_or_create(self.data_dir)
+        return self._signer
+
+    def op_receipt(self, f) -> dict:
+        """The signed receipt of an order's payment: as data, text, ESC/POS bytes and
+        SMS text; with ``sms_to``, the SMS queued once per order and number."""
+        from lanecore.core import receipt as R
+        from lanecore.drivers.receipt_print import render_escpos
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        paid = [c for c in attempts if c.state == L.PAID]
+        if not paid:
+            raise LanecoreError(f"order {f['order_no']} has no paid charge", code="NOT_PAID")
+        c = paid[-1]
+        cash = self._cash_record(c) if self._is_cash(c) else None
+        lines = f.get("lines") or []
+        if not all(isinstance(ln, dict) for ln in lines):
+            raise P.ProtocolError("BAD_FIELD", "lines are maps {name, qty, unit_minor, "
+                                               "amount_minor}")
+        try:
+            payment = R.ReceiptPayment(
+                c.channel, c.method, c.amount_minor, c.merchant_ref, c.provider_ref,
+                tendered_minor=cash["tendered_minor"] if cash else None,
+                change_minor=cash["change_minor"] if cash else None)
+            refunds = tuple(R.ReceiptRefund(r.refund_ref, r.merchant_ref, r.amount_minor)
+                            for r in self.ledger.refunds(merchant_ref=c.merchant_ref)
+                            if r.state == L.PAID)
+            rec = R.Receipt(
+                store_name=self.receipt_cfg["store_name"],
+                store_id=self.receipt_cfg["store_id"], terminal=c.terminal,
+                order_no=c.order_no, issued_at=c.paid_at or c.updated_at,
+                currency=c.currency, total_minor=c.amount_minor, payments=(payment,),
+                lines=tuple(R.ReceiptLine(**ln) for ln in lines),
+                refunds=refunds, footer=self.receipt_cfg["footer"])
+        except TypeError:
+            raise P.ProtocolError("BAD_FIELD", "lines are maps {name, qty, unit_minor, "
+                                               "amount_minor}") from None
+        signed = R.sign_receipt(rec, self.signer)
+        sms = R.render_sms(rec, signed=signed)
+        queued = None
+        if f.get("sms_to"):
+            from .outbox import normalise_phone
+            phone = normalise_phone(f["sms_to"])
+            queued = f"receipt-{c.order_no}-{phone.lstrip('+')}"
+            self.outbox.enqueue(queued, phone, sms)
+        encoding, segments = R.sms_segments(sms)
+        return {"receipt": signed, "verify_code": R.verify_code(signed),
+                "text": R.render_text(rec, signed=signed),
+                "escpos": render_escpos(rec, signed), "sms": sms,
+                "sms_encoding": encoding, "sms_segments": segments, "sms_queued": queued}
+
+    def op_sv_open(self, f) -> dict:
+        """Open a member's stored-value account (again: unchanged)."""
+        return {"account": self._sv(f["currency"]).open_account(
+            f["member"], pin=f.get("pin")).to_dict()}
+
+    def op_sv_topup(self, f) -> dict:
+        """Money onto a member's account, once per ``ref`` (the till's slip)."""
+        sv = self._sv(f["currency"])
+        move = sv.topup(f["member"], f["amount_minor"], ref=f"topup:{f['ref']}")
+        return {"move": move.to_dict(), "balance_minor": sv.balance(f["member"])}
+
+    def op_sv_balance(self, f) -> dict:
+        return {"account": self._sv(f["currency"]).account(f["member"]).to_dict()}
 
     def op_stats(self, f) -> dict:
         self._admin_only("stats")
@@ -472,6 +584,14 @@ class PaymentGateway(OpServer):
             except (TypeError, ValueError):
                 raise P.ProtocolError("BAD_FIELD", "cash.tendered keys are denominations "
                                                    "in minor units") from None
+        if method == "stored_value":
+            if "payer" not in f:
+                raise P.ProtocolError("MISSING_FIELD", "a stored_value payment needs payer "
+                                                       "(the member id)")
+            pin = f.get("sv_pin")
+            if pin is not None and not isinstance(pin, str):
+                raise P.ProtocolError("BAD_FIELD", "sv_pin must be a str")
+            return {"member": f["payer"], "pin": pin}
         return {}
 
     def _attempt(self, order_no, attempt, req, channel, means) -> L.Charge:
@@ -485,6 +605,12 @@ class PaymentGateway(OpServer):
                                            req.terminal, payer=req.payer)
             self._maybe_crash("after_ledger")
             return self._cash(charge, means["tendered"])
+        if channel.kind == "stored_value":
+            charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
+                                           req.currency, req.method, channel.name,
+                                           req.terminal, payer=req.payer)
+            self._maybe_crash("after_ledger")
+            return self._stored_value(charge, means["member"], means.get("pin"))
         conn = self.connectors[channel.name]
         self._check_pin(channel, req, means)
         con = self.con
@@ -530,6 +656,43 @@ class PaymentGateway(OpServer):
                 self._usage_day = None      # the totals followed moves now undone
             raise
         return self.ledger.get(ref)
+
+    def _stored_value(self, charge: L.Charge, member: str, pin: str | None) -> L.Charge:
+        """Member stored value: the account and the ledger move in one transaction. A
+        refusal (no funds, frozen, wrong PIN) is committed as a failed charge — with
+        the account's count of wrong PINs — and given to routing like a provider's
+        decline; an unknown member or bad value is an error."""
+        ref = charge.merchant_ref
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.ledger.move(ref, L.SENT)
+            try:
+                self._sv(charge.currency).debit(member, charge.amount_minor, ref=ref, pin=pin)
+            except StoredValueError as exc:
+                self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
+                con.execute("COMMIT")
+                if exc.code in ("BALANCE_NOT_ENOUGH", "ACCOUNT_FROZEN", "WRONG_PASSWORD"):
+                    return self.ledger.get(ref)
+                raise
+            self.ledger.move(ref, L.PAID, provider_ref=f"sv:{ref}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
+        return self.ledger.get(ref)
+
+    def _sv(self, currency: str) -> StoredValue:
+        sv = self._svs.get(currency)
+        if sv is None:
+            sv = self._svs[currency] = StoredValue(self.con, currency, clock=self.clock)
+        return sv
+
+    def _kind(self, charge: L.Charge) -> str | None:
+        ch = self.router.by_name.get(charge.channel)
+        return None if ch is None else ch.kind
 
     def _is_cash(self, charge: L.Charge) -> bool:
         ch = self.router.by_name.get(charge.channel)
@@ -592,6 +755,11 @@ class PaymentGateway(OpServer):
             return charge
         if self._is_cash(charge):
             return self._settle_cash(charge)
+        if self._kind(charge) == "stored_value":
+            taken = self._sv(charge.currency).find(ref) is not None
+            return self.ledger.move(ref, L.PAID if taken else L.FAILED,
+                                    provider_ref=f"sv:{ref}" if taken else None,
+                                    reason=None if taken else "NOT_SENT")
         conn = self.connectors.get(charge.channel)
         if conn is None:
             return charge
@@ -637,6 +805,10 @@ class PaymentGateway(OpServer):
                 log.exception("recovery of %s failed", charge.merchant_ref)
 
     def on_idle(self) -> None:
+        try:
+            self.outbox.deliver_pending()
+        except Exception:
+            log.exception("the SMS outbox failed")
         for charge in self.ledger.open_charges():
             try:
                 self.drive(charge)
@@ -683,6 +855,15 @@ class PaymentGateway(OpServer):
             raise LanecoreError(f"order {f['order_no']} has no paid charge to reverse",
                                 code="NOT_PAID")
         charge = paid[-1]
+        if self._kind(charge) == "stored_value":
+            ref = charge.merchant_ref
+            self.con.execute("BEGIN IMMEDIATE")     # committed with the reply's record
+            sv = self._sv(charge.currency)
+            back = sv.refundable(ref)
+            if back:
+                sv.credit(charge.payer, back, ref=f"reverse:{ref}", of_ref=ref)
+            return self._reply(f["order_no"], self.ledger.move(ref, L.REVERSED,
+                                                               reason="CANCELLED"))
         conn = self.connectors.get(charge.channel)
         if conn is None:
             raise LanecoreError(f"a {charge.channel} payment is not reversed here (cash "
@@ -705,13 +886,38 @@ class PaymentGateway(OpServer):
             raise LanecoreError(f"order {f['order_no']} has no paid charge", code="NOT_PAID")
         charge = paid[-1]
         conn = self.connectors.get(charge.channel)
-        if conn is None:
+        local = self._kind(charge) == "stored_value"
+        if conn is None and not local:
             raise LanecoreError(f"a {charge.channel} payment is not refunded here (cash "
                                 "goes back from the drawer)", code="NOT_REVERSIBLE")
         refund, _ = self.ledger.create_refund(charge.merchant_ref, f["refund_ref"],
                                               f["amount_minor"])
-        refund = self._send_refund(refund, conn)
+        if local:
+            refund = self._refund_stored_value(refund, charge)
+        else:
+            refund = self._send_refund(refund, conn)
         return self._refund_reply(f["order_no"], refund)
+
+    def _refund_stored_value(self, refund: L.Refund, charge: L.Charge) -> L.Refund:
+        """Back onto the member's account, with the refund's moves, in one transaction."""
+        if refund.state in (L.PAID, L.FAILED):
+            return refund
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if refund.state == L.CREATED:
+                self.ledger.move_refund(refund.refund_ref, L.SENT)
+            self._sv(charge.currency).credit(charge.payer, refund.amount_minor,
+                                             ref=f"refund:{refund.refund_ref}",
+                                             of_ref=charge.merchant_ref)
+            out = self.ledger.move_refund(refund.refund_ref, L.PAID,
+                                          provider_ref=f"sv:refund:{refund.refund_ref}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return out
 
     def _send_refund(self, refund: L.Refund, conn: Connector) -> L.Refund:
         """Send (or send again: the provider knows a refund by its reference) a refund

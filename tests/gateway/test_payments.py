@@ -4,6 +4,7 @@ final state, cash with change, and kill -9 at random steps."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -388,3 +389,107 @@ def test_cards_through_the_gateway_pin_policy_and_no_clear_pan_anywhere(tmp_path
     with pytest.raises(Exception) as e:
         PaymentGateway(d)
     assert getattr(e.value, "code", None) == "BAD_CONFIG"
+
+
+def test_member_stored_value_pays_falls_back_refunds_and_reverses(tmp_path, providers):
+    p = providers("wx", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"sv": {"kind": "stored_value", "priority": 1,
+                            "methods": ["stored_value"], "currency": "CNY"},
+                     "wx": wallet("wx", p.endpoint, 2)})
+    gw = PaymentGateway(d)
+
+    def sv_pay(rid, order, amount, member="M-1", pin=None):
+        return call(gw, "pay.charge", rid, order_no=order, amount_minor=amount,
+                    currency="CNY", method="stored_value", terminal="T1", payer=member,
+                    **({"sv_pin": pin} if pin else {}))
+
+    assert call(gw, "sv.open", "o", member="M-1", currency="CNY", pin="2468")["ok"]
+    t = call(gw, "sv.topup", "t", member="M-1", currency="CNY", amount_minor=5000,
+             ref="SLIP-1")
+    assert t["balance_minor"] == 5000
+    assert call(gw, "sv.topup", "t2", member="M-1", currency="CNY", amount_minor=5000,
+                ref="SLIP-1")["balance_minor"] == 5000              # the same slip: once
+    r = sv_pay("1", "SV-1", 1200, pin="2468")
+    assert (r["status"], r["channel"], r["provider_ref"]) == ("paid", "sv", "sv:SV-1-1")
+    assert sv_pay("1", "SV-1", 1200, pin="2468") == r                # a retry: the record
+    wrong = sv_pay("2", "SV-2", 100, pin="0000")
+    assert (wrong["status"], wrong["decline_code"]) == ("failed", "WRONG_PASSWORD")
+    poor = sv_pay("3", "SV-3", 9000, pin="2468")                    # the payer's: no fall-back
+    assert (poor["status"], poor["decline_code"]) == ("failed", "BALANCE_NOT_ENOUGH")
+    unknown = sv_pay("4", "SV-4", 100, member="M-404")
+    assert unknown["error"]["code"] == "UNKNOWN_MEMBER"
+    assert call(gw, "pay.charge", "5", order_no="SV-5", amount_minor=100, currency="CNY",
+                method="stored_value", terminal="T1")["error"]["code"] == "MISSING_FIELD"
+    bal = lambda: call(gw, "sv.balance", "b", member="M-1", currency="CNY")[  # noqa: E731
+        "account"]["balance_minor"]
+    assert bal() == 3800
+    rf = call(gw, "pay.refund", "r1", order_no="SV-1", refund_ref="RF-1", amount_minor=200)
+    assert rf["status"] == "refunded" and bal() == 4000
+    over = call(gw, "pay.refund", "r2", order_no="SV-1", refund_ref="RF-2",
+                amount_minor=1001)
+    assert over["error"]["code"] == "REFUND_EXCEEDS_PAID" and bal() == 4000
+    rv = call(gw, "pay.reverse", "v1", order_no="SV-1")
+    assert rv["status"] == "reversed" and bal() == 5000             # the rest came back
+    # a charge left `sent` by a crash is settled from the account's record
+    gw.ledger.close()
+    import sqlite3
+    con = sqlite3.connect(d / "payments.db")
+    con.execute("INSERT INTO charges SELECT 'SV-9-1', 'SV-9', 1, 300, currency, method, "
+                "channel, terminal, payer, 'sent', NULL, NULL, created_at, created_at, NULL, "
+                "updated_at, 0, 0 FROM charges WHERE merchant_ref = 'SV-1-1'")
+    con.commit()
+    con.close()
+    gw = PaymentGateway(d)
+    assert call(gw, "pay.status", "s9", order_no="SV-9")["status"] == "failed"
+    assert bal() == 5000
+    gw.ledger.close()
+
+
+def test_signed_receipts_text_escpos_and_sms_once(tmp_path, providers):
+    from lanecore.core.cash import Drawer
+    from lanecore.core.receipt import ReceiptError, verify_receipt
+    from lanecore.core.orderqr import Verifier
+    p = providers("wx", "wechat")
+    d = tmp_path / "gw"
+    d.mkdir()
+    write_config(d, {"wx": wallet("wx", p.endpoint, 1),
+                     "cash": {"kind": "cash", "priority": 2, "methods": ["cash"],
+                              "currency": "CNY"}})
+    gw = PaymentGateway(d)
+    Drawer(gw.con, drawer_id="T1", currency="CNY").float_in({100: 5, 500: 2}, ref="open")
+    assert charge(gw, "1", "RC-1", 1500)["status"] == "paid"
+    cash = call(gw, "pay.charge", "2", order_no="RC-2", amount_minor=1300, currency="CNY",
+                method="cash", terminal="T1", cash={"tendered": {"2000": 1}})
+    assert cash["status"] == "paid" and cash["change"]["change_minor"] == 700
+    key = call(gw, "hello", "h")["receipt_key"]
+    lines = [{"name": "Shampoo 400 ml", "qty": 1, "unit_minor": 1000, "amount_minor": 1000},
+             {"name": "Apples", "qty": 2, "unit_minor": 250, "amount_minor": 500}]
+    r = call(gw, "pay.receipt", "r1", order_no="RC-1", lines=lines, sms_to="+8613800138000")
+    assert r["ok"], r
+    rec = verify_receipt(r["receipt"], Verifier(key))           # the hello key checks it
+    assert rec.total_minor == 1500 and [ln.name for ln in rec.lines] == [
+        "Shampoo 400 ml", "Apples"]
+    assert "Shampoo 400 ml" in r["text"] and "15.00" in r["text"]
+    assert r["verify_code"] in r["text"] and r["verify_code"] in r["sms"]
+    assert r["escpos"].startswith(b"\x1b@") and b"15.00" in r["escpos"]
+    tampered = {**r["receipt"], "receipt": {**r["receipt"]["receipt"], "total_minor": 1}}
+    with pytest.raises(ReceiptError) as e:
+        verify_receipt(tampered, Verifier(key))
+    assert e.value.code in ("RECEIPT_SIGNATURE", "BAD_RECEIPT")
+    # the same receipt asked again: the same signature, the SMS queued once
+    again = call(gw, "pay.receipt", "r2", order_no="RC-1", lines=lines,
+                 sms_to="+86 138 0013 8000")
+    assert again["receipt"] == r["receipt"] and again["sms_queued"] == r["sms_queued"]
+    gw.on_idle()
+    sent = [json.loads(x) for x in (d / "sms-outbox.jsonl").read_text().splitlines()]
+    assert [m["phone"] for m in sent] == ["+8613800138000"] and "RC-1" in sent[0]["text"]
+    # cash: tendered and change on the receipt; lines that do not add up are refused
+    c = call(gw, "pay.receipt", "r3", order_no="RC-2")
+    assert c["receipt"]["receipt"]["payments"][0]["change_minor"] == 700
+    bad = call(gw, "pay.receipt", "r4", order_no="RC-1", lines=lines[:1])
+    assert bad["error"]["code"] == "BAD_RECEIPT"
+    assert call(gw, "pay.receipt", "r5", order_no="NOPE")["error"]["code"] == \
+        "UNKNOWN_ORDER"
+    gw.ledger.close()

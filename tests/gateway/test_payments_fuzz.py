@@ -25,9 +25,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 DOC_CODES = frozenset(re.findall(r"`([A-Z][A-Z0-9_]{2,})`", DOC.read_text()))
 
 OPS = ["hello", "pay.quote", "pay.charge", "pay.status", "pay.reverse", "pay.refund",
-       "recon.run", "pay.qr", "pay.list", "stats", "pay.nope", "", None, 7]
+       "recon.run", "pay.qr", "pay.list", "pay.receipt", "sv.open", "sv.topup",
+       "sv.balance", "stats", "pay.nope", "", None, 7]
 FIELDS = ["order_no", "amount_minor", "currency", "method", "terminal", "payer",
-          "auth_code", "card", "cash", "refund_ref", "date", "client"]
+          "auth_code", "card", "cash", "refund_ref", "date", "client", "lines", "sms_to",
+          "member", "pin", "ref", "sv_pin"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-2 ** 63, 2 ** 64 - 1),
@@ -56,7 +58,8 @@ AMOUNTS = st.sampled_from([1, 99, 100, 1000, 3999, 4000, 4001, 250_000])
 VALID = {
     "pay.charge": st.fixed_dictionaries({
         "order_no": ORDERS, "amount_minor": AMOUNTS, "currency": st.just("CNY"),
-        "method": st.sampled_from(["auth_code", "cash", "card", "qr"]),
+        "method": st.sampled_from(["auth_code", "cash", "card", "qr", "stored_value"]),
+        "payer": st.sampled_from(["M-1", "M-9"]), "sv_pin": st.sampled_from(["1234", "0"]),
         "auth_code": st.sampled_from([WECHAT_CODE, "2812345678901234", "12"]),
         "cash": st.fixed_dictionaries({"tendered": st.dictionaries(
             st.sampled_from(["100", "500", "1000", "5000", "10000"]), st.integers(0, 3),
@@ -74,6 +77,19 @@ VALID = {
                                      "currency": st.sampled_from(["CNY", "GBP", "XYZ"])}),
     "pay.list": st.fixed_dictionaries({}, optional={"date": st.just("2026-11-22")}),
     "recon.run": st.fixed_dictionaries({"date": st.just("2026-11-22")}),
+    "pay.receipt": st.fixed_dictionaries({"order_no": ORDERS}, optional={
+        "sms_to": st.sampled_from(["+447700900123", "12", "+86 138 0013 8000"]),
+        "lines": st.lists(st.fixed_dictionaries({
+            "name": st.sampled_from(["Tea", ""]), "qty": st.integers(0, 3),
+            "unit_minor": AMOUNTS, "amount_minor": AMOUNTS}), max_size=3)}),
+    "sv.open": st.fixed_dictionaries({"member": st.sampled_from(["M-1", "M 2", "M-3"]),
+                                      "currency": st.sampled_from(["CNY", "GBP"])},
+                                     optional={"pin": st.sampled_from(["1234", "1"])}),
+    "sv.topup": st.fixed_dictionaries({"member": st.sampled_from(["M-1", "M-9"]),
+                                       "currency": st.just("CNY"), "amount_minor": AMOUNTS,
+                                       "ref": st.sampled_from(["S1", "S2", "bad ref"])}),
+    "sv.balance": st.fixed_dictionaries({"member": st.sampled_from(["M-1", "M-9"]),
+                                         "currency": st.sampled_from(["CNY", "GBP"])}),
 }
 
 
@@ -103,7 +119,9 @@ def setup(tmp_path_factory):
     d.mkdir()
     write_config(d, {"wx": wallet("wx", p.endpoint, 1),
                      "cash": {"kind": "cash", "priority": 9, "methods": ["cash"],
-                              "currency": "CNY"}},
+                              "currency": "CNY"},
+                     "sv": {"kind": "stored_value", "priority": 5,
+                            "methods": ["stored_value"], "currency": "CNY"}},
                  pos={"auth": "hmac"})
     gw = PaymentGateway(d)
     _, key = gw.terminals.register("T1", max_payment_minor=4000)
