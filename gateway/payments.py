@@ -176,7 +176,8 @@ class PaymentGateway(OpServer):
               "payer": Field("str", required=False, max=64),
               "auth_code": Field("str", required=False, max=32),
               "card": Field("map", required=False), "cash": Field("map", required=False),
-              "sv_pin": Field("str", required=False, max=32)},
+              "sv_pin": Field("str", required=False, max=32),
+              "coupons": Field("list", required=False, max=20)},
              RECORDED),
             ("pay.status", self.op_status, {"order_no": Field("str", min=1, max=56)}, PURE),
             ("pay.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=56)},
@@ -560,7 +561,21 @@ class PaymentGateway(OpServer):
         if method == "auth_code":
             if "auth_code" not in f:
                 raise P.ProtocolError("MISSING_FIELD", "an auth_code payment needs auth_code")
-            return {"auth_code": f["auth_code"]}
+            coupons = f.get("coupons") or []
+            for c in coupons:
+                if not (isinstance(c, dict) and set(c) == {"coupon_id", "gtin",
+                                                           "amount_minor"}
+                        and isinstance(c["coupon_id"], str) and 0 < len(c["coupon_id"]) <= 40
+                        and isinstance(c["gtin"], str) and len(c["gtin"]) == 14
+                        and c["gtin"].isdigit() and isinstance(c["amount_minor"], int)
+                        and not isinstance(c["amount_minor"], bool)
+                        and 0 < c["amount_minor"] <= 10 ** 12):
+                    raise P.ProtocolError("BAD_FIELD", "coupons are maps {coupon_id (1-40), "
+                                                       "gtin (14 digits), amount_minor}")
+            out = {"auth_code": f["auth_code"]}
+            if coupons:
+                out["coupons"] = coupons
+            return out
         if method == "card":
             c = f.get("card")
             if c is None:
@@ -629,7 +644,8 @@ class PaymentGateway(OpServer):
             raise
         self._maybe_crash("after_ledger")
         res = conn.charge(ref, req.amount_minor, req.currency, terminal=req.terminal,
-                          **{k: v for k, v in means.items() if k in ("auth_code", "card")})
+                          **{k: v for k, v in means.items()
+                             if k in ("auth_code", "card", "coupons")})
         self._maybe_crash("after_provider")
         con.execute("BEGIN IMMEDIATE")         # committed with the reply's record
         return self._apply(self.ledger.get(ref), res)

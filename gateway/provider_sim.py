@@ -72,6 +72,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS refunds (
         refund_ref TEXT PRIMARY KEY, merchant_ref TEXT NOT NULL,
         provider_ref TEXT NOT NULL, amount_minor INTEGER NOT NULL, at REAL NOT NULL)""",
+    # Seed 001: the coupons a wallet charge redeemed, for the manufacturers' clearing.
+    """CREATE TABLE IF NOT EXISTS redemptions (
+        merchant_ref TEXT NOT NULL, coupon_id TEXT NOT NULL, gtin TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL, PRIMARY KEY (merchant_ref, coupon_id))""",
 )
 
 
@@ -130,7 +134,8 @@ _MONEY = Field("int", min=1, max=2 ** 53)
 _SCHEMAS = {
     "charge": {"merchant_ref": _REF, "amount_minor": _MONEY,
                "currency": Field("str", min=3, max=3), "auth_code": Field("str", False, 1, 64),
-               "card": Field("map", False, 1, 4), "terminal": Field("str", False, 1, 64)},
+               "card": Field("map", False, 1, 4), "terminal": Field("str", False, 1, 64),
+               "coupons": Field("list", False, 0, 20)},
     "query": {"merchant_ref": _REF},
     "reverse": {"merchant_ref": _REF},
     "refund": {"merchant_ref": _REF, "refund_ref": _REF, "amount_minor": _MONEY},
@@ -290,6 +295,7 @@ class Provider:
         ref = f["merchant_ref"]
         amount, currency = f["amount_minor"], f["currency"]
         payer, entry, declined = self._validate_means(f)
+        coupons = self._coupons(f.get("coupons") or [])
         self.con.execute("BEGIN IMMEDIATE")
         try:
             t = self._trade(ref)
@@ -325,6 +331,10 @@ class Provider:
                 (ref, self._provider_ref(ref), amount, currency, status, code, payer, entry,
                  f.get("terminal"), now, complete_at, then[0], then[1],
                  now if status == "paid" else None, fee))
+            for c in coupons:
+                self.con.execute("INSERT INTO redemptions (merchant_ref, coupon_id, gtin, "
+                                 "amount_minor) VALUES (?, ?, ?, ?)",
+                                 (ref, c["coupon_id"], c["gtin"], c["amount_minor"]))
             self.con.execute("COMMIT")
         except BaseException:
             if self.con.in_transaction:
@@ -335,6 +345,24 @@ class Provider:
             reply.update(status="unknown", code=answer_code, paid_minor=0,
                          message=self._message(answer_code))
         return reply
+
+    def _coupons(self, coupons: list) -> list[dict]:
+        """The coupons a charge says it redeemed (seed 001): recorded with the trade."""
+        if coupons and self.kind not in WALLET_KINDS:
+            raise ProtocolError("BAD_FIELD", "coupons come with a wallet charge")
+        out = []
+        for c in coupons:
+            try:
+                c = protocol.check(c, {"coupon_id": Field("str", min=1, max=40),
+                                       "gtin": Field("str", min=14, max=14),
+                                       "amount_minor": _MONEY})
+            except (ProtocolError, TypeError, AttributeError):
+                raise ProtocolError("BAD_FIELD", "coupons are maps {coupon_id, gtin, "
+                                                 "amount_minor}") from None
+            out.append(c)
+        if len({c["coupon_id"] for c in out}) != len(out):
+            raise ProtocolError("BAD_FIELD", "a coupon is redeemed once per charge")
+        return out
 
     def _validate_means(self, f: dict) -> tuple[str, str | None, str | None]:
         """(masked payer, entry mode, decline code or None) from auth_code / card."""

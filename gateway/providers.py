@@ -385,11 +385,14 @@ class WalletConnector(Connector):
     """WeChat-, Alipay- and UnionPay-QR-style wallets: ``charge(…, auth_code=…)``, the
     payment code scanned from the shopper's phone."""
 
-    def _means(self, *, auth_code: str | None = None, **other) -> dict:
+    def _means(self, *, auth_code: str | None = None, coupons=None, **other) -> dict:
         if other or not isinstance(auth_code, str) or not auth_code:
             raise ProviderError(f"a {self.kind} charge takes auth_code (the shopper's "
                                 "payment code) and nothing else")
-        return {"auth_code": auth_code}
+        out = {"auth_code": auth_code}
+        if coupons:    # seed 001: the coupons redeemed with it, for the provider's records
+            out["coupons"] = [dict(c) for c in coupons]
+        return out
 
 
 class BankConnector(Connector):
