@@ -460,6 +460,9 @@ def cmd_sim(args) -> int:
     if args.device == "provider":
         from lanecore.gateway import provider_sim
         return provider_sim.main(args.args)
+    if args.device == "wallet":
+        from lanecore.gateway import wallet_sim
+        return wallet_sim.main(args.args)
     from lanecore.drivers import sim
 
     mod = sim.module(args.device)
@@ -494,6 +497,14 @@ def cmd_sim(args) -> int:
         runner.start()
         stop.wait(opts.duration)
     return EXIT_OK
+
+
+def cmd_gateway_coupons(args) -> int:
+    """The coupon gateway until SIGTERM/SIGINT."""
+    from lanecore.gateway import coupons
+    from lanecore.gateway import security as sec
+    sec.check_plain([args.bind], args.allow_plain)
+    return coupons.serve(args.data_dir, args.bind)
 
 
 def cmd_gateway_payments(args) -> int:
@@ -917,11 +928,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pseudo-terminal. `lanecore sim DEVICE --help` for "
                                     "each device's options.")
     from lanecore.drivers.sim import SIMULATORS
-    sp.add_argument("device", choices=[*SIMULATORS, "provider"])
+    sp.add_argument("device", choices=[*SIMULATORS, "provider", "wallet"])
     sp.add_argument("args", nargs=argparse.REMAINDER, help="the device's own options")
     sp.set_defaults(func=cmd_sim)
 
-    gw = sub.add_parser("gateway", help="the payment gateway process").add_subparsers(
+    gw = sub.add_parser("gateway", help="the payment and coupon gateway processes").add_subparsers(
         dest="gateway_command", required=True)
     sp = gw.add_parser("payments", help="the payment gateway: ZeroMQ ROUTER, ledger, "
                                         "channels (docs/payments.md)")
@@ -934,6 +945,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow plain TCP beyond loopback (not recommended: card data)")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_payments)
+
+    sp = gw.add_parser("coupons", help="the coupon gateway: coupons, wallets, members, "
+                                       "pricing, one-scan checkout (docs/coupons-gateway.md)")
+    sp.add_argument("--bind", default="tcp://127.0.0.1:5570", metavar="ADDR",
+                    help="ROUTER endpoint (default tcp://127.0.0.1:5570)")
+    sp.add_argument("--allow-plain", action="store_true",
+                    help="allow plain TCP beyond loopback (not recommended)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_gateway_coupons)
 
     term = sub.add_parser("terminal", help="POS terminals of the payment gateway: "
                                            "keys and limits (docs/payments.md)"

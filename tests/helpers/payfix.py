@@ -83,3 +83,25 @@ def wallet(name, endpoint, priority, kind="wechat", **limits):
          "endpoint": endpoint, "timeout_s": 2.0}
     t.update(limits)
     return t
+
+
+def start_gateway(kind: str, data_dir: Path, endpoint: str, env=None) -> subprocess.Popen:
+    """`lanecore gateway KIND` in a process, answering `hello` before this returns."""
+    import time
+
+    from lanecore.gateway.client import Client, ServiceError
+    proc = subprocess.Popen([sys.executable, "-m", "lanecore", "gateway", kind, "--bind",
+                             endpoint, "--data-dir", str(data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 30
+    with Client(endpoint, timeout_s=1.0, retries=0) as c:
+        while True:
+            try:
+                c.call("hello")
+                return proc
+            except ServiceError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"gateway {kind} did not start: "
+                                         f"{proc.stderr.read()}") from None

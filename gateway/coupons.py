@@ -1,0 +1,633 @@
+"""The coupon gateway: ``lanecore gateway coupons [--bind ADDR] [--data-dir D]``.
+
+Seed 001 end to end: the till scans the shopper's multi-information QR once
+(``checkout.mqr``); the gateway checks it (``core/mqr.py``), holds the coupons it
+carries (``core/coupons.py``), prices the basket with promotions, member prices,
+coupons and points (``core/pricing.py``, ``core/members.py``), charges the rest
+through the payment gateway with the QR's payment token — telling the provider
+which coupons were redeemed — and only then redeems the coupons. All or nothing:
+a payment that fails gives every coupon and point back.
+
+Crash safety: before the payment gateway is called the checkout is written
+``charging`` with its priced basket, its held coupons and points, in one
+transaction; the payment gateway is idempotent by order number. A gateway killed
+at any point restarts and drives every ``charging`` checkout to ``paid`` (coupons
+redeemed) or ``failed`` (coupons released) by asking again — the payment gateway
+answers with the payment it has, it never charges twice.
+
+Configuration ``DATA_DIR/coupons.toml`` (``docs/coupons-gateway.md``).
+
+Fault injection for tests: ``LANECORE_COUPONS_CRASH=after_hold`` (or
+``after_payment``) makes the process SIGKILL itself right after the checkout's
+write-ahead commit (or right after the payment gateway answered).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from lanecore.core import pricing as PR
+from lanecore.core.config import resolve_data_dir
+from lanecore.core.coupons import CouponBook, CouponError, Definition
+from lanecore.core.errors import LanecoreError
+from lanecore.core.members import Members
+from lanecore.core.mqr import MqrError, read_mqr
+from lanecore.core.orderqr import Verifier
+
+from . import protocol as P
+from .protocol import Field
+from .server import DURABLE, PURE, RECORDED, OpServer
+
+log = logging.getLogger("lanecore.coupons")
+
+CONFIG_FILE = "coupons.toml"
+DB_FILE = "coupons.db"
+CHARGING, PAID, FAILED, REVERSED = "charging", "paid", "failed", "reversed"
+_ORDER = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: Payment-gateway errors after which nothing was charged: the checkout fails.
+_RETRY = frozenset({"TIMEOUT", "UNAVAILABLE", "INTERNAL", "DB_BUSY", "DB_ERROR", "CLOSED"})
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS checkouts (
+        order_no TEXT PRIMARY KEY, qr_id TEXT NOT NULL, customer_id TEXT NOT NULL,
+        member_id TEXT, till TEXT NOT NULL, token TEXT, currency TEXT NOT NULL,
+        priced TEXT NOT NULL, total_minor INTEGER NOT NULL, points INTEGER NOT NULL,
+        state TEXT NOT NULL, payment TEXT, created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS mqr_used (
+        qr_id TEXT PRIMARY KEY, order_no TEXT NOT NULL, at REAL NOT NULL)""",
+)
+
+
+class CouponGatewayError(LanecoreError):
+    code = "BAD_CONFIG"
+
+
+def load_config(data_dir: Path) -> dict:
+    path = Path(data_dir) / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CouponGatewayError(f"{path}: {exc}") from exc
+
+
+def _target(t: dict) -> PR.Target:
+    return PR.Target(gtin=t.get("gtin"), family=t.get("family"))
+
+
+def parse_promotions(tables: list) -> list:
+    """``[[promotions]]`` tables into pricing promotions (``kind``: ``item``,
+    ``multibuy``, ``threshold``)."""
+    out = []
+    for i, t in enumerate(tables):
+        t = dict(t)
+        kind = t.pop("kind", None)
+        common = {k: t.pop(k) for k in ("valid_from", "valid_until", "members_only",
+                                        "exclusive_group") if k in t}
+        pid = t.pop("id", f"promo-{i + 1}")
+        target = {k: t.pop(k) for k in ("gtin", "family") if k in t}
+        try:
+            if kind == "item":
+                out.append(PR.ItemDiscount(pid, _target(target), **t, **common))
+            elif kind == "multibuy":
+                out.append(PR.MultiBuy(pid, _target(target), **t, **common))
+            elif kind == "threshold":
+                out.append(PR.BasketThreshold(pid, **t, **common))
+            else:
+                raise CouponGatewayError(f"{CONFIG_FILE}: promotions[{i}].kind is item, "
+                                         "multibuy or threshold")
+        except TypeError as exc:
+            raise CouponGatewayError(f"{CONFIG_FILE}: promotions[{i}]: {exc}") from None
+    try:
+        PR.price([], out, now=0)           # the engine's own checks of every promotion
+    except PR.PricingError as exc:
+        raise CouponGatewayError(f"{CONFIG_FILE}: promotions: {exc.message}") from None
+    return out
+
+
+class CouponGateway(OpServer):
+    """Coupons, wallets, members, pricing and the one-scan checkout."""
+
+    def __init__(self, data_dir, *, clock=time.time, payments=None) -> None:
+        self.data_dir = resolve_data_dir(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = load_config(self.data_dir)
+        unknown = set(cfg) - {"store_id", "currency", "payments", "wallet_keys", "members",
+                              "promotions"}
+        if unknown:
+            raise CouponGatewayError(f"{CONFIG_FILE}: unknown {sorted(unknown)}")
+        self.clock = clock
+        self.store_id = cfg.get("store_id", "store")
+        self.currency = cfg.get("currency", "CNY")
+        try:
+            self.wallet_keys = {kid: Verifier(key) for kid, key in
+                                cfg.get("wallet_keys", {}).items()}
+        except LanecoreError as exc:
+            raise CouponGatewayError(f"{CONFIG_FILE} [wallet_keys]: {exc.message}") from None
+        self.promotions = parse_promotions(cfg.get("promotions", []))
+        pay = dict(cfg.get("payments", {}))
+        self.pay_terminal = pay.get("terminal", "COUPONS")
+        self._payments = payments
+        self._pay_cfg = pay
+        con = sqlite3.connect(self.data_dir / DB_FILE, isolation_level=None, timeout=10.0,
+                              check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA busy_timeout=10000")
+        for stmt in SCHEMA:
+            con.execute(stmt)
+        self.book = CouponBook(con)
+        m = cfg.get("members", {})
+        try:
+            self.members = Members(con, **m)
+        except TypeError as exc:
+            raise CouponGatewayError(f"{CONFIG_FILE} [members]: {exc}") from None
+        self.points_value = self.members.point_value_minor
+        self._crash = os.environ.get("LANECORE_COUPONS_CRASH", "")
+        super().__init__(con)
+
+    def _maybe_crash(self, point: str) -> None:
+        if point == self._crash:
+            log.warning("fault injection: SIGKILL %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @property
+    def payments(self):
+        """The payment gateway's client (``[payments] endpoint``, ``terminal``,
+        ``key`` when it authenticates its terminals)."""
+        if self._payments is None:
+            from .client import Client, TerminalKey
+            cfg = self._pay_cfg
+            if "endpoint" not in cfg:
+                raise LanecoreError(f"no [payments] endpoint in {CONFIG_FILE}",
+                                    code="NO_PAYMENTS")
+            key = TerminalKey.from_text(self.pay_terminal, cfg["key"]) if "key" in cfg \
+                else None
+            # (a client id of its own per process: two gateways sharing one would be
+            # answered each other's recorded replies)
+            self._payments = Client(cfg["endpoint"],
+                                    timeout_s=float(cfg.get("timeout_s", 10.0)),
+                                    retries=int(cfg.get("retries", 1)), terminal_key=key)
+        return self._payments
+
+    def close(self) -> None:
+        if self._payments is not None and hasattr(self._payments, "close"):
+            self._payments.close()
+        self.con.close()
+
+    # ------------------------------------------------------------------------------
+    def _ops(self):
+        ident = Field("str", min=1, max=64)
+        lines = Field("list", min=1, max=200)
+        return [
+            ("hello", self.op_hello, {}, PURE),
+            ("issuer.add", self.op_issuer_add, {"issuer_id": ident, "name": ident}, DURABLE),
+            ("coupon.define", self.op_define, {"definition": Field("map")}, DURABLE),
+            ("coupon.issue", self.op_issue,
+             {"coupon_def_id": ident, "customer_id": ident,
+              "coupon_id": Field("str", required=False, max=40)}, DURABLE),
+            ("wallet.coupons", self.op_wallet, {"customer_id": ident}, PURE),
+            ("coupon.parse", self.op_parse, {"code": Field("str", min=1, max=256)}, PURE),
+            ("price.basket", self.op_price,
+             {"lines": lines, "member": Field("str", required=False, max=32),
+              "coupon_ids": Field("list", required=False, max=20),
+              "customer_id": Field("str", required=False, max=64)}, PURE),
+            ("checkout.mqr", self.op_checkout,
+             {"order_no": Field("str", min=1, max=32), "till": ident,
+              "mqr": Field("str", min=1, max=2048), "lines": lines,
+              "member": Field("str", required=False, max=32),
+              "points": Field("int", required=False, min=0, max=10 ** 9)}, RECORDED),
+            ("checkout.status", self.op_status, {"order_no": Field("str", min=1, max=32)},
+             PURE),
+            ("checkout.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=32)},
+             RECORDED),
+            ("clearing.report", self.op_clearing,
+             {"issuer_id": Field("str", required=False, max=64),
+              "since": Field("int", required=False, min=0),
+              "until": Field("int", required=False, min=0)}, PURE),
+            ("member.enrol", self.op_enrol,
+             {"card_no": Field("str", required=False, max=19),
+              "phone": Field("str", required=False, max=24),
+              "name": Field("str", required=False, max=64),
+              "tier": Field("str", required=False, max=32)}, DURABLE),
+            ("member.find", self.op_member_find, {"identifier": Field("str", min=1, max=32)},
+             PURE),
+            ("member.history", self.op_member_history,
+             {"identifier": Field("str", min=1, max=32)}, PURE),
+            ("member.price", self.op_member_price,
+             {"gtin": Field("str", min=14, max=14), "tier": ident,
+              "price_minor": Field("int", required=False, min=0, max=10 ** 12)}, DURABLE),
+            ("stats", self.op_stats, {}, PURE),
+        ]
+
+    def op_hello(self, f) -> dict:
+        import lanecore
+        return {"protocol": P.PROTOCOL_VERSION, "server": f"lanecore {lanecore.__version__}",
+                "capabilities": sorted(self.ops), "store_id": self.store_id,
+                "currency": self.currency, "wallet_keys": sorted(self.wallet_keys)}
+
+    def op_stats(self, f) -> dict:
+        states = dict(self.con.execute("SELECT state, COUNT(*) FROM checkouts GROUP BY "
+                                       "state").fetchall())
+        return {"uptime_s": round(time.monotonic() - self.started, 3),
+                "requests": dict(self.counts), "errors": dict(self.errors),
+                "checkouts": states}
+
+    # ------------------------------------------------------------------------------
+    # Coupons and wallets
+    # ------------------------------------------------------------------------------
+    def op_issuer_add(self, f, after) -> dict:
+        issuer = self.book.add_issuer(f["issuer_id"], f["name"])
+        return {"issuer": {"issuer_id": issuer.issuer_id, "name": issuer.name}}
+
+    def op_define(self, f, after) -> dict:
+        d = f["definition"]
+        try:
+            definition = Definition(**d)
+        except TypeError as exc:
+            raise CouponError(f"definition: {exc}", code="BAD_COUPON_DEF") from None
+        return {"definition": self.book.define(definition).to_dict()}
+
+    def op_issue(self, f, after) -> dict:
+        c = self.book.issue(f["coupon_def_id"], f["customer_id"],
+                            coupon_id=f.get("coupon_id"), now=int(self.clock()))
+        return {"coupon": c.to_dict()}
+
+    def op_wallet(self, f) -> dict:
+        """A customer's usable coupons, with what the wallet needs to show and put in
+        its QR (``coupon_id``, ``gtin``, ``amount_minor``)."""
+        out = []
+        now = self.clock()
+        for c in self.book.wallet(f["customer_id"]):
+            if c.state != "issued":
+                continue
+            d = self.book.definition(c.coupon_def_id)
+            if not d.valid_from <= now < d.valid_until:
+                continue
+            out.append({**c.to_dict(), "gtin": d.target_gtin, "family": d.target_family,
+                        "amount_minor": d.amount_off_minor, "percent_bp": d.percent_bp,
+                        "issuer_id": d.issuer_id, "valid_until": d.valid_until})
+        return {"customer_id": f["customer_id"], "coupons": out}
+
+    def op_parse(self, f) -> dict:
+        """A printed coupon scanned at the till: the GS1 (8110) / (8112) element
+        strings of the scan, parsed (``docs/coupons.md``)."""
+        from lanecore.core.coupons import coupons_in_ais
+        from lanecore.ext.barcode import parse_scan
+        scan = parse_scan(f["code"])
+        found = coupons_in_ais(scan.ais or {})
+        if not found:
+            raise CouponError("the scan holds no (8110) or (8112) coupon",
+                              code="NOT_A_COUPON")
+        return {"coupons": [{"ai": "8110" if type(c).__name__ == "NACoupon" else "8112",
+                             "coupon_id": c.coupon_id, **c.to_dict()} for c in found]}
+
+    def op_clearing(self, f) -> dict:
+        """What each manufacturer owes the store for its redeemed coupons."""
+        report = self.book.clearing(f.get("issuer_id"), f.get("since"), f.get("until"))
+        return {"store_id": self.store_id, **report.to_dict()}
+
+    # ------------------------------------------------------------------------------
+    # Members
+    # ------------------------------------------------------------------------------
+    def op_enrol(self, f, after) -> dict:
+        m = self.members.enrol(card_no=f.get("card_no"), phone=f.get("phone"),
+                               name=f.get("name", ""), tier=f.get("tier", "basic"),
+                               now=self.clock())
+        return {"member": m.to_dict()}
+
+    def op_member_find(self, f) -> dict:
+        return {"member": self.members.find(f["identifier"]).to_dict()}
+
+    def op_member_history(self, f) -> dict:
+        m = self.members.find(f["identifier"])
+        return {"member": m.to_dict(),
+                "purchases": [p.to_dict() for p in self.members.history(m.member_id)]}
+
+    def op_member_price(self, f, after) -> dict:
+        price = self.members.set_member_price(f["gtin"], f["tier"], f.get("price_minor"))
+        return {"gtin": f["gtin"], "tier": f["tier"], "price_minor": price}
+
+    # ------------------------------------------------------------------------------
+    # Pricing
+    # ------------------------------------------------------------------------------
+    def _lines(self, raw: list, member) -> list[PR.Line]:
+        """The till's lines as pricing lines, with the member's prices."""
+        keys = {"line_id", "gtin", "qty", "unit_price_minor", "family", "manufacturer",
+                "amount_minor"}
+        lines = []
+        for i, ln in enumerate(raw):
+            if not isinstance(ln, dict) or not set(ln) <= keys:
+                raise P.ProtocolError("BAD_FIELD", f"lines[{i}] is a map of "
+                                                   f"{', '.join(sorted(keys))}")
+            lines.append({"line_id": str(i + 1), **ln})
+        prices = {}
+        if member is not None:
+            prices = self.members.member_prices({ln.get("gtin") for ln in lines
+                                                 if isinstance(ln.get("gtin"), str)},
+                                                member.tier)
+        try:
+            return [PR.Line(**ln, member_price_minor=prices.get(ln.get("gtin")))
+                    for ln in lines]
+        except TypeError as exc:
+            raise P.ProtocolError("BAD_FIELD", f"lines: {exc}") from None
+
+    @staticmethod
+    def _use(definition: Definition, coupon_id: str) -> PR.CouponUse:
+        return PR.CouponUse(coupon_id, PR.Target(gtin=definition.target_gtin,
+                                                 family=definition.target_family),
+                            amount_off_minor=definition.amount_off_minor,
+                            percent_bp=definition.percent_bp, min_qty=definition.min_qty)
+
+    def _price(self, lines, member, uses, points_wanted: int = 0) -> PR.Priced:
+        pm = PR.Member(member.member_id, member.tier) if member is not None else None
+        now = int(self.clock())
+        if not points_wanted or member is None:
+            return PR.price(lines, self.promotions, now=now, member=pm, coupons=uses)
+        before = PR.price(lines, self.promotions, now=now, member=pm, coupons=uses)
+        most = min(points_wanted, member.points,
+                   self.members.redeem_limit(before.total_minor)) if before.total_minor else 0
+        return PR.price(lines, self.promotions, now=now, member=pm, coupons=uses,
+                        points_to_redeem=most, points_value_minor_per_point=self.points_value,
+                        points_available=member.points)
+
+    def op_price(self, f) -> dict:
+        """Price a basket without holding anything: what the handheld, kiosk or till
+        shows (member prices, promotions, and the customer's coupons if given)."""
+        member = self.members.find(f["member"]) if f.get("member") else None
+        lines = self._lines(f["lines"], member)
+        uses = []
+        for cid in f.get("coupon_ids") or []:
+            c = self.book.coupon(cid)
+            if f.get("customer_id") is not None and c.customer_id != f["customer_id"]:
+                raise CouponError(f"coupon {cid} is not this customer's",
+                                  code="NOT_YOUR_COUPON")
+            uses.append(self._use(self.book.definition(c.coupon_def_id), cid))
+        return {"priced": self._price(lines, member, uses).to_dict()}
+
+    # ------------------------------------------------------------------------------
+    # The one-scan checkout (seed 001)
+    # ------------------------------------------------------------------------------
+    def _row(self, order_no: str) -> dict | None:
+        cur = self.con.execute("SELECT * FROM checkouts WHERE order_no = ?", (order_no,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cur.description], row))
+
+    def _reply(self, row: dict) -> dict:
+        priced = json.loads(row["priced"])
+        payment = json.loads(row["payment"]) if row["payment"] else None
+        status = {CHARGING: "pending"}.get(row["state"], row["state"])
+        return {"order_no": row["order_no"], "status": status, "qr_id": row["qr_id"],
+                "customer_id": row["customer_id"], "member_id": row["member_id"],
+                "till": row["till"], "currency": row["currency"],
+                "gross_minor": priced["gross_minor"],
+                "discount_minor": priced["discount_minor"],
+                "total_minor": row["total_minor"],
+                "coupons_applied": priced["coupons_applied"],
+                "coupons_rejected": priced["coupons_rejected"],
+                "promotions_applied": priced["promotions_applied"],
+                "points_redeemed": row["points"], "payment": payment,
+                "_final": row["state"] != CHARGING}
+
+    def op_checkout(self, f) -> dict:
+        order_no = f["order_no"]
+        if not _ORDER.fullmatch(order_no):
+            raise P.ProtocolError("BAD_FIELD", "order_no is 1-32 of A-Z a-z 0-9 _ -")
+        row = self._row(order_no)
+        if row is not None and row["state"] in (PAID, REVERSED):
+            return self._reply(row)
+        if row is not None and row["state"] == CHARGING:
+            return self._reply(self._drive(row))
+        now = self.clock()
+        mqr = read_mqr(f["mqr"], self.wallet_keys, now=now)
+        if mqr.currency != self.currency:
+            raise LanecoreError(f"the QR pays in {mqr.currency}; this store takes "
+                                f"{self.currency}", code="BAD_CURRENCY")
+        used = self.con.execute("SELECT order_no FROM mqr_used WHERE qr_id = ?",
+                                (mqr.qr_id,)).fetchone()
+        if used is not None and used[0] != order_no:
+            raise MqrError(f"this QR was used for order {used[0]}; the shopper's wallet "
+                           "shows a fresh one", code="MQR_REPLAYED")
+        if row is not None and row["qr_id"] == mqr.qr_id:   # failed with this very QR
+            raise MqrError("this QR's payment failed; its token is spent — the shopper's "
+                           "wallet shows a fresh one", code="MQR_REPLAYED")
+        member = self.members.find(f["member"]) if f.get("member") else None
+        lines = self._lines(f["lines"], member)
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("INSERT OR IGNORE INTO mqr_used (qr_id, order_no, at) VALUES "
+                        "(?, ?, ?)", (mqr.qr_id, order_no, now))
+            held, refused = self._hold(mqr, order_no, int(now))
+            uses = [self._use(r.definition, r.coupon_id) for r in held]
+            priced = self._price(lines, member, uses, f.get("points", 0))
+            rejected = {**priced.coupons_rejected, **refused}
+            out = priced.to_dict()
+            out["coupons_rejected"] = rejected
+            if priced.points_redeemed:
+                self.members.redeem(member.member_id, priced.points_redeemed,
+                                    order_no=self._points_key(order_no, mqr.qr_id),
+                                    basket_total_minor=priced.total_minor
+                                    + priced.points_value_minor, now=now)
+            con.execute("DELETE FROM checkouts WHERE order_no = ?", (order_no,))
+            con.execute(
+                "INSERT INTO checkouts (order_no, qr_id, customer_id, member_id, till, token, "
+                "currency, priced, total_minor, points, state, payment, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                (order_no, mqr.qr_id, mqr.customer, member.member_id if member else None,
+                 f["till"], mqr.token, mqr.currency, json.dumps(out), priced.total_minor,
+                 priced.points_redeemed, CHARGING, now, now))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        self._maybe_crash("after_hold")
+        return self._reply(self._drive(self._row(order_no)))
+
+    @staticmethod
+    def _points_key(order_no: str, qr_id: str) -> str:
+        """The members' key of the points one attempt spends: a failed attempt gives
+        them back for good, and the next attempt (a fresh QR) spends its own."""
+        return f"{order_no}:{qr_id}"
+
+    def _hold(self, mqr, order_no: str, now: int):
+        """Reserve the QR's coupons for the order: those the book refuses (used,
+        expired, another customer's, unknown) are left out and reported."""
+        ids = [c.coupon_id for c in mqr.coupons]
+        refused: dict[str, str] = {}
+        while ids:
+            try:
+                return self.book.reserve(ids, order_no=order_no, customer_id=mqr.customer,
+                                         now=now), refused
+            except CouponError as exc:
+                failures = (getattr(exc, "details", None) or {}).get("failures")
+                if not failures:
+                    raise
+                for fl in failures:
+                    refused[fl["coupon_id"]] = fl["code"]
+                ids = [i for i in ids if i not in refused]
+        return [], refused
+
+    def _drive(self, row: dict) -> dict:
+        """Ask the payment gateway for this checkout's payment (again: it is
+        idempotent by order) and finish it when the answer is final."""
+        order_no = row["order_no"]
+        priced = json.loads(row["priced"])
+        if row["total_minor"] == 0:
+            return self._finish(row, {"status": "paid", "amount_minor": 0})
+        coupons = [{"coupon_id": cid, "gtin": a["gtin"], "amount_minor": a["amount_minor"]}
+                   for cid, a in priced["coupons_applied"].items() if a["amount_minor"] > 0]
+        try:
+            pay = self.payments.call(
+                "pay.charge", order_no=order_no, amount_minor=row["total_minor"],
+                currency=row["currency"], method="auth_code", auth_code=row["token"],
+                terminal=self.pay_terminal, payer=row["customer_id"],
+                **({"coupons": coupons} if coupons else {}))
+        except LanecoreError as exc:
+            if exc.code in _RETRY:
+                log.warning("payment of %s: %s (asked again later)", order_no, exc.code)
+                return row
+            pay = {"status": "failed", "error": {"code": exc.code, "message": exc.message}}
+        self._maybe_crash("after_payment")
+        if pay.get("order_no", order_no) != order_no:
+            raise LanecoreError(f"the payment gateway answered for order "
+                                f"{pay.get('order_no')}, not {order_no}", code="INTERNAL")
+        if pay.get("status") == "pending":
+            return row
+        return self._finish(row, pay)
+
+    def _finish(self, row: dict, pay: dict) -> dict:
+        """The payment's final answer: redeem (paid) or give everything back."""
+        order_no, now = row["order_no"], self.clock()
+        priced = json.loads(row["priced"])
+        payment = {k: pay.get(k) for k in ("status", "channel", "merchant_ref",
+                                           "provider_ref", "amount_minor", "decline_code",
+                                           "error") if pay.get(k) is not None}
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if pay.get("status") == "paid":
+                amounts = {cid: a["amount_minor"]
+                           for cid, a in priced["coupons_applied"].items()}
+                if self.book.order(order_no) is not None:
+                    self.book.commit(order_no, amounts, store_id=self.store_id, now=int(now))
+                if row["member_id"]:
+                    earned = self.members.earn(row["member_id"], order_no,
+                                               row["total_minor"], now=now)
+                    self.members.record_purchase(
+                        row["member_id"], order_no, row["total_minor"], row["currency"],
+                        [ln for ln in priced["lines"]], earned.points, row["points"],
+                        now=now)
+                state = PAID
+            else:
+                if self.book.order(order_no) is not None:
+                    self.book.release(order_no)
+                if row["points"]:      # this attempt's points (a new QR is a new attempt)
+                    self.members.reverse_order(self._points_key(order_no, row["qr_id"]),
+                                               now=now)
+                state = FAILED
+            con.execute("UPDATE checkouts SET state = ?, payment = ?, token = NULL, "
+                        "updated_at = ? WHERE order_no = ?",
+                        (state, json.dumps(payment), now, order_no))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return self._row(order_no)
+
+    def op_status(self, f) -> dict:
+        row = self._row(f["order_no"])
+        if row is None:
+            raise LanecoreError(f"no checkout for order {f['order_no']}",
+                                code="UNKNOWN_ORDER")
+        out = self._reply(row)
+        out.pop("_final")
+        return out
+
+    def op_reverse(self, f) -> dict:
+        """Cancel a paid checkout: the payment reversed, the coupons back in the
+        wallet (and off the clearing report), the points given back and taken back."""
+        row = self._row(f["order_no"])
+        if row is None:
+            raise LanecoreError(f"no checkout for order {f['order_no']}",
+                                code="UNKNOWN_ORDER")
+        if row["state"] == REVERSED:
+            return self._reply(row)
+        if row["state"] != PAID:
+            raise LanecoreError(f"checkout {f['order_no']} is {row['state']}, not paid",
+                                code="NOT_PAID")
+        if row["total_minor"] > 0:
+            pay = self.payments.call("pay.reverse", order_no=f["order_no"])
+            if pay.get("status") != "reversed":
+                out = self._reply(row)
+                out.update(status="pending", _final=False)
+                return out
+        now = self.clock()
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.book.reverse(f["order_no"], now=int(now))
+            if row["member_id"]:
+                self.members.reverse_order(f["order_no"], now=now)
+                if row["points"]:
+                    self.members.reverse_order(self._points_key(f["order_no"], row["qr_id"]),
+                                               now=now)
+            con.execute("UPDATE checkouts SET state = ?, updated_at = ? WHERE order_no = ?",
+                        (REVERSED, now, f["order_no"]))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return self._reply(self._row(f["order_no"]))
+
+    # ------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Drive every checkout a crash left ``charging``."""
+        for (order_no,) in self.con.execute("SELECT order_no FROM checkouts WHERE state = ?",
+                                            (CHARGING,)).fetchall():
+            try:
+                self._drive(self._row(order_no))
+            except Exception:
+                log.exception("checkout %s could not be driven", order_no)
+
+    def on_idle(self) -> None:
+        now = time.monotonic()
+        if now - getattr(self, "_last_drive", 0.0) >= 1.0:
+            self._last_drive = now
+            self.recover()
+
+
+def serve(data_dir, bind: str) -> int:
+    gw = CouponGateway(data_dir)
+    try:
+        gw.recover()
+        gw.serve(bind)
+    finally:
+        gw.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lanecore.gateway.coupons`` = ``lanecore gateway coupons``."""
+    from lanecore import cli
+    return cli.main(["gateway", "coupons", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
