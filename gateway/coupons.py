@@ -211,8 +211,9 @@ class CouponGateway(OpServer):
               "points": Field("int", required=False, min=0, max=10 ** 9)}, RECORDED),
             ("checkout.status", self.op_status, {"order_no": Field("str", min=1, max=32)},
              PURE),
-            ("checkout.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=32)},
-             RECORDED),
+            ("checkout.reverse", self.op_reverse,
+             {"order_no": Field("str", min=1, max=32),
+              "refund_ref": Field("str", required=False, min=1, max=64)}, RECORDED),
             ("clearing.report", self.op_clearing,
              {"issuer_id": Field("str", required=False, max=64),
               "since": Field("int", required=False, min=0),
@@ -559,8 +560,10 @@ class CouponGateway(OpServer):
         return out
 
     def op_reverse(self, f) -> dict:
-        """Cancel a paid checkout: the payment reversed, the coupons back in the
-        wallet (and off the clearing report), the points given back and taken back."""
+        """Cancel a paid checkout: the payment reversed (the same day) or, with
+        ``refund_ref``, refunded in full (a return on a later day); the coupons back in
+        the wallet (and off the clearing report), the points given back and taken
+        back."""
         row = self._row(f["order_no"])
         if row is None:
             raise LanecoreError(f"no checkout for order {f['order_no']}",
@@ -571,8 +574,15 @@ class CouponGateway(OpServer):
             raise LanecoreError(f"checkout {f['order_no']} is {row['state']}, not paid",
                                 code="NOT_PAID")
         if row["total_minor"] > 0:
-            pay = self.payments.call("pay.reverse", order_no=f["order_no"])
-            if pay.get("status") != "reversed":
+            if f.get("refund_ref"):
+                pay = self.payments.call("pay.refund", order_no=f["order_no"],
+                                         refund_ref=f["refund_ref"],
+                                         amount_minor=row["total_minor"])
+                done = pay.get("status") == "refunded"
+            else:
+                pay = self.payments.call("pay.reverse", order_no=f["order_no"])
+                done = pay.get("status") == "reversed"
+            if not done:
                 out = self._reply(row)
                 out.update(status="pending", _final=False)
                 return out

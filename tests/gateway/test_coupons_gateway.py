@@ -297,6 +297,16 @@ def test_reverse_returns_the_coupon_and_the_money(stack):
     with pytest.raises(ServiceError) as e:
         call("checkout.reverse", order_no="NOPE")
     assert e.value.code == "UNKNOWN_ORDER"
+    # a return on another day: refunded in full, the coupon back again
+    text = mqr(stack, [(cid, SHAMPOO, 500)], qr_id="V-2", token="134567890123456781")
+    assert call("checkout.mqr", order_no="V-2", till="TILL-1", mqr=text,
+                lines=LINES[:1])["status"] == "paid"
+    assert gw.book.coupon(cid).state == "redeemed"
+    r = call("checkout.reverse", order_no="V-2", refund_ref="RET-V-2")
+    assert r["status"] == "reversed" and gw.book.coupon(cid).state == "issued"
+    con = provider_db(stack)
+    assert con.execute("SELECT amount_minor FROM refunds").fetchall() == [(2500,)]
+    con.close()
     gw.close()
 
 
