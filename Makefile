@@ -34,15 +34,18 @@ build: $(BUILT)
 demo: $(BUILT)
 	$(VENV)/bin/lanecore demo
 
-# The whole suite twice: on the compiled kernels, then on their pure-Python twins.
-# (Kernel tests compare both in each pass; the build check runs in both.)
+# The whole suite on the compiled kernels, then again on their pure-Python twins.
+# (Kernel tests compare both in each pass; the build check runs in both.) Test files
+# marked kernel_free (payments, coupons, pricing, printers: pure Python that never
+# reaches a kernel) cannot differ between the passes and run in the first only.
 test: test-compiled test-twins
 
 test-compiled: $(BUILT)
-	$(PYTEST) tests bench --benchmark-disable
+	$(PYTEST) tests bench --benchmark-disable --durations=15
 
 test-twins: $(BUILT)
-	LANECORE_PURE=1 NUMBA_DISABLE_JIT=1 $(PYTEST) tests bench --benchmark-disable
+	LANECORE_PURE=1 NUMBA_DISABLE_JIT=1 $(PYTEST) tests bench --benchmark-disable \
+		-m "not kernel_free" --durations=15
 
 # Real benchmark runs: prints the ratio table, saves JSON (ratios) and
 # pytest-benchmark's own JSON next to it.

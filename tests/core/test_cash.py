@@ -14,6 +14,9 @@ from lanecore.core import cash
 from lanecore.core.cash import DENOMINATIONS, CashError, Drawer, make_change, total_minor
 from lanecore.core.catalog import connect
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 
 def code_of(fn, *args, **kw) -> CashError:
     with pytest.raises(CashError) as info:

@@ -10,6 +10,9 @@ import pytest
 from lanecore.core import emvqr as E
 from lanecore.core.emvqr import EmvQrError, MerchantQr
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 # The EMVCo MPM specification's own example (Chinese merchant name in template 64,
 # so its CRC A13A only comes out over the UTF-8 bytes), as quoted by the
 # mvallim/emv-qrcode and emvqr test suites.

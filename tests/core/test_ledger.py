@@ -11,6 +11,9 @@ import pytest
 from lanecore.core import ledger as L
 from lanecore.core.ledger import Ledger, LedgerError, NextStep, UnknownPolicy, next_step
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 
 class Clock:
     def __init__(self, t: float = 1_800_000_000.0):

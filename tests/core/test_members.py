@@ -19,6 +19,9 @@ from lanecore.core.members import (
     normalise_card, normalise_phone,
 )
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 T0 = 1_700_000_000
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "members.md"
 

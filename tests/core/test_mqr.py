@@ -10,6 +10,9 @@ import pytest
 from lanecore.core.mqr import MqrError, make_mqr, read_mqr
 from lanecore.core.orderqr import Signer, b64url_decode, b64url_encode, canonical_json
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 NOW = 1_790_000_000
 SHAMPOO = "05012345678900"
 

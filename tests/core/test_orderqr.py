@@ -22,6 +22,9 @@ from lanecore.core.orderqr import (KEY_DIR, KEY_FILE, MAX_QR_CHARS, OrderQrError
                                    canonical_json, make_qr, qr_matrix, qr_png, qr_svg,
                                    qr_terminal, verify_qr)
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 IAT = 1_700_000_000
 DIGEST = hashlib.sha256(b"[]").hexdigest()
 ORDER = dict(store="STORE", order_no="HH07-261122-0042", total_minor=12345,

@@ -18,6 +18,9 @@ from lanecore.core.pricing import (ADJUSTMENT_KINDS, REJECT_REASONS, BasketThres
                                    PricingError, Target, allocate_minor, percent_minor,
                                    price)
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 NOW = 1_700_000_000
 SHAMPOO = "05012345678900"
 SOAP = "05012345678917"

@@ -20,6 +20,9 @@ from lanecore.core.receipt import (RECEIPT_DOMAIN, Receipt, ReceiptError, Receip
                                    sign_receipt, signed_bytes, sms_segments,
                                    verify_code, verify_receipt)
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 T = 1_718_022_896.25          # 2024-06-10T12:34:56.250Z
 
 

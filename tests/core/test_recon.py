@@ -17,6 +17,9 @@ from lanecore.core import recon
 from lanecore.core.ledger import Ledger
 from lanecore.core.recon import BillRow, ReconError, inject, parse_bill, reconcile
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 T = "2026-03-04T10:00:00Z"
 
 

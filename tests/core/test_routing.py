@@ -12,6 +12,9 @@ from lanecore.core.routing import (Decline, NoEligibleChannel, PaymentRequest, R
                                    RoutingError, Usage, classify_auth_code,
                                    classify_decline, should_fall_back)
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 WECHAT_CODE = "134567890123456789"      # 18 digits, 13…
 ALIPAY_CODE = "2812345678901234"        # 16 digits, 28…
 UNIONPAY_CODE = "6212345678901234567"   # 19 digits, 62…

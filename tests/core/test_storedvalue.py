@@ -16,6 +16,9 @@ from lanecore.core.catalog import connect
 from lanecore.core.routing import DECLINE_TABLE
 from lanecore.core.storedvalue import MAX_PIN_FAILURES, Move, StoredValue, StoredValueError
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 
 def code_of(fn, *args, **kw) -> StoredValueError:
     with pytest.raises(StoredValueError) as info:

@@ -18,6 +18,9 @@ from lanecore.drivers.link import (BAD_FRAME, GARBAGE, NO_ANSWER, PORT_LOST,
 from lanecore.drivers.sim import ScriptError
 from lanecore.drivers.sim.eas import DeactivatorSim, GateSim
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 # Worked by hand: XOR of the bytes between '$' and '*'.
 VECTORS = {
     b"$OK 12*27\r\n": ("OK", "12"),

@@ -13,6 +13,9 @@ from lanecore.drivers import link as L
 from lanecore.drivers.link import Link, LinkDown, LineSettings
 from lanecore.drivers.sim import ScriptedDevice, ScriptError, parse_script, run_script
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 
 class Upper(ScriptedDevice):
     """Answers every byte string in upper case."""

@@ -19,6 +19,9 @@ from lanecore.drivers.printer import (COVER_OPEN, PAPER_OUT, PRINTER_ERROR, EscP
                                       status_query)
 from lanecore.drivers.sim.printer import EscPosParser, Mode, PrinterSim
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 
 def b(p: EscPos) -> bytes:
     return p.to_bytes()

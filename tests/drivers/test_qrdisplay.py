@@ -26,6 +26,9 @@ from lanecore.drivers.sim import parse_script
 from lanecore.drivers.sim import qrdisplay as simmod
 from lanecore.drivers.sim.qrdisplay import QrDisplaySim
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 H = bytes.fromhex
 DATA = PaymentData("A0001", "07", 1234, "CNY", (Item("Apples", 2, 1000), Item("Milk", 1, 234)))
 

@@ -13,6 +13,9 @@ from lanecore.drivers import printer
 from lanecore.drivers.receipt_print import render_escpos
 from lanecore.drivers.sim.printer import EscPosParser
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 ESC_INIT, CODEPAGE_PC858, CUT = b"\x1b@", b"\x1bt\x13", b"\x1dV\x00"
 BOLD_ON, BOLD_OFF = b"\x1bE\x01", b"\x1bE\x00"
 

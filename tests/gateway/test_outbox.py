@@ -16,6 +16,9 @@ from lanecore.core.errors import LanecoreError
 from lanecore.gateway.outbox import (FAILED, PENDING, SENDING, SENT, ConsoleSink, FileSink,
                                      Outbox, OutboxError, normalise_phone, sink_from_url)
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 PHONE = "+447700900123"
 
 

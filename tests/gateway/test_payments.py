@@ -19,6 +19,9 @@ from lanecore.gateway.payments import PaymentGateway
 
 from payfix import ALIPAY_CODE, WECHAT_CODE, wallet, write_config
 
+#: Pure Python, no kernel: the twins pass of `make test` leaves it out.
+pytestmark = pytest.mark.kernel_free
+
 
 def call(gw: PaymentGateway, op: str, rid, **fields) -> dict:
     return gw.handle({"op": op, "id": rid, **fields}, client="till-1")

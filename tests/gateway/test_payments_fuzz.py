@@ -19,7 +19,7 @@ from lanecore.gateway.payments import PaymentGateway
 
 from payfix import WECHAT_CODE, wallet, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.kernel_free]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 DOC_CODES = frozenset(re.findall(r"`([A-Z][A-Z0-9_]{2,})`", DOC.read_text()))
