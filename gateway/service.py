@@ -145,6 +145,10 @@ class Service(OpServer):
              {"basket": NAME, "items": Field("list", min=1, max=MAX_BATCH)}, DURABLE),
             ("basket.get", self.op_basket_get, {"basket": NAME}, PURE),
             ("basket.submit", self.op_basket_submit, {"basket": NAME}, DURABLE),
+            ("order.get", self.op_order_get, {"order_no": Field("str", min=1, max=64)}, PURE),
+            ("order.status", self.op_order_status,
+             {"order_no": Field("str", min=1, max=64),
+              "status": Field("str", choices=("paid", "exited", "cancelled"))}, DURABLE),
             ("weigh.config", self.op_weigh_config,
              {"lane": NAME, "config": Field("map", required=False)}, DURABLE),
             ("weigh.frame", self.op_weigh_frame,
@@ -311,6 +315,18 @@ class Service(OpServer):
 
     def op_basket_submit(self, f, after) -> dict:
         return self._basket_store().submit(f["basket"], self.signer)
+
+    def op_order_get(self, f) -> dict:
+        order = self._basket_store().order(f["order_no"])
+        return {"order": order}
+
+    def op_order_status(self, f, after) -> dict:
+        """An order moves on: paid (the payment gateway took it), exited (the gate
+        let it out), cancelled. Published on the ``order`` topic."""
+        order = self._basket_store().set_order_status(f["order_no"], f["status"])
+        event = {"order_no": order["order_no"], "status": order["status"]}
+        after.append(lambda: self.publish("order", event))
+        return {"order": order}
 
     # weighing ----------------------------------------------------------------------
     def _lane_index(self, lane: str) -> int:

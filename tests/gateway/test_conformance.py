@@ -68,8 +68,8 @@ assert not any((v.__name__ if isinstance(v, type(sys)) else
 # What the document says.
 
 OPS = {"hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
-       "basket.get", "basket.submit", "weigh.config", "weigh.frame", "verify.order",
-       "weights.confirm", "device.event", "stats", "health"}
+       "basket.get", "basket.submit", "order.get", "order.status", "weigh.config",
+       "weigh.frame", "verify.order", "weights.confirm", "device.event", "stats", "health"}
 
 SCAN_CODES = {"NOT_TEXT", "EMPTY", "TOO_LONG", "NUL_BYTE", "NON_ASCII", "BAD_CHARACTER",
               "NON_DIGIT", "BAD_LENGTH", "BAD_CHECK_DIGIT", "BAD_NUMBER_SYSTEM",
@@ -925,6 +925,21 @@ def test_basket_journey(svc):
     assert_error(c.call({"op": "basket.remove", "basket": bid,
                          "items": [{"line_no": 1}]}), "BASKET_CLOSED")
     assert_error(c.call({"op": "basket.submit", "basket": bid}), "BASKET_CLOSED")
+
+    # the order moves on: paid, exited; nothing else, nothing twice
+    o = c.call({"op": "order.get", "order_no": s["order_no"]})
+    assert o["ok"] and o["order"]["status"] == "submitted" and o["order"]["qr"] == s["qr"]
+    assert_error(c.call({"op": "order.status", "order_no": s["order_no"],
+                         "status": "exited"}), "BAD_STATUS")
+    p = c.call({"op": "order.status", "order_no": s["order_no"], "status": "paid"})
+    assert p["ok"] and p["order"]["status"] == "paid"
+    assert_error(c.call({"op": "order.status", "order_no": s["order_no"],
+                         "status": "paid"}), "BAD_STATUS")
+    x = c.call({"op": "order.status", "order_no": s["order_no"], "status": "exited"})
+    assert x["ok"] and x["order"]["status"] == "exited"
+    assert_error(c.call({"op": "order.status", "order_no": s["order_no"],
+                         "status": "lost"}), "BAD_FIELD")
+    assert_error(c.call({"op": "order.get", "order_no": "NO-SUCH-ORDER"}), "UNKNOWN_ORDER")
 
 
 def test_basket_errors(svc):
