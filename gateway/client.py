@@ -39,7 +39,7 @@ MAX_MESSAGE_BYTES = 1 << 20
 #: Most samples (or counts) in one ``weigh.frame``.
 MAX_FRAME_SAMPLES = 4096
 #: Longest client name the service uses for de-duplication.
-MAX_CLIENT_ID_LEN = 128 - 21   # room for ":<counter>" within the 128-character id
+MAX_CLIENT_ID_LEN = 128 - 30   # room for ":<session>:<counter>" in the 128-character id
 #: Reconnect back-off of the socket (ms): quick at first, never slower than this.
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
@@ -359,6 +359,10 @@ class _Base(_Ops):
         self.heartbeat_ivl_s = heartbeat_ivl_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._counter = itertools.count(1)
+        #: This client object's own part of every request id: a process that restarts
+        #: with the same client_id must not meet its predecessor's recorded replies
+        #: (the service answers a known (client, id) from its record for 10 minutes).
+        self.session = secrets.token_hex(4)
         #: What happened so far: requests sent (first tries), retries (timeouts and
         #: UNAVAILABLE), timeouts (requests given up), unavailable replies, stale replies
         #: dropped, sockets reopened.
@@ -368,8 +372,8 @@ class _Base(_Ops):
         self.closed = False
 
     def new_id(self) -> str:
-        """A fresh request id: ``f"{client_id}:{counter}"``."""
-        return f"{self.client_id}:{next(self._counter)}"
+        """A fresh request id: ``f"{client_id}:{session}:{counter}"``."""
+        return f"{self.client_id}:{self.session}:{next(self._counter)}"
 
     def _request(self, req_id, op: str, fields: dict) -> bytes:
         if not isinstance(op, str) or not op:

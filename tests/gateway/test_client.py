@@ -322,7 +322,7 @@ def test_wire_format_ids_client_and_frame_packing(stub):
         assert sock.getsockopt(zmq.RECONNECT_IVL_MAX) == 1000
         assert sock.getsockopt(zmq.LINGER) == 0
     reqs = [r for _, r, _ in st.seen]
-    assert [r["id"] for r in reqs] == [f"lane-7:{k}" for k in range(1, 8)]
+    assert [r["id"] for r in reqs] == [f"lane-7:{c.session}:{k}" for k in range(1, 8)]
     assert all(r["client"] == "lane-7" for r in reqs)
     f32 = np.asarray(samples, "<f4").tobytes()
     assert reqs[0]["samples"] == f32 and "counts" not in reqs[0] and reqs[0]["seq"] == 3
@@ -330,7 +330,7 @@ def test_wire_format_ids_client_and_frame_packing(stub):
     assert reqs[2]["samples"] == f32 and reqs[3]["samples"] == f32
     assert reqs[4]["items"] == [{"line_no": 3}, {"gtin": "05901234123457"},
                                 {"line_no": 4, "qty": 2}]
-    assert reqs[5] == {"op": "verify.order", "id": "lane-7:6", "client": "lane-7",
+    assert reqs[5] == {"op": "verify.order", "id": f"lane-7:{c.session}:6", "client": "lane-7",
                        "gate": "G1", "lane": "G1", "order_no": "HH-1", "measured_g": 12.0}
 
 
@@ -383,7 +383,7 @@ def test_timeout_after_retries_against_a_dead_endpoint(tmp_path):
             c.hello()
         took = time.monotonic() - t0
         assert e.value.code == "TIMEOUT" and e.value.details["tries"] == 3
-        assert e.value.details["id"] == f"{c.client_id}:1"
+        assert e.value.details["id"] == f"{c.client_id}:{c.session}:1"
         assert 0.74 <= took < 1.5, took                       # (retries + 1) · timeout
         assert c.counters["reconnects"] == 3
         t0 = time.monotonic()                                   # no retries in a pipeline
