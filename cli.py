@@ -499,6 +499,12 @@ def cmd_sim(args) -> int:
     return EXIT_OK
 
 
+def cmd_till(args) -> int:
+    """A till register on a customer QR display (seed 002); JSON commands on stdin."""
+    from lanecore.gateway import till
+    return till.main(args.till_args)
+
+
 def cmd_gateway_coupons(args) -> int:
     """The coupon gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import coupons
@@ -785,8 +791,8 @@ def cmd_lane_run(args) -> int:
 def cmd_demo(args) -> int:
     from lanecore.demo import run_demo
     data_dir = Path(args.data_dir or os.environ.get("LANECORE_DATA_DIR") or ".demo")
-    return run_demo(data_dir, rows=args.rows, scans=args.scans, seed=args.seed,
-                    region=args.region, out=sys.stdout)
+    return run_demo(data_dir, shoppers=args.shoppers, seed=args.seed, rows=args.rows,
+                    concurrency=args.concurrency, live=args.live, as_json=args.json)
 
 
 # ----------------------------------------------------------------------------------
@@ -955,6 +961,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_coupons)
 
+    sp = sub.add_parser("till", help="a till register on a customer QR display (seed 002): "
+                                     "JSON commands on stdin (docs/till.md)",
+                        add_help=False)
+    sp.add_argument("till_args", nargs=argparse.REMAINDER,
+                    help="--display PORT --store-db PATH --register NO [--payments ADDR]")
+    sp.set_defaults(func=cmd_till)
+
     term = sub.add_parser("terminal", help="POS terminals of the payment gateway: "
                                            "keys and limits (docs/payments.md)"
                           ).add_subparsers(dest="terminal_command", required=True)
@@ -1068,17 +1081,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after S seconds (default: run until interrupted)")
     sp.set_defaults(func=cmd_lane_run)
 
-    sp = sub.add_parser("demo", help="lanecore's main job on embedded defaults")
-    sp.add_argument("--rows", type=int, default=50_000, help="catalogue size")
-    sp.add_argument("--scans", type=int, default=100_000, help="scans to run through")
-    sp.add_argument("--seed", type=int, default=7)
-    sp.add_argument("--region", type=_region_arg, default="GB", metavar="CC")
-    sp.add_argument("--data-dir", metavar="D", help="where the demo store lives (default .demo)")
+    sp = sub.add_parser("demo", help="a whole simulated store: lanecore's main job on "
+                                     "embedded defaults (docs/demo.md)")
+    sp.add_argument("--shoppers", type=int, default=60, help="shoppers (default 60)")
+    sp.add_argument("--seed", type=int, default=7, help="the simulation's seed (default 7)")
+    sp.add_argument("--live", action="store_true", help="a live view while it runs")
+    sp.add_argument("--json", action="store_true",
+                    help="the summary as one JSON object on stdout (the rest on stderr)")
+    sp.add_argument("--rows", type=int, default=2000, help="catalogue size (default 2000)")
+    sp.add_argument("--concurrency", type=int, default=6,
+                    help="shoppers in the store at once (default 6)")
+    sp.add_argument("--data-dir", metavar="D",
+                    help="where the demo store lives (default .demo; emptied first)")
     sp.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["till"]:            # its own options, --help included
+        from lanecore.gateway import till
+        return till.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
