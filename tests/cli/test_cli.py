@@ -143,12 +143,20 @@ def test_info_reports_compiled_or_twin(data_dir):
     assert "GB" in info["regions"]
 
 
-def test_demo_runs_small(tmp_path):
-    p = run("demo", "--rows", 2000, "--scans", 3000, "--data-dir", tmp_path / "demo")
-    assert p.returncode == 0, p.stdout.decode()[-2000:] + p.stderr.decode()
-    out = p.stdout.decode()
-    assert "every reading was right" in out
-    assert "3,000 right, 0 wrong" in out
+def test_demo_runs_a_small_store_and_its_json_summary_reconciles(tmp_path):
+    p = run("demo", "--shoppers", 16, "--seed", 3, "--json", "--data-dir", tmp_path / "demo")
+    assert p.returncode == 0, p.stdout.decode()[-2000:] + p.stderr.decode()[-3000:]
+    s = json.loads(p.stdout)
+    for key in ("orders", "paid", "exited", "payments_by_channel", "alarms",
+                "injected_thefts", "thefts_alarmed", "honest_alarmed", "audits",
+                "ledger_balanced", "latency_ms"):
+        assert key in s, key
+    assert set(s["latency_ms"]) >= {"p50", "p99"} and s["latency_ms"]["p99"] > 0
+    assert s["paid"] == s["exited"] + s["inside"] and s["ledger_balanced"] is True
+    assert s["checks_failed"] == [] and s["journey_errors"] == 0
+    assert sum(v["count"] for v in s["payments_by_channel"].values()) == s["paid"]
+    p = run("demo", "--shoppers", 6, "--seed", 3, "--data-dir", tmp_path / "demo2")
+    assert p.returncode == 0 and "every check passed" in p.stdout.decode()
 
 
 def test_output_closed_early_is_not_an_error(tmp_path, data_dir):

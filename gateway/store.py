@@ -1,0 +1,967 @@
+"""A whole simulated store: what ``lanecore demo`` runs.
+
+Real processes on ipc sockets in the data directory — the verification service
+(``lanecore serve``), wallet and bank provider simulators, the payment gateway with
+its POS terminals, the coupon gateway — and N shoppers walking through the
+journeys of the seeds at once, each through the client library as a handheld, a
+kiosk, a till or a POS terminal would:
+
+* ``handheld`` (seed 000): take a handheld, scan and bag, sometimes void a line,
+  log in as a member, submit (order number and signed order QR), pay on the
+  handheld with a wallet code, maybe an audit (k of n rescanned), exit lane A;
+* ``kiosk`` (seed 000, lane B): the same basket left unpaid, paid at the kiosk
+  with cash (change from the drawer) or a card with its PIN, a printed receipt, then
+  exit lane A;
+* ``coupons`` (seed 001): a till scans the goods and the shopper's one QR (payment
+  token and coupons): coupons deducted, the rest charged;
+* ``pos`` (seed 004): a multi-channel POS terminal lists the eligible channels for
+  the amount, the shopper picks one, the terminal charges and prints the receipt;
+* ``till`` (seed 002): a register sends the payment data to its customer QR display
+  over a serial line (a pty, the display simulator on the other end), the display
+  shows the EMV QR it built, the shopper's phone reads and pays it, the result
+  comes back and the register records the sale in the store database;
+* ``unattended`` (seed 003): the shopper's phone at the door registers and logs in
+  (scrypt passwords, lockout), binds a card token and sets a transaction password,
+  adds goods by code or by name and quantity, settles with the password (a
+  simulated biometric check above the venue's limit), gets the itemised list, and
+  that signed list opens the exit gate once — a second try with it is refused;
+* ``abandon``: a handheld carried out of the shopping area unpaid: it says goodbye
+  and its basket is wiped.
+
+Exit lane A weighs the bag on the moving conveyor (a synthetic load-cell trace fed
+to the service frame by frame), asks for the verdict on the order QR, deactivates
+the paid tags and lets the shopper through the EAS gate. Some shoppers steal (an
+unscanned item in the bag, sometimes a tagged one) or err (a paid item left
+behind); the summary reports what the lanes saw against what was injected, and the
+books: every payment of the ledger against every trade of the providers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lanecore.core.errors import LanecoreError
+
+from .client import Client, ServiceError, TerminalKey
+
+#: Who the payment gateway knows: terminal → (limits, key file name).
+TERMINALS = {
+    "HANDHELDS": {"methods": ["auth_code"]},
+    "KIOSK-B1": {"methods": ["cash", "card", "auth_code"]},
+    "KIOSK-B2": {"methods": ["cash", "card", "auth_code"]},
+    "POS-1": {"methods": ["card", "auth_code"], "max_payment_minor": 500_000},
+    "VENUE-1": {"methods": ["card"]},
+    "COUPONS": {"methods": ["auth_code"]},
+    "HQ": {"admin": True},
+}
+JOURNEYS = {"handheld": 0.32, "kiosk": 0.20, "coupons": 0.09, "pos": 0.11, "till": 0.10,
+            "unattended": 0.10, "abandon": 0.08}
+HANDHELDS = 40
+EXIT_LANES = ("EXIT-A1", "EXIT-A2")
+KIOSKS = ("KIOSK-B1", "KIOSK-B2")
+SPOKEN = {
+    "ok": "Thank you for shopping with us. Goodbye!",
+    "over": "Please wait: the bag weighs more than the order. An attendant is coming to "
+            "help you check for an unscanned item.",
+    "short": "Please wait: the bag weighs less than the order. Did you leave a paid item "
+             "behind? An attendant is coming to help.",
+    "eas": "Please wait: a security tag was not removed. An attendant is coming.",
+}
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    shoppers: int = 60
+    seed: int = 7
+    concurrency: int = 6
+    rows: int = 2000
+    region: str = "GB"
+    theft_rate: float = 0.15          # shoppers who put an unscanned item in the bag
+    mistake_rate: float = 0.08        # honest shoppers who leave a paid item behind
+    store_risk: str = "medium"        # the audit policy's store risk
+    journeys: dict = field(default_factory=lambda: dict(JOURNEYS))
+
+
+class Latency:
+    """Round-trip times of the verification service's requests (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ms: list[float] = []
+
+    def add(self, ms: float) -> None:
+        with self.lock:
+            self.ms.append(ms)
+
+    def summary(self) -> dict:
+        with self.lock:
+            x = np.array(self.ms or [math.nan])
+        return {"p50": round(float(np.percentile(x, 50)), 3),
+                "p99": round(float(np.percentile(x, 99)), 3), "n": len(self.ms)}
+
+
+class TimedClient(Client):
+    """A service client that times every request (for the summary's latency)."""
+
+    def __init__(self, endpoint: str, latency: Latency, **kw):
+        super().__init__(endpoint, **kw)
+        self.latency = latency
+
+    def call_with_id(self, req_id, op, **fields):
+        t0 = time.perf_counter()
+        try:
+            return super().call_with_id(req_id, op, **fields)
+        finally:
+            self.latency.add((time.perf_counter() - t0) * 1000.0)
+
+
+class Tally:
+    """What happened, counted from many shopper threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.c: Counter = Counter()
+        self.by_channel: dict[str, dict[str, int]] = {}
+        self.events: list[dict] = []
+
+    def add(self, **counts) -> None:
+        with self.lock:
+            self.c.update(counts)
+
+    def payment(self, channel: str, amount_minor: int) -> None:
+        with self.lock:
+            row = self.by_channel.setdefault(channel, {"count": 0, "amount_minor": 0})
+            row["count"] += 1
+            row["amount_minor"] += amount_minor
+
+    def event(self, **ev) -> None:
+        with self.lock:
+            self.events.append(ev)
+
+
+def _money(minor: int) -> str:
+    return f"{minor / 100:,.2f}"
+
+
+class Store:
+    """The processes, the shoppers and the books of one simulated store."""
+
+    def __init__(self, data_dir, spec: StoreSpec = StoreSpec(), *, out=None,
+                 live: bool = False) -> None:
+        self.dir = Path(data_dir).resolve()
+        self.spec = spec
+        self.out = out or sys.stdout
+        self.live = live
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.latency = Latency()
+        self.tally = Tally()
+        self.rng = random.Random(spec.seed)
+        self.keys: dict[str, TerminalKey] = {}
+        self.lane_locks = {lane: threading.Lock() for lane in EXIT_LANES}
+        self.lane_seq = dict.fromkeys(EXIT_LANES, 0)
+        self.kiosk_locks = {k: threading.Lock() for k in KIOSKS}
+        self.order_counter = 0
+        self._counter_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------
+    # Setting up
+    # ------------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def ep(self, name: str) -> str:
+        return f"ipc://{self.dir}/{name}.ipc"
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.dir / f"{name}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "lanecore", *args],
+                                stdout=subprocess.PIPE if name.startswith("prov") else log,
+                                stderr=log)
+        self.procs.append((name, proc))
+        return proc
+
+    def _wait_hello(self, name: str, endpoint: str, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        proc = dict(self.procs)[name]
+        with Client(endpoint, timeout_s=1.0, retries=0) as c:
+            while True:
+                try:
+                    return c.call("hello")
+                except ServiceError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise LanecoreError(f"{name} did not start: see "
+                                            f"{self.dir / (name + '.log')}",
+                                            code="DEMO_START") from None
+
+    def start(self) -> None:
+        """Everything a store floor needs, from an empty directory."""
+        from lanecore.core.catalog import Catalog
+        from lanecore.core.synth import write_catalog_csv
+        t0 = time.perf_counter()
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        for sub in ("store", "pay", "coupons", "wallet"):
+            (self.dir / sub).mkdir(parents=True)
+        store = self.dir / "store"
+        write_catalog_csv(store / "catalog.csv", self.spec.rows, seed=self.spec.seed,
+                          region=self.spec.region)
+        with Catalog.open(store) as cat:
+            cat.import_csv(store / "catalog.csv")
+            self.table = cat.table()
+        con = sqlite3.connect(store / "store.db")
+        by_gtin = dict(con.execute("SELECT gtin, name FROM items"))
+        con.close()
+        self.names = {r: by_gtin.get(f"{int(g):014d}", f"item {int(g)}")
+                      for r, g in enumerate(self.table.gtin.tolist())}
+        self._pick_goods()
+        # the verification service first: it has the most to load
+        self._spawn("serve", "serve", "--bind", self.ep("service"), "--events",
+                    self.ep("events"), "--data-dir", str(store), "--region",
+                    self.spec.region)
+        providers = {}
+        for kind in ("wechat", "alipay", "bank"):
+            d = self.dir / f"prov-{kind}"
+            d.mkdir()
+            proc = self._spawn(f"prov-{kind}", "sim", "provider", "--kind", kind, "--bind",
+                               self.ep(f"prov-{kind}"), "--data-dir", str(d), "--fast")
+            providers[kind] = json.loads(proc.stdout.readline())["endpoint"]
+        self.provider_dirs = {k: self.dir / f"prov-{k}" for k in providers}
+        self._payments_config(providers)
+        self._spawn("payments", "gateway", "payments", "--bind", self.ep("payments"),
+                    "--data-dir", str(self.dir / "pay"))
+        self._coupons_config()
+        self._spawn("coupons", "gateway", "coupons", "--bind", self.ep("coupons"),
+                    "--data-dir", str(self.dir / "coupons"))
+        hello = self._wait_hello("serve", self.ep("service"))
+        self._wait_hello("payments", self.ep("payments"))
+        self._wait_hello("coupons", self.ep("coupons"))
+        self.currency = hello["store"].get("currency", "GBP") if isinstance(
+            hello.get("store"), dict) else "GBP"
+        self._stock_coupons()
+        self._open_floor()
+        with Client(self.ep("service"), timeout_s=5, retries=2) as c:
+            for lane in EXIT_LANES:
+                c.weigh_config(lane, fs_hz=1000, e_g=5, conveyor_hz=7.0)
+        self.say(f"store up in {time.perf_counter() - t0:.1f} s: {len(self.table):,} items; "
+                 f"processes {', '.join(n for n, _ in self.procs)}; data in {self.dir}")
+
+    def _open_floor(self) -> None:
+        """The floor's own records: the handheld fleet and the audits (with the
+        shoppers' trust), in ``floor.db``; the tills' QR displays on ptys."""
+        from lanecore.core.audit import Audits
+        from lanecore.core.handheld import Handhelds
+        from lanecore.drivers.sim.qrdisplay import QrDisplaySim
+
+        from .till import Register
+        self.floor_lock = threading.RLock()   # is_paid runs inside handheld calls
+        self.floor = sqlite3.connect(self.dir / "floor.db", isolation_level=None,
+                                     check_same_thread=False, timeout=10.0)
+        self.floor.execute("PRAGMA journal_mode=WAL")
+        orders = sqlite3.connect(f"file:{self.dir / 'store' / 'store.db'}?mode=ro",
+                                 uri=True, check_same_thread=False, timeout=10.0)
+
+        def is_paid(basket_id: str) -> bool:
+            with self.floor_lock:
+                row = orders.execute("SELECT status FROM orders WHERE basket_id = ?",
+                                     (basket_id,)).fetchone()
+            return row is not None and row[0] in ("paid", "exited")
+        self._orders_ro = orders
+        self.handhelds = Handhelds(self.floor, is_paid=is_paid)
+        for n in range(1, HANDHELDS + 1):
+            self.handhelds.register(f"HH-{n:02d}")
+        self.audits = Audits(self.floor)
+        self.display = QrDisplaySim(store_name="LANECORE DEMO", city="LONDON", country="GB",
+                                    auto_pay_s=0.05).start()
+        self.till_lock = threading.Lock()
+        self._open_venue()
+        self.register = Register(self.display.path, store_db_path=self.dir / "store",
+                                 register_no="01").start()
+
+    def _open_venue(self) -> None:
+        """Seed 003's venue: accounts, carts, settlements and exit passes in
+        ``venue.db``, its key in ``venue/``, the catalogue the phone shops from."""
+        from lanecore.core.orderqr import Signer
+        from lanecore.core.unattended import SimulatedBiometricVerifier, Venue
+        (self.dir / "venue").mkdir(exist_ok=True)
+        self.venue_signer = Signer.load_or_create(self.dir / "venue")
+        con = sqlite3.connect(self.dir / "venue.db", isolation_level=None,
+                              check_same_thread=False, timeout=10.0)
+        con.execute("PRAGMA journal_mode=WAL")
+        t = self.table
+        catalog = {self.gtin(r): {"name": self.names[r], "price_minor": int(t.price_minor[r])}
+                   for r in self.goods}
+        self.venue_lock = threading.RLock()
+        self.venue = Venue(con, signer=self.venue_signer, catalog=catalog,
+                           venue_id="DEMO-01", currency="GBP",
+                           extra_verification_over_minor=3_000)
+        self.biometrics = SimulatedBiometricVerifier()
+
+    def _venue(self, fn, *args, **kw):
+        with self.venue_lock:
+            return fn(*args, **kw)
+
+    def _floor(self, fn, *args, **kw):
+        with self.floor_lock:
+            return fn(*args, **kw)
+
+    def _pick_goods(self) -> None:
+        from lanecore.ext import lookup
+        t = self.table
+        ok = (np.isfinite(t.weight_mean_g) & np.isfinite(t.weight_sd_g)
+              & (t.flags & (lookup.FLAG_WEIGHT_EXEMPT | lookup.FLAG_VARIABLE_MEASURE) == 0)
+              & (t.weight_mean_g > 20) & (t.weight_mean_g < 2000) & (t.price_minor > 0))
+        self.goods = [int(r) for r in np.flatnonzero(ok)]
+        self.tagged = {r for r in self.goods if int(t.flags[r]) & lookup.FLAG_EAS_TAGGED}
+        if not self.tagged:     # the generator tags some; make sure the demo has a few
+            self.tagged = set(self.goods[::25])
+
+    def gtin(self, row: int) -> str:
+        return f"{int(self.table.gtin[row]):014d}"
+
+    def _payments_config(self, providers: dict) -> None:
+        from lanecore.core.cash import Drawer
+        from lanecore.gateway.terminals import Terminals, key_text
+        cur = "GBP"
+        chan = {
+            "wechat": {"kind": "wechat", "priority": 1, "methods": ["auth_code"],
+                       "currency": cur, "max_payment_minor": 30_000,
+                       "endpoint": providers["wechat"]},
+            "alipay": {"kind": "alipay", "priority": 2, "methods": ["auth_code"],
+                       "currency": cur, "endpoint": providers["alipay"]},
+            "card": {"kind": "card", "priority": 3, "methods": ["card"], "currency": cur,
+                     "endpoint": providers["bank"], "pin_entries": ["chip", "magstripe"],
+                     "cvm_limit_minor": 10_000},
+            "cash": {"kind": "cash", "priority": 9, "methods": ["cash"], "currency": cur},
+        }
+        lines = []
+        for name, t in chan.items():
+            lines.append(f"[channels.{name}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in t.items()]
+        lines += ["[policy]", "poll_every_s = 0.5", "give_up_after_s = 30",
+                  "reverse_not_before_s = 1",
+                  "[pos]", 'auth = "hmac"',
+                  "[receipt]", 'store_name = "Lanecore Demo Market"', 'store_id = "DEMO-01"',
+                  f'sms_sink = "file:{self.dir / "sms.jsonl"}"',
+                  "[qr]", 'merchant_name = "LANECORE DEMO"', 'city = "LONDON"',
+                  'country = "GB"', 'gui = "com.lanecore.pay"', 'account = "DEMO-01"']
+        pay = self.dir / "pay"
+        (pay / "payments.toml").write_text("\n".join(lines) + "\n")
+        con = sqlite3.connect(pay / "payments.db", isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        reg = Terminals(con)
+        for tid, limits in TERMINALS.items():
+            _, key = reg.register(tid, **limits)
+            self.keys[tid] = TerminalKey(tid, key)
+            self.key_texts = getattr(self, "key_texts", {})
+            self.key_texts[tid] = key_text(key)
+        for kiosk in KIOSKS:
+            Drawer(con, drawer_id=kiosk, currency=cur).float_in(
+                {1: 100, 2: 100, 5: 60, 10: 60, 20: 60, 50: 40, 100: 40, 200: 30,
+                 500: 20, 1000: 10},
+                ref="opening-float")
+        con.close()
+        os.chmod(pay / "payments.db", 0o600)
+
+    def _coupons_config(self) -> None:
+        from lanecore.core.orderqr import Signer
+        self.wallet = Signer.load_or_create(self.dir / "wallet")
+        (self.dir / "coupons" / "coupons.toml").write_text(
+            f'store_id = "DEMO-01"\ncurrency = "GBP"\n'
+            f'[payments]\nendpoint = "{self.ep("payments")}"\nterminal = "COUPONS"\n'
+            f'key = "{self.key_texts["COUPONS"]}"\ntimeout_s = 10\n'
+            f'[wallet_keys]\nw1 = "{self.wallet.public_key_b64()}"\n')
+
+    def _stock_coupons(self) -> None:
+        """Two manufacturers' coupons for popular goods, issued to the customers who
+        take the coupon journey."""
+        rng = random.Random(self.spec.seed + 5)
+        self.coupon_goods = rng.sample(self.goods, 6)
+        with Client(self.ep("coupons"), timeout_s=5, retries=2) as c:
+            for issuer in ("ACME", "GLOBEX"):
+                c.call("issuer.add", issuer_id=issuer, name=f"{issuer.title()} Foods")
+            for i, row in enumerate(self.coupon_goods):
+                price = int(self.table.price_minor[row])
+                c.call("coupon.define", definition=dict(
+                    coupon_def_id=f"CPN-DEF-{i}", issuer_id=("ACME", "GLOBEX")[i % 2],
+                    target_gtin=self.gtin(row),
+                    amount_off_minor=max(1, min(price // 4, 200)), currency="GBP",
+                    valid_from=0, valid_until=int(time.time()) + 86_400))
+
+    def stop(self) -> None:
+        for thing in ("register", "display"):
+            obj = getattr(self, thing, None)
+            if obj is not None:
+                try:
+                    obj.stop() if thing == "display" else obj.close()
+                except Exception:
+                    pass
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if proc.stdout:
+                proc.stdout.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------
+    # Shoppers
+    # ------------------------------------------------------------------------------
+    def service(self) -> TimedClient:
+        return TimedClient(self.ep("service"), self.latency, timeout_s=5.0, retries=3)
+
+    def payments(self, terminal: str) -> Client:
+        return Client(self.ep("payments"), timeout_s=10.0, retries=2,
+                      terminal_key=self.keys[terminal])
+
+    def _plan(self, i: int) -> dict:
+        """Shopper ``i``'s journey, basket and intent, drawn from the seed."""
+        rng = random.Random(self.spec.seed * 1000 + i)
+        names = list(self.spec.journeys)
+        journey = rng.choices(names, weights=[self.spec.journeys[n] for n in names])[0]
+        n = rng.randint(2, 9)
+        rows = rng.sample(self.goods, n)
+        qty = {r: (2 if rng.random() < 0.15 else 1) for r in rows}
+        theft = journey in ("handheld", "kiosk") and rng.random() < self.spec.theft_rate
+        mistake = journey in ("handheld", "kiosk") and not theft and \
+            rng.random() < self.spec.mistake_rate
+        stolen = None
+        if theft:
+            pool = [r for r in self.goods if r not in rows]
+            tagged_pool = [r for r in pool if r in self.tagged]
+            stolen = rng.choice(tagged_pool) if tagged_pool and rng.random() < 0.3 \
+                else rng.choice(pool)
+        return {"i": i, "journey": journey, "rows": rows, "qty": qty, "theft": theft,
+                "stolen": stolen, "mistake": mistake, "rng": rng,
+                "member": rng.random() < 0.4, "void": rng.random() < 0.3}
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        plans = [self._plan(i) for i in range(self.spec.shoppers)]
+        stop_live = threading.Event()
+        live = threading.Thread(target=self._live, args=(stop_live, t0), daemon=True) \
+            if self.live else None
+        if live:
+            live.start()
+        with ThreadPoolExecutor(self.spec.concurrency) as pool:
+            futures = [pool.submit(self._shopper, p) for p in plans]
+            for f in futures:
+                f.result()
+        stop_live.set()
+        if live:
+            live.join()
+        return self._summary(time.perf_counter() - t0)
+
+    def _live(self, stop: threading.Event, t0: float) -> None:
+        tty = self.out.isatty() if hasattr(self.out, "isatty") else False
+        while not stop.wait(0.5):
+            c = self.tally.c
+            line = (f"[{time.perf_counter() - t0:5.1f} s] shoppers done {c['done']}/"
+                    f"{self.spec.shoppers}  orders {c['orders']}  paid {c['paid']}  "
+                    f"exited {c['exited']}  alarms {c['alarms']}  audits {c['audits']}")
+            self.out.write(("\r" + line) if tty else (line + "\n"))
+            self.out.flush()
+        if tty:
+            self.out.write("\n")
+
+    def _shopper(self, plan: dict) -> None:
+        try:
+            getattr(self, f"_journey_{plan['journey']}")(plan)
+        except Exception as exc:   # a journey that broke is counted, never hidden
+            self.tally.add(journey_errors=1)
+            self.tally.event(shopper=plan["i"], journey=plan["journey"],
+                             error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.tally.add(done=1, **{f"journey_{plan['journey']}": 1})
+
+    # -- the pieces every journey shares -----------------------------------------------
+    def _shopper_id(self, plan: dict) -> str:
+        return f"8888{plan['i']:06d}" if plan["member"] else f"anon-{plan['i']}"
+
+    def _fill_basket(self, svc, plan: dict) -> tuple[str, str, list[int]]:
+        """Take a handheld, open a basket on it, scan the plan's goods (seeing each
+        item's details), maybe void a line; returns the handheld, the basket id and
+        the units to pay."""
+        member = f"8888{plan['i']:06d}" if plan["member"] else None
+        device = self._floor(self.handhelds.take, None,
+                             shopper=self._shopper_id(plan))["device_id"]
+        self._floor(self.handhelds.report, device, 100.0, zone="shopping")
+        bid = svc.basket_open(device, member=member)["basket"]["basket_id"]
+        self._floor(self.handhelds.bind_basket, device, bid)
+        for r in plan["rows"]:
+            svc.scan(device, self.gtin(r))                       # the item's details
+        svc.basket_add(bid, [{"code": self.gtin(r), "qty": plan["qty"][r]}
+                             for r in plan["rows"]])
+        if plan["void"]:                                         # scanned, then put back
+            extra = plan["rng"].choice([r for r in self.goods if r not in plan["rows"]])
+            svc.basket_add(bid, [self.gtin(extra)])
+            svc.basket_remove(bid, [self.gtin(extra)])
+            self._floor(self.audits.trust.note, self._shopper_id(plan), "void")
+            self.tally.add(voids=1)
+        units = [r for r in plan["rows"] for _ in range(plan["qty"][r])]
+        return device, bid, units
+
+    def _leave_with(self, device: str) -> None:
+        """The handheld passes the exit (its basket paid: no goodbye) and is given back."""
+        action = self._floor(self.handhelds.zone_event, device, "exit")
+        if action.get("wipe"):
+            self.tally.add(wiped_at_exit=1)
+        self._floor(self.handhelds.give_back, device)
+
+    def _wallet_code(self, rng) -> str:
+        from .wallet_sim import make_token
+        return make_token(rng.choice(["wechat", "alipay"]))
+
+    def _paid(self, svc, order_no: str, pay: dict) -> None:
+        svc.call("order.status", order_no=order_no, status="paid")
+        self.tally.add(paid=1)
+        self.tally.payment(pay["channel"], pay["amount_minor"])
+
+    def _exit_lane(self, svc, plan: dict, order: dict, units: list[int]) -> None:
+        """Exit lane A: the bag weighed on the conveyor, the verdict, the deactivator,
+        the EAS gate; the spoken message; the attendant when something is off."""
+        from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate
+        rng = plan["rng"]
+        t = self.table
+        bag = list(units)
+        left_behind = None
+        if plan["mistake"]:
+            left_behind = bag.pop(rng.randrange(len(bag)))
+        if plan["theft"]:
+            bag.append(plan["stolen"])
+        lane = EXIT_LANES[plan["i"] % len(EXIT_LANES)]
+        with self.lane_locks[lane]:
+            true_g = sum(max(1.0, rng.gauss(float(t.weight_mean_g[r]),
+                                            float(t.weight_sd_g[r]))) for r in bag)
+            x, _ = generate(TraceSpec(seconds=1.6, initial_g=0.0,
+                                      placements=[Placement(0.3, true_g, 5.0, 0.3)],
+                                      noise_g=1.0, conveyor_hz=7.0, conveyor_g=4.0,
+                                      mains_g=1.0, seed=rng.randrange(1 << 31)))
+            for i in range(0, len(x), 50):
+                svc.weigh_frame(lane, self.lane_seq[lane], samples=x[i:i + 50])
+                self.lane_seq[lane] += 1
+            v = svc.verify_order(lane, order_qr=order["qr"])
+            belt = np.random.default_rng(self.lane_seq[lane]).normal(0, 1.0, 300)
+            for i in range(0, 300, 50):                     # the bag leaves the belt
+                svc.weigh_frame(lane, self.lane_seq[lane], samples=belt[i:i + 50])
+                self.lane_seq[lane] += 1
+        # the deactivator takes the paid tags off; an unpaid tag sets off the gate
+        paid_tags = [r for r in units if r in self.tagged]
+        self.tally.add(tags_deactivated=len(paid_tags))
+        eas = plan["theft"] and plan["stolen"] in self.tagged
+        if eas:
+            svc.device_event(lane, "eas_gate", "alarm", code="TAG_ACTIVE",
+                             message=f"order {order['order_no']}")
+        causes = []
+        if v["verdict"] != "ok":
+            causes.append(f"weight_{v['verdict']}")
+        if eas:
+            causes.append("eas")
+        for c in causes:
+            self.tally.add(**{f"alarm_{c}": 1})
+        if causes:
+            self.tally.add(alarms=1)
+        spoken = SPOKEN["eas" if eas else v["verdict"]]
+        # could the lane physically see what was done? a weight well outside the band,
+        # or a tag
+        band = float(v["band_g"])
+        if plan["theft"]:
+            visible = eas or float(t.weight_mean_g[plan["stolen"]]) > 2 * band
+            self.tally.add(thefts=1, thefts_visible=int(visible),
+                           thefts_alarmed=int(bool(causes)),
+                           thefts_visible_alarmed=int(visible and bool(causes)))
+        elif plan["mistake"]:
+            visible = float(t.weight_mean_g[left_behind]) > 2 * band
+            self.tally.add(mistakes=1, mistakes_visible=int(visible),
+                           mistakes_alarmed=int(bool(causes)))
+        else:
+            self.tally.add(honest_exits=1, honest_alarmed=int(bool(causes)))
+        self.tally.event(shopper=plan["i"], order_no=order["order_no"], lane=lane,
+                         verdict=v["verdict"], eas=eas, spoken=spoken,
+                         theft=plan["theft"], mistake=plan["mistake"])
+        if plan["theft"] and causes:
+            self.tally.add(held=1)                           # the attendant keeps them
+            return
+        svc.call("order.status", order_no=order["order_no"], status="exited")
+        self.tally.add(exited=1)
+
+    # -- the journeys --------------------------------------------------------------------
+    def _journey_handheld(self, plan: dict) -> None:
+        with self.service() as svc, self.payments("HANDHELDS") as pay:
+            device, bid, units = self._fill_basket(svc, plan)
+            order = svc.basket_submit(bid)
+            self.tally.add(orders=1)
+            r = pay.call("pay.charge", order_no=order["order_no"],
+                         amount_minor=order["total_minor"], currency=order["currency"],
+                         method="auth_code", auth_code=self._wallet_code(plan["rng"]))
+            if r["status"] != "paid":
+                self.tally.add(payments_failed=1)
+                return
+            self._paid(svc, order["order_no"], r)
+            rec = pay.call("pay.receipt", order_no=order["order_no"],
+                           sms_to=f"+4477009{plan['i']:05d}")
+            self.tally.add(sms_receipts=int(rec["sms_queued"] is not None))
+            if self._audit(plan, order, units):
+                self._exit_lane(svc, plan, order, units)
+            self._leave_with(device)
+
+    def _audit(self, plan: dict, order: dict, units: list[int]) -> bool:
+        """Some paid handheld orders are chosen for a check (REFERENCE §5): a visual
+        look into a small bag, or a rescan of k of the n lines. The attendant finds an
+        unscanned item with the share of the bag looked through; a thief found is held
+        (False: no exit), a shopper's slip is put right."""
+        rng = plan["rng"]
+        shopper = self._shopper_id(plan)
+        decision = self._floor(self.audits.decide, order, store_risk=self.spec.store_risk,
+                               rng=rng, shopper=shopper)
+        if not decision.audit:
+            return True
+        lines = max(1, len(order["lines"]))
+        share = 0.5 if decision.kind == "visual" else len(decision.items) / lines
+        caught = plan["theft"] and rng.random() < share
+        found = [{"unscanned": self.gtin(plan["stolen"])}] if caught else []
+        self._floor(self.audits.record, order["order_no"], decision,
+                    "discrepancy" if caught else "clean", found, shopper=shopper)
+        self.tally.add(audits=1, audit_items=len(decision.items),
+                       audit_discrepancies=int(caught))
+        if caught:
+            self.tally.add(thefts=1, thefts_caught_by_audit=1, held=1)
+            return False
+        return True
+
+    def _journey_kiosk(self, plan: dict) -> None:
+        kiosk = KIOSKS[plan["i"] % len(KIOSKS)]
+        rng = plan["rng"]
+        with self.service() as svc, self.payments(kiosk) as pay:
+            device, bid, units = self._fill_basket(svc, plan)
+            order = svc.basket_submit(bid)
+            self.tally.add(orders=1)
+            with self.kiosk_locks[kiosk]:
+                # the kiosk reads the order QR: the order as the service holds it
+                seen = svc.call("order.get", order_no=order["order_no"])["order"]
+                total = seen["total_minor"]
+                if rng.random() < 0.5:
+                    r = pay.call("pay.charge", order_no=seen["order_no"], amount_minor=total,
+                                 currency=seen["currency"], method="cash",
+                                 cash={"tendered": {str(k): v for k, v in
+                                                    _tender(total).items()}})
+                else:
+                    from .provider_sim import pin_block
+                    pan = "4111111111111111"
+                    r = pay.call("pay.charge", order_no=seen["order_no"], amount_minor=total,
+                                 currency=seen["currency"], method="card",
+                                 card={"entry": "chip", "pan": pan,
+                                       "pin_block": pin_block("1234", pan)})
+                if r["status"] != "paid":
+                    self.tally.add(payments_failed=1)
+                    return
+                self._paid(svc, seen["order_no"], r)
+                lines = [{"name": ln["name"][:64], "qty": ln["qty"],
+                          "unit_minor": ln["unit_price_minor"],
+                          "amount_minor": ln["line_price_minor"]} for ln in seen["lines"]]
+                rec = pay.call("pay.receipt", order_no=seen["order_no"], lines=lines)
+                self.tally.add(receipts_printed=1, receipt_bytes=len(rec["escpos"]))
+            self._exit_lane(svc, plan, order, units)
+            self._leave_with(device)
+
+    def _journey_coupons(self, plan: dict) -> None:
+        from lanecore.core.mqr import make_mqr
+        rng = plan["rng"]
+        customer = f"CUST-{plan['i']:04d}"
+        couponed = rng.sample(self.coupon_goods, 2)
+        rows = list(dict.fromkeys(plan["rows"][:4] + couponed))
+        with self.service() as svc, Client(self.ep("coupons"), timeout_s=15,
+                                           retries=1) as cpn:
+            for row in couponed:                     # the wallet downloaded these
+                d = f"CPN-DEF-{self.coupon_goods.index(row)}"
+                cpn.call("coupon.issue", coupon_def_id=d, customer_id=customer)
+            lines = []
+            for row in rows:                         # the cashier scans the goods
+                item = svc.scan("TILL-1", self.gtin(row))["item"]
+                lines.append({"gtin": self.gtin(row), "qty": 1,
+                              "unit_price_minor": item["price_minor"]})
+            wallet = cpn.call("wallet.coupons", customer_id=customer)["coupons"]
+            text = make_mqr(self.wallet, key_id="w1", issuer="demo-wallet",
+                            customer=customer, token=self._wallet_code(rng),
+                            currency="GBP", coupons=[(c["coupon_id"], c["gtin"],
+                                                      c["amount_minor"]) for c in wallet])
+            order_no = f"TILL1-{plan['i']:05d}"
+            self.tally.add(orders=1)
+            r = cpn.call("checkout.mqr", order_no=order_no, till="TILL-1", mqr=text,
+                         lines=lines)
+            if r["status"] != "paid":
+                self.tally.add(payments_failed=1)
+                return
+            self.tally.add(paid=1, exited=1, coupons_redeemed=len(r["coupons_applied"]),
+                           coupon_savings_minor=sum(a["amount_minor"] for a in
+                                                    r["coupons_applied"].values()))
+            self.tally.payment(r["payment"]["channel"], r["payment"]["amount_minor"])
+
+    def _journey_pos(self, plan: dict) -> None:
+        from .provider_sim import pin_block
+        rng = plan["rng"]
+        with self.service() as svc, self.payments("POS-1") as pay:
+            total = 0
+            for r in plan["rows"]:                   # the cashier scans the goods
+                item = svc.scan("POS-1", self.gtin(r))["item"]
+                total += item["price_minor"] * plan["qty"][r]
+            order_no = f"POS1-{plan['i']:05d}"
+            method = rng.choice(["card", "auth_code"])
+            code = self._wallet_code(rng)
+            quote = pay.call("pay.quote", amount_minor=total, currency="GBP", method=method,
+                             **({"auth_code": code} if method == "auth_code" else {}))
+            eligible = [c["channel"] for c in quote["channels"] if c["eligible"]]
+            self.tally.add(orders=1, pos_quotes=1)
+            if not eligible:
+                self.tally.add(payments_failed=1)
+                return
+            if method == "card":
+                pan = "5555555555554444"
+                means = {"card": {"entry": "nfc", "pan": pan,
+                                  **({"pin_block": pin_block("1234", pan)}
+                                     if total > 10_000 else {})}}
+            else:
+                means = {"auth_code": code}
+            r = pay.call("pay.charge", order_no=order_no, amount_minor=total, currency="GBP",
+                         method=method, **means)
+            if r["status"] != "paid":
+                self.tally.add(payments_failed=1)
+                return
+            pay.call("pay.receipt", order_no=order_no)
+            self.tally.add(paid=1, exited=1, receipts_printed=1)
+            self.tally.payment(r["channel"], r["amount_minor"])
+
+    def _journey_unattended(self, plan: dict) -> None:
+        """Seed 003, on the shopper's phone and the venue's terminal."""
+        rng = plan["rng"]
+        v = self.venue
+        login, password = f"shopper{plan['i']:04d}", f"pw-{plan['i']:04d}-secret"
+        self._venue(v.register, login, password, name=f"Shopper {plan['i']}")
+        session = self._venue(v.login, login, password)
+        token = f"tok_{plan['i']:08d}demo"
+        self._venue(v.bind_payment, session, "card", token)
+        self._venue(v.set_transaction_password, session, "246810")
+        self.biometrics.enrol(session.account_id, b"finger-%d" % plan["i"])
+        cart = self._venue(v.open_cart, session)
+        for k, r in enumerate(plan["rows"]):         # by code, or by name (typed/spoken)
+            what = self.gtin(r) if k % 2 == 0 else self.names[r]
+            try:
+                self._venue(v.add, cart.cart_id, what, plan["qty"][r])
+            except LanecoreError as exc:
+                if exc.code != "AMBIGUOUS_NAME":
+                    raise
+                self._venue(v.add, cart.cart_id, self.gtin(r), plan["qty"][r])
+        total = self._venue(v.quote, cart.cart_id)
+        self.tally.add(orders=1)
+
+        def pay(order_no, amount_minor, payment_token):
+            with self.payments("VENUE-1") as p:
+                return p.call("pay.charge", order_no=order_no, amount_minor=amount_minor,
+                              currency="GBP", method="card",
+                              card={"entry": "nfc", "token": payment_token})
+        verification = (self.biometrics, b"finger-%d" % plan["i"]) \
+            if total > 3_000 else None
+        st = self._venue(v.settle, cart.cart_id, transaction_password="246810",
+                         confirm_total_minor=total, pay=pay, verification=verification)
+        if st.status != "paid":
+            self.tally.add(payments_failed=1)
+            return
+        self.tally.add(paid=1, venue_extra_checks=int(verification is not None))
+        self.tally.payment("card", st.total_minor)
+        # the itemised list on the phone is the exit pass: once
+        self._venue(v.check_exit_pass, st.exit_pass, self.venue_signer.verifier())
+        self.tally.add(exited=1, exit_passes=1)
+        if rng.random() < 0.5:                          # a friend tries the same pass
+            try:
+                self._venue(v.check_exit_pass, st.exit_pass, self.venue_signer.verifier())
+                self.tally.add(exit_pass_reused=1)
+            except LanecoreError as exc:
+                self.tally.add(exit_pass_refused=int(exc.code == "PASS_USED"))
+
+    def _journey_abandon(self, plan: dict) -> None:
+        with self.service() as svc:
+            device, bid, _ = self._fill_basket(svc, plan)
+            # the handheld crosses the geofence unpaid: goodbye, and the basket wiped
+            action = self._floor(self.handhelds.zone_event, device, "outside")
+            if action.get("wipe") == bid:
+                basket = svc.basket_get(bid)["basket"]
+                svc.basket_remove(bid, [ln["line_no"] for ln in basket["lines"]])
+                self.tally.add(abandoned=1, goodbyes=int(bool(action.get("say"))))
+            self._floor(self.handhelds.give_back, device)
+
+    def _journey_till(self, plan: dict) -> None:
+        """Seed 002: the register, its QR display on a serial line, the shopper's
+        phone. (The display's payment is the wallet acquirer's, not the payment
+        gateway's: it is counted under ``display_qr`` and outside the gateway's books.)"""
+        from lanecore.core.emvqr import decode_mpm
+        with self.service() as svc:
+            lines, total = [], 0
+            for r in plan["rows"]:                       # the cashier scans the goods
+                item = svc.scan("TILL-Q1", self.gtin(r))["item"]
+                q = plan["qty"][r]
+                lines.append({"name": item["name"][:32], "qty": q,
+                              "amount_minor": item["price_minor"] * q})
+                total += item["price_minor"] * q
+        order_no = f"TQ1-{plan['i']:05d}"
+        self.tally.add(orders=1)
+        with self.till_lock:                             # one customer at the register
+            reg = self.register
+            reg.sell(order_no, lines, total_minor=total, currency="GBP")
+            shown = reg.qr_pay()
+            qr = decode_mpm(shown.payload)               # the shopper's phone reads it
+            if not (qr["ok"] and qr["amount_minor"] == total):
+                self.tally.add(payments_failed=1)
+                return
+            sale = reg.wait_result(timeout_s=10)
+        if sale.status != "paid":
+            self.tally.add(payments_failed=1)
+            return
+        self.tally.add(paid=1, exited=1, till_sales=1)
+        self.tally.payment("display_qr", sale.amount_minor)
+
+    # ------------------------------------------------------------------------------
+    # The books and the summary
+    # ------------------------------------------------------------------------------
+    def _books(self) -> dict:
+        """Every payment of the ledger against every provider's trades: the
+        gateway's own reconciliation of today, and the sums side by side."""
+        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        with self.payments("HQ") as hq:
+            for _ in range(50):                     # anything still open, final first
+                states = hq.call("stats")["charges"]
+                if not any(states.get(s) for s in ("created", "sent", "unknown", "queried")):
+                    break
+                time.sleep(0.2)
+            rep = hq.call("recon.run", date=day)
+        con = sqlite3.connect(f"file:{self.dir / 'pay' / 'payments.db'}?mode=ro", uri=True)
+        for _ in range(50):                         # the SMS receipts handed to the sink
+            if not con.execute("SELECT COUNT(*) FROM sms_outbox WHERE state IN "
+                               "('pending', 'sending')").fetchone()[0]:
+                break
+            time.sleep(0.1)
+        ledger = dict(con.execute("SELECT channel, SUM(amount_minor) FROM charges WHERE "
+                                  "state = 'paid' GROUP BY channel").fetchall())
+        con.close()
+        held = {}
+        for kind, channel in (("wechat", "wechat"), ("alipay", "alipay"), ("bank", "card")):
+            con = sqlite3.connect(self.provider_dirs[kind] / f"{kind}.sqlite")
+            held[channel] = con.execute("SELECT COALESCE(SUM(amount_minor), 0) FROM trades "
+                                        "WHERE status = 'paid'").fetchone()[0]
+            con.close()
+        sums_agree = all(ledger.get(ch, 0) == held[ch] for ch in held)
+        return {"recon_clean": rep["clean"], "recon_counts": rep["counts"],
+                "ledger_paid_minor": ledger, "provider_paid_minor": held,
+                "balanced": bool(rep["clean"] and sums_agree)}
+
+    def _summary(self, seconds: float) -> dict:
+        c = self.tally.c
+        books = self._books()
+        p_fa = math.erfc(3.29 / math.sqrt(2))           # the policy's two-sided k = 3.29
+        honest = c["honest_exits"]
+        expected = honest * p_fa
+        bound = _poisson_upper(expected, 0.001)
+        return {
+            "shoppers": self.spec.shoppers, "seed": self.spec.seed,
+            "seconds": round(seconds, 1),
+            "journeys": {k[len("journey_"):]: v for k, v in sorted(c.items())
+                         if k.startswith("journey_") and k != "journey_errors"},
+            "journey_errors": c["journey_errors"],
+            "orders": c["orders"], "paid": c["paid"], "exited": c["exited"],
+            "inside": c["held"], "abandoned": c["abandoned"],
+            "payments_by_channel": self.tally.by_channel,
+            "payments_failed": c["payments_failed"],
+            "alarms": {"weight_over": c["alarm_weight_over"],
+                       "weight_short": c["alarm_weight_short"], "eas": c["alarm_eas"]},
+            "injected_thefts": c["thefts"], "thefts_visible": c["thefts_visible"],
+            "thefts_alarmed": c["thefts_alarmed"],
+            "thefts_visible_alarmed": c["thefts_visible_alarmed"],
+            "mistakes": c["mistakes"], "mistakes_alarmed": c["mistakes_alarmed"],
+            "honest_exits": honest, "honest_alarmed": c["honest_alarmed"],
+            "honest_alarms_expected": round(expected, 4),
+            "honest_alarms_bound": bound,
+            "audits": c["audits"], "audit_items": c["audit_items"],
+            "audit_discrepancies": c["audit_discrepancies"],
+            "thefts_caught_by_audit": c["thefts_caught_by_audit"],
+            "goodbyes": c["goodbyes"], "till_sales": c["till_sales"],
+            "exit_passes": c["exit_passes"], "exit_pass_reuse_refused": c["exit_pass_refused"],
+            "exit_pass_reused": c["exit_pass_reused"],
+            "venue_extra_checks": c["venue_extra_checks"],
+            "voids": c["voids"], "sms_receipts": c["sms_receipts"],
+            "receipts_printed": c["receipts_printed"],
+            "coupons_redeemed": c["coupons_redeemed"],
+            "coupon_savings_minor": c["coupon_savings_minor"],
+            "tags_deactivated": c["tags_deactivated"],
+            "ledger_balanced": books["balanced"], "books": books,
+            "latency_ms": self.latency.summary(),
+            "errors": [e for e in self.tally.events if "error" in e][:10],
+        }
+
+
+def _tender(total: int) -> dict[int, int]:
+    """Notes a shopper hands over: the fewest 50/20/10/5-pound notes covering it."""
+    out: dict[int, int] = {}
+    left = total
+    for note in (5000, 2000, 1000, 500):
+        while left >= note:
+            out[note] = out.get(note, 0) + 1
+            left -= note
+    if left > 0:
+        out[500] = out.get(500, 0) + 1
+    return out
+
+
+def _poisson_upper(mean: float, alpha: float) -> int:
+    """The smallest k with P(X > k) < alpha for X ~ Poisson(mean)."""
+    k, p, cdf = 0, math.exp(-mean), 0.0
+    while True:
+        cdf += p
+        if 1.0 - cdf < alpha:
+            return k
+        k += 1
+        p *= mean / k
+
+
+def checks(summary: dict) -> list[str]:
+    """What a store owner must be able to trust, each as a failed check's text."""
+    s = summary
+    bad = []
+    if s["paid"] != s["exited"] + s["inside"]:
+        bad.append(f"paid {s['paid']} != exited {s['exited']} + inside {s['inside']}")
+    if s["thefts_visible_alarmed"] != s["thefts_visible"]:
+        bad.append(f"{s['thefts_visible'] - s['thefts_visible_alarmed']} visible thefts "
+                   "raised no alarm")
+    if s["honest_alarmed"] > s["honest_alarms_bound"]:
+        bad.append(f"{s['honest_alarmed']} honest shoppers alarmed; the false-alarm rate "
+                   f"allows {s['honest_alarms_bound']}")
+    if not s["ledger_balanced"]:
+        bad.append("the ledger does not balance against the providers")
+    if s["journey_errors"]:
+        bad.append(f"{s['journey_errors']} journeys failed: {s['errors'][:3]}")
+    if s["exit_pass_reused"]:
+        bad.append(f"an exit pass opened the gate twice ({s['exit_pass_reused']}×)")
+    return bad
