@@ -291,8 +291,40 @@ class Store:
                                     auto_pay_s=0.05).start()
         self.till_lock = threading.Lock()
         self._open_venue()
+        self._open_devices()
         self.register = Register(self.display.path, store_db_path=self.dir / "store",
                                  register_no="01").start()
+
+    def _open_devices(self) -> None:
+        """The lanes' and kiosks' serial devices, each a simulator on a pty with its
+        real driver: per exit lane an EAS deactivator and an EAS gate, per kiosk a
+        receipt printer."""
+        import queue
+
+        from lanecore.drivers.eas import EasDeactivator, EasGate, GateAlarm
+        from lanecore.drivers.printer import PrinterDriver
+        from lanecore.drivers.sim.eas import DeactivatorSim, GateSim
+        from lanecore.drivers.sim.printer import PrinterSim
+        self.sims, self.drivers = [], []
+        self.deact, self.gate, self.gate_alarms, self.printer = {}, {}, {}, {}
+        for n, lane in enumerate(EXIT_LANES):
+            d_sim = DeactivatorSim().start()
+            g_sim = GateSim(gate=lane, alarm_s=0).start()
+            alarms: queue.Queue = queue.Queue()
+            drv_d = EasDeactivator(d_sim.path)
+            drv_g = EasGate(g_sim.path, on_event=lambda ev, q=alarms: q.put(ev)
+                            if isinstance(ev, GateAlarm) else None)
+            self.sims += [d_sim, g_sim]
+            self.drivers += [drv_d.start(), drv_g.start()]
+            self.deact[lane] = (d_sim, drv_d)
+            self.gate[lane] = (g_sim, drv_g)
+            self.gate_alarms[lane] = alarms
+        for kiosk in KIOSKS:
+            p_sim = PrinterSim().start()
+            drv_p = PrinterDriver(p_sim.path)
+            self.sims.append(p_sim)
+            self.drivers.append(drv_p.start())
+            self.printer[kiosk] = (p_sim, drv_p)
 
     def _open_venue(self) -> None:
         """Seed 003's venue: accounts, carts, settlements and exit passes in
@@ -405,6 +437,11 @@ class Store:
                     valid_from=0, valid_until=int(time.time()) + 86_400))
 
     def stop(self) -> None:
+        for obj in getattr(self, "drivers", []) + getattr(self, "sims", []):
+            try:
+                obj.stop()
+            except Exception:
+                pass
         for thing in ("register", "display"):
             obj = getattr(self, thing, None)
             if obj is not None:
@@ -570,13 +607,28 @@ class Store:
             for i in range(0, 300, 50):                     # the bag leaves the belt
                 svc.weigh_frame(lane, self.lane_seq[lane], samples=belt[i:i + 50])
                 self.lane_seq[lane] += 1
-        # the deactivator takes the paid tags off; an unpaid tag sets off the gate
-        paid_tags = [r for r in units if r in self.tagged]
-        self.tally.add(tags_deactivated=len(paid_tags))
-        eas = plan["theft"] and plan["stolen"] in self.tagged
-        if eas:
-            svc.device_event(lane, "eas_gate", "alarm", code="TAG_ACTIVE",
-                             message=f"order {order['order_no']}")
+            # the deactivator takes the paid tags off, each confirmed over its line;
+            # an unpaid tag still live sets off the gate, which says so over its own
+            d_sim, d_drv = self.deact[lane]
+            for r in units:
+                if r in self.tagged:
+                    d_sim.do("tag")
+                    res = d_drv.deactivate(timeout_s=3.0)
+                    self.tally.add(tags_deactivated=int(res.ok),
+                                   tags_not_deactivated=int(not res.ok))
+            eas = False
+            if plan["theft"] and plan["stolen"] in self.tagged:
+                g_sim, _ = self.gate[lane]
+                g_sim.do("alarm")
+                try:
+                    alarm = self.gate_alarms[lane].get(timeout=3.0)
+                    eas = True
+                    svc.device_event(lane, "eas_gate", "alarm", code="TAG_ACTIVE",
+                                     message=f"order {order['order_no']} aisle "
+                                             f"{getattr(alarm, 'aisle', '?')}")
+                    g_sim.do("clear")
+                except Exception:
+                    self.tally.add(gate_silent=1)
         causes = []
         if v["verdict"] != "ok":
             causes.append(f"weight_{v['verdict']}")
@@ -685,7 +737,9 @@ class Store:
                           "unit_minor": ln["unit_price_minor"],
                           "amount_minor": ln["line_price_minor"]} for ln in seen["lines"]]
                 rec = pay.call("pay.receipt", order_no=seen["order_no"], lines=lines)
-                self.tally.add(receipts_printed=1, receipt_bytes=len(rec["escpos"]))
+                printed = self.printer[kiosk][1].print_receipt(rec["escpos"], timeout_s=3.0)
+                self.tally.add(receipts_printed=int(printed.ok),
+                               receipts_not_printed=int(not printed.ok))
             self._exit_lane(svc, plan, order, units)
             self._leave_with(device)
 
@@ -916,6 +970,9 @@ class Store:
             "coupons_redeemed": c["coupons_redeemed"],
             "coupon_savings_minor": c["coupon_savings_minor"],
             "tags_deactivated": c["tags_deactivated"],
+            "tags_not_deactivated": c["tags_not_deactivated"],
+            "receipts_not_printed": c["receipts_not_printed"],
+            "gate_silent": c["gate_silent"],
             "ledger_balanced": books["balanced"], "books": books,
             "latency_ms": self.latency.summary(),
             "errors": [e for e in self.tally.events if "error" in e][:10],
@@ -962,6 +1019,10 @@ def checks(summary: dict) -> list[str]:
         bad.append("the ledger does not balance against the providers")
     if s["journey_errors"]:
         bad.append(f"{s['journey_errors']} journeys failed: {s['errors'][:3]}")
+    if s["tags_not_deactivated"] or s["gate_silent"] or s["receipts_not_printed"]:
+        bad.append(f"devices: {s['tags_not_deactivated']} tags not deactivated, "
+                   f"{s['gate_silent']} live tags the gate did not report, "
+                   f"{s['receipts_not_printed']} receipts not printed")
     if s["exit_pass_reused"]:
         bad.append(f"an exit pass opened the gate twice ({s['exit_pass_reused']}×)")
     return bad

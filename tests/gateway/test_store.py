@@ -72,6 +72,13 @@ def test_the_books_balance_and_receipts_went_out(run):
         assert f"Order {order_no}" in m["text"] and m["phone"].startswith("+4477009")
         assert m["segments"] == 1 and "Verify " in m["text"]
     assert s["receipts_printed"] >= s["journeys"]["kiosk"]
+    # the kiosks' receipts came out of their printers (simulators on ptys): one cut
+    # each, with the order's total on paper
+    cuts = sum(sim.printed.cuts for sim, _ in store.printer.values())
+    assert cuts == s["journeys"]["kiosk"] > 0
+    # the paid tags were each deactivated over the deactivator's serial line
+    assert s["tags_deactivated"] > 0 and s["tags_not_deactivated"] == 0
+    assert s["gate_silent"] == 0
     assert s["coupons_redeemed"] > 0 and s["coupon_savings_minor"] > 0
     assert s["latency_ms"]["n"] > 500 and 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"]
 
