@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
@@ -397,40 +398,9 @@ _AUDIT_COLUMNS = ("order_no", "shopper", "kind", "items", "reason", "probability
                   "outcome", "found", "trust_before", "trust_after", "recorded_at")
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside the caller's transaction: an audit and its effect on trust are
-    written together or not at all."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        try:
-            if self.con.in_transaction:
-                self.con.execute(f"SAVEPOINT {_SAVEPOINT}")
-            else:
-                self.con.execute("BEGIN IMMEDIATE")
-                self.outer = True
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot start an audit transaction") from exc
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self.outer:
-                self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            elif exc_type is None:
-                self.con.execute(f"RELEASE {_SAVEPOINT}")
-            else:
-                self.con.execute(f"ROLLBACK TO {_SAVEPOINT}")
-                self.con.execute(f"RELEASE {_SAVEPOINT}")
-        except sqlite3.Error as err:
-            if exc_type is None:
-                raise _db_error(err, "cannot end an audit transaction") from err
-        if isinstance(exc, sqlite3.Error):
-            raise _db_error(exc, "the audit tables refused") from exc
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, _SAVEPOINT, _db_error, "audit", wrap_body_errors=True)
 
 
 def _db_error(exc: sqlite3.Error, what: str) -> AuditError:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
@@ -304,35 +305,9 @@ _SCHEMA = (
 )
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside a caller's transaction, so a drawer change is all or nothing
-    either way. IMMEDIATE takes the write lock before the counts are read, so two
-    tills sharing a drawer cannot both spend the same coin."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        try:
-            if self.con.in_transaction:
-                self.con.execute("SAVEPOINT drawer_txn")
-            else:
-                self.con.execute("BEGIN IMMEDIATE")
-                self.outer = True
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot start a drawer transaction") from exc
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.outer:
-            self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        elif exc_type is None:
-            self.con.execute("RELEASE drawer_txn")
-        else:
-            self.con.execute("ROLLBACK TO drawer_txn")
-            self.con.execute("RELEASE drawer_txn")
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, "drawer_txn", _db_error, "drawer")
 
 
 def _db_error(exc: sqlite3.Error, what: str) -> CashError:

@@ -59,6 +59,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 from lanecore.ext.barcode import gs1_check_digit
 
@@ -738,44 +739,9 @@ def _db_error(exc: sqlite3.Error, what: str) -> CouponError:
     return CouponError(f"{what}: {exc}", code="DB_BUSY" if busy else "DB_ERROR")
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside a caller's transaction. IMMEDIATE takes the write lock before
-    a coupon's state is read, so two tills cannot both see it ``issued``."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        try:
-            if self.con.in_transaction:
-                self.con.execute("SAVEPOINT coupon_txn")
-            else:
-                self.con.execute("BEGIN IMMEDIATE")
-                self.outer = True
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot start a coupon transaction") from exc
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self.outer:
-                self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            elif exc_type is None:
-                self.con.execute("RELEASE coupon_txn")
-            else:
-                self.con.execute("ROLLBACK TO coupon_txn")
-                self.con.execute("RELEASE coupon_txn")
-        except sqlite3.Error as err:
-            if exc_type is None:
-                if self.outer and self.con.in_transaction:
-                    try:
-                        self.con.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise _db_error(err, "cannot commit the coupon transaction") from err
-            # otherwise the original exception says more than a failed rollback
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, "coupon_txn", _db_error, "coupon")
 
 
 def _ident(v, what: str, rx: re.Pattern = _ID) -> str:

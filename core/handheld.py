@@ -45,6 +45,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
@@ -95,41 +96,9 @@ class HandheldError(LanecoreError):
         return out
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside the caller's transaction: a fleet change is all or nothing.
-    IMMEDIATE takes the write lock before the free devices are read, so two cradle
-    screens cannot hand the same handheld to two shoppers."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        try:
-            if self.con.in_transaction:
-                self.con.execute(f"SAVEPOINT {_SAVEPOINT}")
-            else:
-                self.con.execute("BEGIN IMMEDIATE")
-                self.outer = True
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot start a handheld transaction") from exc
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self.outer:
-                self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            elif exc_type is None:
-                self.con.execute(f"RELEASE {_SAVEPOINT}")
-            else:
-                self.con.execute(f"ROLLBACK TO {_SAVEPOINT}")
-                self.con.execute(f"RELEASE {_SAVEPOINT}")
-        except sqlite3.Error as err:
-            if exc_type is None:
-                raise _db_error(err, "cannot end a handheld transaction") from err
-        if isinstance(exc, sqlite3.Error):
-            raise _db_error(exc, "the handheld table refused") from exc
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, _SAVEPOINT, _db_error, "handheld", wrap_body_errors=True)
 
 
 def _db_error(exc: sqlite3.Error, what: str) -> HandheldError:

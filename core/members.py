@@ -57,6 +57,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
@@ -377,43 +378,9 @@ _PURCHASE_COLS = ("order_no, member_id, total_minor, currency, points_earned, "
                   "points_redeemed, lines, at, reversed_at")
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside a caller's transaction, so a change is all or nothing either way.
-    IMMEDIATE takes the write lock before the balance is read, so two lanes redeeming
-    from one member cannot both spend the same points."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        try:
-            if self.con.in_transaction:
-                self.con.execute("SAVEPOINT members_txn")
-            else:
-                self.con.execute("BEGIN IMMEDIATE")
-                self.outer = True
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot start a members transaction") from exc
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.outer:
-            if exc_type is None:
-                try:
-                    self.con.execute("COMMIT")
-                    return
-                except sqlite3.Error:
-                    if self.con.in_transaction:
-                        self.con.execute("ROLLBACK")
-                    raise
-            self.con.execute("ROLLBACK")
-        elif exc_type is None:
-            self.con.execute("RELEASE members_txn")
-        else:
-            self.con.execute("ROLLBACK TO members_txn")
-            self.con.execute("RELEASE members_txn")
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, "members_txn", _db_error, "members")
 
 
 def _db_error(exc: sqlite3.Error, what: str) -> MemberError:

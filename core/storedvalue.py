@@ -68,6 +68,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
@@ -253,43 +254,9 @@ _ACCOUNT_COLS = ("member, currency, balance_minor, frozen, pin_hash, pin_failure
 _MOVE_COLS = "ref, member, kind, amount_minor, balance_after, of_ref, at"
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside a caller's transaction, so a change is all or nothing either way.
-    IMMEDIATE takes the write lock before the balance is read, so two lanes debiting
-    one account cannot both spend the same money."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        try:
-            if self.con.in_transaction:
-                self.con.execute("SAVEPOINT sv_txn")
-            else:
-                self.con.execute("BEGIN IMMEDIATE")
-                self.outer = True
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot start a stored-value transaction") from exc
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.outer:
-            if exc_type is None:
-                try:
-                    self.con.execute("COMMIT")
-                    return
-                except sqlite3.Error:
-                    if self.con.in_transaction:
-                        self.con.execute("ROLLBACK")
-                    raise
-            self.con.execute("ROLLBACK")
-        elif exc_type is None:
-            self.con.execute("RELEASE sv_txn")
-        else:
-            self.con.execute("ROLLBACK TO sv_txn")
-            self.con.execute("RELEASE sv_txn")
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, "sv_txn", _db_error, "stored-value")
 
 
 def _db_error(exc: sqlite3.Error, what: str) -> StoredValueError:

@@ -78,6 +78,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 from lanecore.core.orderqr import (Signer, Verifier, b64url_decode, b64url_encode,
                                    canonical_json)
@@ -653,39 +654,9 @@ _SETTLEMENT_COLS = ("order_no, venue, cart_id, account_id, status, total_minor, 
                     "issued_at, pass_id, exit_pass, gateway, failure")
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside a caller's transaction. IMMEDIATE takes the write lock before
-    anything is read, so two terminals cannot both move one cart to ``settling``."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        if self.con.in_transaction:
-            self.con.execute("SAVEPOINT venue_txn")
-        else:
-            self.con.execute("BEGIN IMMEDIATE")
-            self.outer = True
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.outer:
-            if exc_type is None:
-                try:
-                    self.con.execute("COMMIT")
-                    return
-                except sqlite3.Error:
-                    if self.con.in_transaction:
-                        self.con.execute("ROLLBACK")
-                    raise
-            self.con.execute("ROLLBACK")
-        elif exc_type is None:
-            self.con.execute("RELEASE venue_txn")
-        else:
-            self.con.execute("ROLLBACK TO venue_txn")
-            self.con.execute("RELEASE venue_txn")
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, "venue_txn", _db_error, "venue")
 
 
 def _db_error(exc: sqlite3.Error, what: str) -> UnattendedError:

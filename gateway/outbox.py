@@ -52,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Protocol, TextIO
 
+from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 from lanecore.core.receipt import sms_segments
 
@@ -141,30 +142,9 @@ class Sink(Protocol):
         """Deliver ``message`` or raise; may be called more than once per ``msg_ref``."""
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), or a
-    savepoint inside a caller's transaction."""
-
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-        self.outer = False
-
-    def __enter__(self):
-        if self.con.in_transaction:
-            self.con.execute("SAVEPOINT outbox_txn")
-        else:
-            self.con.execute("BEGIN IMMEDIATE")
-            self.outer = True
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.outer:
-            self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        elif exc_type is None:
-            self.con.execute("RELEASE outbox_txn")
-        else:
-            self.con.execute("ROLLBACK TO outbox_txn")
-            self.con.execute("RELEASE outbox_txn")
+def _Txn(con: sqlite3.Connection) -> Txn:
+    """This store's transaction (``core/sqltxn.py``)."""
+    return Txn(con, "outbox_txn", _db_error, "outbox")
 
 
 class Outbox:
