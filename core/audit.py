@@ -86,16 +86,6 @@ class AuditError(LanecoreError):
 
     code = "AUDIT_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -82,16 +82,6 @@ class CashError(LanecoreError):
 
     code = "CASH_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 def denominations(currency: str) -> tuple[int, ...]:
     """The denominations of ``currency`` (minor units, ascending); ``BAD_CURRENCY``

@@ -96,16 +96,6 @@ class CouponError(LanecoreError):
 
     code = "COUPON_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 # ======================================================================================
 # GS1 coupon element strings

@@ -8,14 +8,21 @@ class LanecoreError(Exception):
 
     code = "INTERNAL"
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str, *, code: str | None = None,
+                 details: dict | None = None):
         super().__init__(message)
         if code is not None:
             self.code = code
         self.message = message
+        #: Machine-readable particulars (which field, which coupon, how much short…);
+        #: on the wire as the error object's ``details`` map when not empty.
+        self.details = dict(details or {})
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message}
+        out = {"code": self.code, "message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
 
 
 class ConfigError(LanecoreError):

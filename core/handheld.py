@@ -85,16 +85,6 @@ class HandheldError(LanecoreError):
 
     code = "HANDHELD_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 def _Txn(con: sqlite3.Connection) -> Txn:
     """This store's transaction (``core/sqltxn.py``)."""

@@ -105,16 +105,6 @@ class MemberError(LanecoreError):
 
     code = "MEMBER_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 # --------------------------------------------------------------------------------------
 # Records

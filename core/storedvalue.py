@@ -102,16 +102,6 @@ class StoredValueError(LanecoreError):
 
     code = "STORED_VALUE_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 @dataclass(frozen=True)
 class Account:

@@ -155,16 +155,6 @@ class UnattendedError(LanecoreError):
 
     code = "UNATTENDED_ERROR"
 
-    def __init__(self, message: str, *, code: str, details: dict | None = None):
-        super().__init__(message, code=code)
-        self.details = dict(details or {})
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 def _fail(code: str, message: str, /, **details) -> UnattendedError:
     return UnattendedError(message, code=code, details=details)
