@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH_JSON ?= bench/results/bench-$(BENCH_STAMP).json
 
-.PHONY: all build demo test test-compiled test-twins bench clean
+.PHONY: all build demo test lint test-compiled test-twins bench clean
 
 all: build
 
@@ -38,7 +38,12 @@ demo: $(BUILT)
 # (Kernel tests compare both in each pass; the build check runs in both.) Test files
 # marked kernel_free (payments, coupons, pricing, printers: pure Python that never
 # reaches a kernel) cannot differ between the passes and run in the first only.
-test: test-compiled test-twins
+test: lint test-compiled test-twins
+
+# The layers as contracts (pyproject.toml, [tool.importlinter]): an import that goes
+# the wrong way between layers or domains fails here, before any test runs.
+lint: $(BUILT)
+	$(VENV)/bin/lint-imports
 
 test-compiled: $(BUILT)
 	$(PYTEST) tests bench --benchmark-disable --durations=15

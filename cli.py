@@ -142,7 +142,7 @@ def cmd_scan_parse(args) -> int:
 # ----------------------------------------------------------------------------------
 
 def cmd_catalog_gen(args) -> int:
-    from lanecore.core.synth import write_catalog_csv
+    from lanecore.core.scan.synth import write_catalog_csv
     if args.rows < 1:
         return _die("USAGE", "--rows must be at least 1")
     progress = Progress(f"writing {args.out}")
@@ -156,7 +156,7 @@ def cmd_catalog_gen(args) -> int:
 
 
 def cmd_catalog_import(args) -> int:
-    from lanecore.core.catalog import Catalog
+    from lanecore.core.scan.catalog import Catalog
     data_dir, _config = _store(args, create=True)
     progress = Progress(f"importing {args.file}")
     with Catalog.open(data_dir) as cat:
@@ -186,7 +186,7 @@ def cmd_catalog_import(args) -> int:
 
 
 def cmd_catalog_lookup(args) -> int:
-    from lanecore.core.catalog import Catalog
+    from lanecore.core.scan.catalog import Catalog
     data_dir, config = _store(args)
     region = _region(args, config)
     all_found = True
@@ -247,7 +247,7 @@ def _read_trace(path: str):
 
 
 def _lane_config(args):
-    from lanecore.core.weighing import LaneConfig
+    from lanecore.core.weigh.laneconfig import LaneConfig
     base = {}
     if args.config:
         try:
@@ -266,7 +266,7 @@ def _lane_config(args):
 
 
 def cmd_weigh_replay(args) -> int:
-    from lanecore.core.weighing import configure_lane
+    from lanecore.core.weigh.laneconfig import configure_lane
     from lanecore.ext.loadcell import LaneBank, warm_up
     config = _lane_config(args)
     samples = _read_trace(args.trace)
@@ -334,7 +334,7 @@ def cmd_weigh_gen(args) -> int:
 # ----------------------------------------------------------------------------------
 
 def cmd_verify(args) -> int:
-    from lanecore.core.verify import VerifyPolicy, load_order, verify
+    from lanecore.core.weigh.verify import VerifyPolicy, load_order, verify
     data_dir, config = _store(args)
     order = load_order(args.order)
     fields = {name: value for name, value in (
@@ -342,9 +342,9 @@ def cmd_verify(args) -> int:
         ("scale_sd_g", args.scale_sd_g), ("floor_g", args.floor_g)) if value is not None}
     policy = VerifyPolicy(**fields)
     table = None
-    from lanecore.core.catalog import database_path
+    from lanecore.core.scan.catalog import database_path
     if database_path(data_dir).exists():
-        from lanecore.core.catalog import Catalog
+        from lanecore.core.scan.catalog import Catalog
         with Catalog.open(data_dir) as cat:
             table = cat.table()
     verdict = verify(order, args.measured_g, table, policy, region=_region(args, config))
@@ -369,7 +369,7 @@ def cmd_serve(args) -> int:
 
     import zmq
 
-    from lanecore.gateway import security as sec
+    from lanecore.gateway.net import security as sec
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data_dir, config = _store(args, create=True)
     ctx = zmq.Context.instance()
@@ -385,7 +385,7 @@ def cmd_serve(args) -> int:
               f"{args.workers} worker(s), data in {data_dir}", file=sys.stderr, flush=True)
     try:
         if args.workers > 1:
-            from lanecore.gateway.broker import Broker
+            from lanecore.gateway.net.broker import Broker
             Broker(data_dir, workers=args.workers, region=args.region,
                    max_lanes=args.max_lanes).serve(args.bind, events=args.events,
                                                    security=guard, ready=ready, ctx=ctx)
@@ -418,7 +418,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_keys_gen(args) -> int:
-    from lanecore.gateway import security as sec
+    from lanecore.gateway.net import security as sec
     from lanecore.core.config import resolve_data_dir
     if args.server:
         directory = sec.keys_dir(resolve_data_dir(args.data_dir))
@@ -458,10 +458,10 @@ def cmd_sim(args) -> int:
     import threading
 
     if args.device == "provider":
-        from lanecore.gateway import provider_sim
+        from lanecore.gateway.sim import provider as provider_sim
         return provider_sim.main(args.args)
     if args.device == "wallet":
-        from lanecore.gateway import wallet_sim
+        from lanecore.gateway.sim import wallet as wallet_sim
         return wallet_sim.main(args.args)
     from lanecore.drivers import sim
 
@@ -508,15 +508,15 @@ def cmd_till(args) -> int:
 def cmd_gateway_coupons(args) -> int:
     """The coupon gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import coupons
-    from lanecore.gateway import security as sec
+    from lanecore.gateway.net import security as sec
     sec.check_plain([args.bind], args.allow_plain)
     return coupons.serve(args.data_dir, args.bind)
 
 
 def cmd_gateway_payments(args) -> int:
     """The payment gateway until SIGTERM/SIGINT."""
-    from lanecore.gateway import payments
-    from lanecore.gateway import security as sec
+    from lanecore.gateway.payments import gateway as payments
+    from lanecore.gateway.net import security as sec
     if not args.curve:
         sec.check_plain([args.bind], args.allow_plain)
     return payments.serve(args.data_dir, args.bind, curve=args.curve)
@@ -527,8 +527,8 @@ def _terminals(args):
     import sqlite3
 
     from lanecore.core.config import resolve_data_dir
-    from lanecore.gateway.payments import LEDGER_FILE
-    from lanecore.gateway.terminals import Terminals
+    from lanecore.gateway.payments.gateway import LEDGER_FILE
+    from lanecore.gateway.payments.terminals import Terminals
     data_dir = resolve_data_dir(args.data_dir, create=True)
     path = data_dir / LEDGER_FILE
     con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
@@ -539,7 +539,7 @@ def _terminals(args):
 
 def cmd_terminal_add(args) -> int:
     """Register a POS terminal (or give it a new key) and print its key once."""
-    from lanecore.gateway.terminals import key_text
+    from lanecore.gateway.payments.terminals import key_text
     con, reg = _terminals(args)
     try:
         methods = args.methods.split(",") if args.methods else None
@@ -583,8 +583,8 @@ def cmd_recon(args) -> int:
     import csv
     import sqlite3
 
-    from lanecore.core import recon
-    from lanecore.core.ledger import day_rows
+    from lanecore.core.pay import recon
+    from lanecore.core.pay.ledger import day_rows
     date = recon.check_date(args.date)
     if not Path(args.ledger).is_file():
         return _die("NO_LEDGER", f"no ledger database at {args.ledger}")
@@ -705,8 +705,8 @@ def cmd_device_read(args) -> int:
 
 def cmd_qr_mpm(args) -> int:
     """An EMVCo merchant-presented QR: the payload, and its symbol as PNG, SVG or
-    terminal art (docs/qr.md)."""
-    from lanecore.core import emvqr
+    terminal art (docs/pay/qr.md)."""
+    from lanecore.core.pay import emvqr
     payload = emvqr.build_mpm(
         amount_minor=(None if args.amount_minor is None
                       else emvqr.parse_minor_units(args.amount_minor)),
@@ -741,7 +741,7 @@ def cmd_qr_mpm(args) -> int:
 def cmd_qr_decode_mpm(args) -> int:
     """Read an EMVCo merchant-presented payload: its objects, templates opened, and
     whether its CRC holds. Exit 1 when the payload is not good."""
-    from lanecore.core.emvqr import decode_mpm, field_lines
+    from lanecore.core.pay.emvqr import decode_mpm, field_lines
     text = args.payload
     if text == "-":
         text = sys.stdin.readline().rstrip("\r\n")
@@ -763,7 +763,7 @@ def cmd_qr_decode_mpm(args) -> int:
 
 def cmd_lane_run(args) -> int:
     """Run one lane controller until interrupted (or --duration); one JSON line per
-    record (docs/lanes.md)."""
+    record (docs/store/lanes.md)."""
     import signal
     import threading
 
@@ -851,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the trace holds raw ADC counts, C per gram")
     sp.add_argument("--zero", type=float, metavar="Z", help="raw counts at zero load")
     sp.add_argument("--config", metavar="LANE.json",
-                    help="any other lane settings (fields of docs/weighing.md)")
+                    help="any other lane settings (fields of docs/weigh/weighing.md)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_weigh_replay)
     sp = weigh.add_parser("gen", help="write a synthetic load-cell trace and its ground truth")
@@ -941,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="the payment and coupon gateway processes").add_subparsers(
         dest="gateway_command", required=True)
     sp = gw.add_parser("payments", help="the payment gateway: ZeroMQ ROUTER, ledger, "
-                                        "channels (docs/payments.md)")
+                                        "channels (docs/pay/payments.md)")
     sp.add_argument("--bind", default="tcp://127.0.0.1:5560", metavar="ADDR",
                     help="ROUTER endpoint (default tcp://127.0.0.1:5560)")
     sp.add_argument("--curve", action="store_true",
@@ -953,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_gateway_payments)
 
     sp = gw.add_parser("coupons", help="the coupon gateway: coupons, wallets, members, "
-                                       "pricing, one-scan checkout (docs/coupons-gateway.md)")
+                                       "pricing, one-scan checkout (docs/promo/coupons-gateway.md)")
     sp.add_argument("--bind", default="tcp://127.0.0.1:5570", metavar="ADDR",
                     help="ROUTER endpoint (default tcp://127.0.0.1:5570)")
     sp.add_argument("--allow-plain", action="store_true",
@@ -962,14 +962,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_gateway_coupons)
 
     sp = sub.add_parser("till", help="a till register on a customer QR display (seed 002): "
-                                     "JSON commands on stdin (docs/till.md)",
+                                     "JSON commands on stdin (docs/store/till.md)",
                         add_help=False)
     sp.add_argument("till_args", nargs=argparse.REMAINDER,
                     help="--display PORT --store-db PATH --register NO [--payments ADDR]")
     sp.set_defaults(func=cmd_till)
 
     term = sub.add_parser("terminal", help="POS terminals of the payment gateway: "
-                                           "keys and limits (docs/payments.md)"
+                                           "keys and limits (docs/pay/payments.md)"
                           ).add_subparsers(dest="terminal_command", required=True)
     sp = term.add_parser("add", help="register a terminal and print its key (once)")
     sp.add_argument("id", help="the terminal id (1-32 letters, digits, . _ -)")
@@ -995,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_terminal_disable)
 
     sp = sub.add_parser("recon", help="reconcile a day's ledger against the providers' "
-                                      "bill files (docs/providers.md)")
+                                      "bill files (docs/pay/providers.md)")
     sp.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day (UTC)")
     sp.add_argument("--ledger", required=True, metavar="PATH", help="the ledger database")
     sp.add_argument("--bills", required=True, metavar="DIR",
@@ -1027,7 +1027,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_device_read)
 
-    qr = sub.add_parser("qr", help="EMVCo merchant-presented payment QR codes (docs/qr.md)"
+    qr = sub.add_parser("qr", help="EMVCo merchant-presented payment QR codes (docs/pay/qr.md)"
                         ).add_subparsers(dest="qr_command", required=True)
     sp = qr.add_parser("mpm", help="make a merchant-presented QR: dynamic with an amount, "
                                    "static without")
@@ -1074,7 +1074,7 @@ def build_parser() -> argparse.ArgumentParser:
         .add_subparsers(dest="lane_command", required=True)
     sp = lane.add_parser("run", help="run a lane from its configuration (TOML); "
                                      "prints a JSON line per scan, verdict and device event")
-    sp.add_argument("config", help="the lane's configuration file (docs/lanes.md)")
+    sp.add_argument("config", help="the lane's configuration file (docs/store/lanes.md)")
     sp.add_argument("--service", metavar="ADDR", help="the service's address "
                                                       "(overrides lane.service)")
     sp.add_argument("--duration", type=float, metavar="S",
@@ -1082,7 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_lane_run)
 
     sp = sub.add_parser("demo", help="a whole simulated store: lanecore's main job on "
-                                     "embedded defaults (docs/demo.md)")
+                                     "embedded defaults (docs/store/demo.md)")
     sp.add_argument("--shoppers", type=int, default=60, help="shoppers (default 60)")
     sp.add_argument("--seed", type=int, default=7, help="the simulation's seed (default 7)")
     sp.add_argument("--live", action="store_true", help="a live view while it runs")

@@ -10,15 +10,19 @@ from pathlib import Path
 
 import numpy
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_py import build_py as _build_py
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "__init__.py").read_text(),
                     re.M).group(1)
 
-PACKAGES = ["lanecore", "lanecore.core", "lanecore.ext", "lanecore.drivers",
-            "lanecore.drivers.sim", "lanecore.gateway"]
+# Every package below the four layers' folders (core/scan/, gateway/net/, …), found
+# rather than listed, so a new room cannot be left out of the wheel.
+LAYERS = ("core", "ext", "drivers", "gateway")
+PACKAGES = ["lanecore"] + [
+    f"lanecore.{p}" for p in find_packages(
+        where=str(HERE), include=[*LAYERS, *(f"{top}.*" for top in LAYERS)])]
 
 
 class build_py(_build_py):
@@ -67,9 +71,11 @@ setup(
         # scipy: the sosfilt the filter cascade is checked and timed against;
         # hypothesis: property-based tests; opencv-python-headless: decodes the QR
         # images we render (an independent reader, wheels need no system library);
-        # pillow: qrcode's image output, which the decoder reads.
+        # pillow: qrcode's image output, which the decoder reads; import-linter: the
+        # layers and domains as contracts (pyproject.toml), checked by `make test`.
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5",
-                 "scipy>=1.11", "opencv-python-headless>=4.8", "pillow>=10"],
+                 "scipy>=1.11", "opencv-python-headless>=4.8", "pillow>=10",
+                 "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["lanecore = lanecore.cli:main"]},
     cmdclass={"build_py": build_py},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lanecore.core.synth import with_check_digit
+from lanecore.core.scan.synth import with_check_digit
 
 
 def gtin13_keys(n: int, *, seed: int) -> np.ndarray:

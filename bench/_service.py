@@ -31,7 +31,7 @@ import numpy as np
 import zmq
 
 # the echo unpacks with the service's own limits and caps messages the same way
-from lanecore.gateway.protocol import MAX_MESSAGE_BYTES, UNPACK_LIMITS
+from lanecore.gateway.net.protocol import MAX_MESSAGE_BYTES, UNPACK_LIMITS
 
 HERE = Path(__file__).resolve()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,8 +53,8 @@ def make_store(path: Path, items: int = 2000, *, seed: int = 11) -> list[dict]:
     ordinary weighed items (no flags, a unit weight)."""
     import csv
 
-    from lanecore.core.catalog import import_csv
-    from lanecore.core.synth import write_catalog_csv
+    from lanecore.core.scan.catalog import import_csv
+    from lanecore.core.scan.synth import write_catalog_csv
     path.mkdir(parents=True, exist_ok=True)
     write_catalog_csv(path / "catalog.csv", items, seed=seed, region="GB")
     import_csv(path, path / "catalog.csv")
@@ -685,10 +685,10 @@ def anatomy_main(data_dir: str, n: int, lanes: int, *, fill: bool = True) -> dic
     import csv
     import gc
 
-    from lanecore.core.weighing import LaneConfig, configure_lane
+    from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
     from lanecore.ext.loadcell import LaneBank
-    from lanecore.gateway import protocol as P
-    from lanecore.gateway import server as server_mod
+    from lanecore.gateway.net import protocol as P
+    from lanecore.gateway.net import server as server_mod
     from lanecore.gateway.service import Service
     clock = time.perf_counter_ns
     with open(Path(data_dir) / "catalog.csv", newline="", encoding="utf-8") as f:
@@ -779,9 +779,9 @@ def _anatomy_scan_verify(svc, n: int, codes: list[str]) -> dict:
     ``codes``: GTINs of plain weighed catalogue items."""
     import sqlite3
 
-    from lanecore.core.verify import verify
+    from lanecore.core.weigh.verify import verify
     from lanecore.ext import barcode
-    from lanecore.gateway import protocol as P
+    from lanecore.gateway.net import protocol as P
     clock = time.perf_counter_ns
     out: dict = {}
     payloads = [msgpack.packb({"op": "scan", "id": k, "lane": "L",

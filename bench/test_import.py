@@ -11,8 +11,8 @@ import csv
 
 import pytest
 
-from lanecore.core import catalog
-from lanecore.core.synth import write_catalog_csv
+from lanecore.core.scan import catalog
+from lanecore.core.scan.synth import write_catalog_csv
 
 GROUP = "catalogue import"
 

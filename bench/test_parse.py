@@ -9,7 +9,7 @@ import biip
 import pytest
 from biip import ParseConfig
 
-from lanecore.core.scanmix import mixed_scans
+from lanecore.core.scan.scanmix import mixed_scans
 from lanecore.ext import _barcode, _barcode_py
 
 GROUP = "parse: mixed scans"

@@ -501,7 +501,7 @@ def test_where_a_frame_goes(note, bench_dir, store, plan):
              f"{a['scan_to_dict_us']:.1f}, packing the {a['scan_reply_bytes']}-byte reply "
              f"{a['scan_pack_us']:.1f}")
         note(f"one verify.order in-process: handle {a['verify_handle_us']:,.0f} µs, of "
-             f"which the verdict (core.verify.verify) {a['verify_kernel_us']:,.0f} µs; a "
+             f"which the verdict (core.weigh.verify.verify) {a['verify_kernel_us']:,.0f} µs; a "
              f"bare INSERT + COMMIT with the store's pragmas (WAL, synchronous=FULL) "
              f"{a['commit_us']:,.0f} µs on this disk")
     if "gc_full_full_ms" in a:

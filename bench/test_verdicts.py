@@ -15,7 +15,7 @@ The simulation follows the model the verdict assumes, with nothing tuned to it:
   non-exempt catalogue item that is not on the order.
 
 Every exit gets its verdict from the batch kernel; the ones that alarm go through
-``lanecore.core.verify.verify`` (the public API) for their explanations.
+``lanecore.core.weigh.verify.verify`` (the public API) for their explanations.
 
 Targets (issue "Weighing", part 2): measured false-alarm and detection rates agree
 with the Gaussian theory within 3 standard errors; the default policy gives at most
@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pytest
 
-from lanecore.core.verify import CatalogWeights, VerifyPolicy, verify
+from lanecore.core.weigh.verify import CatalogWeights, VerifyPolicy, verify
 from lanecore.ext import tolerance as T
 from lanecore.ext.lookup import FLAG_WEIGHT_EXEMPT, CatalogTable
 
@@ -385,7 +385,7 @@ def test_explanations_rank_the_cause_first(explained, note, sizes):
          f"{top_p[single].mean():.4f} (n={int(single.sum()):,})")
     note(f"  target: missing unit ranked first in >= 90 % of detected cases: "
          f"{'met' if ours >= 0.90 else 'NOT MET'} ({ours:.4f} against a ceiling of "
-         f"{ceiling:.4f}); docs/verification.md explains why")
+         f"{ceiling:.4f}); docs/weigh/verification.md explains why")
 
     # The ranking is as good as the weight allows: within 2 points of the ceiling
     # (paired comparison, plus 3 standard errors of the difference).

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from lanecore.core.weighing import LaneConfig, configure_lane
+from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
 from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate
 from lanecore.ext import filters
 from lanecore.ext.loadcell import LaneBank

@@ -701,7 +701,7 @@ class WeighFeeder:
     """Bridge frames in, ``weigh.frame`` requests out (``counts``: int32 raw counts).
 
     ``sink`` is anything with ``weigh_frame(lane, seq, counts=...)`` returning the
-    reply's result map — a :class:`lanecore.gateway.client.Client` (used from one
+    reply's result map — a :class:`lanecore.gateway.net.client.Client` (used from one
     thread only: call :meth:`feed` from the driver's ``on_event``, or from one thread
     draining a queue it fills). The lane must have been set up with ``weigh.config``
     (``counts_per_g``, ``zero_counts``, ``fs_hz`` equal to the bridge's rate).

@@ -36,7 +36,7 @@ from typing import Callable
 
 import msgpack
 
-from lanecore.core.emvqr import CURRENCIES, EmvQrError, MerchantQr, crc16_ccitt_false
+from lanecore.core.pay.emvqr import CURRENCIES, EmvQrError, MerchantQr, crc16_ccitt_false
 from lanecore.core.errors import LanecoreError
 from lanecore.drivers.link import (BAD_FRAME, GARBAGE, NO_ANSWER, UNKNOWN_STATUS,
                                    DeviceFault, LineSettings, Link, LinkDown)

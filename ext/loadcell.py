@@ -387,7 +387,7 @@ class LaneBank:
     """The state of up to ``capacity`` lanes and one call to advance them all.
 
     ``configure(lane, params, sos)`` sets a lane up (``params``: the CF_* values by
-    name, see ``lanecore.core.weighing.LaneConfig`` which builds them); ``feed`` runs
+    name, see ``lanecore.core.weigh.laneconfig.LaneConfig`` which builds them); ``feed`` runs
     one lane's frame; ``step`` runs a frame for every lane at once.
     """
 

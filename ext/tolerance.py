@@ -2,7 +2,7 @@
 exits at once, and the search for what explains a weight outside its band.
 
 Pure numeric, grams throughout. The policy (which band, which priors) lives in
-``lanecore.core.verify``; these kernels only add, compare and score.
+``lanecore.core.weigh.verify``; these kernels only add, compare and score.
 
 Every kernel is compiled with lanecore's options (``lanecore.ext._numba``) and explicit
 signatures, so it compiles (or loads from the cache) on import. Arrays must be

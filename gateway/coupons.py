@@ -1,9 +1,9 @@
 """The coupon gateway: ``lanecore gateway coupons [--bind ADDR] [--data-dir D]``.
 
 Seed 001 end to end: the till scans the shopper's multi-information QR once
-(``checkout.mqr``); the gateway checks it (``core/mqr.py``), holds the coupons it
-carries (``core/coupons.py``), prices the basket with promotions, member prices,
-coupons and points (``core/pricing.py``, ``core/members.py``), charges the rest
+(``checkout.mqr``); the gateway checks it (``core/promo/mqr.py``), holds the coupons it
+carries (``core/promo/coupons.py``), prices the basket with promotions, member prices,
+coupons and points (``core/promo/pricing.py``, ``core/promo/members.py``), charges the rest
 through the payment gateway with the QR's payment token — telling the provider
 which coupons were redeemed — and only then redeems the coupons. All or nothing:
 a payment that fails gives every coupon and point back.
@@ -15,7 +15,7 @@ at any point restarts and drives every ``charging`` checkout to ``paid`` (coupon
 redeemed) or ``failed`` (coupons released) by asking again — the payment gateway
 answers with the payment it has, it never charges twice.
 
-Configuration ``DATA_DIR/coupons.toml`` (``docs/coupons-gateway.md``).
+Configuration ``DATA_DIR/coupons.toml`` (``docs/promo/coupons-gateway.md``).
 
 Fault injection for tests: ``LANECORE_COUPONS_CRASH=after_hold`` (or
 ``after_payment``) makes the process SIGKILL itself right after the checkout's
@@ -30,22 +30,21 @@ import os
 import re
 import signal
 import sqlite3
-import sys
 import time
 import tomllib
 from pathlib import Path
 
-from lanecore.core import pricing as PR
+from lanecore.core.promo import pricing as PR
 from lanecore.core.config import resolve_data_dir
-from lanecore.core.coupons import CouponBook, CouponError, Definition
+from lanecore.core.promo.coupons import CouponBook, CouponError, Definition
 from lanecore.core.errors import LanecoreError
-from lanecore.core.members import Members
-from lanecore.core.mqr import MqrError, read_mqr
-from lanecore.core.orderqr import Verifier
+from lanecore.core.promo.members import Members
+from lanecore.core.promo.mqr import MqrError, read_mqr
+from lanecore.core.store.orderqr import Verifier
 
-from . import protocol as P
-from .protocol import Field
-from .server import DURABLE, PURE, RECORDED, OpServer
+from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.protocol import Field
+from lanecore.gateway.net.server import DURABLE, PURE, RECORDED, OpServer
 
 log = logging.getLogger("lanecore.coupons")
 
@@ -168,7 +167,7 @@ class CouponGateway(OpServer):
         """The payment gateway's client (``[payments] endpoint``, ``terminal``,
         ``key`` when it authenticates its terminals)."""
         if self._payments is None:
-            from .client import Client, TerminalKey
+            from lanecore.gateway.net.client import Client, TerminalKey
             cfg = self._pay_cfg
             if "endpoint" not in cfg:
                 raise LanecoreError(f"no [payments] endpoint in {CONFIG_FILE}",
@@ -284,8 +283,8 @@ class CouponGateway(OpServer):
 
     def op_parse(self, f) -> dict:
         """A printed coupon scanned at the till: the GS1 (8110) / (8112) element
-        strings of the scan, parsed (``docs/coupons.md``)."""
-        from lanecore.core.coupons import coupons_in_ais
+        strings of the scan, parsed (``docs/promo/coupons.md``)."""
+        from lanecore.core.promo.coupons import coupons_in_ais
         from lanecore.ext.barcode import parse_scan
         scan = parse_scan(f["code"])
         found = coupons_in_ais(scan.ais or {})
@@ -630,14 +629,3 @@ def serve(data_dir, bind: str) -> int:
     finally:
         gw.close()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lanecore.gateway.coupons`` = ``lanecore gateway coupons``."""
-    from lanecore import cli
-    return cli.main(["gateway", "coupons", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-

@@ -3,7 +3,7 @@
 ``lanecore lane run LANE.toml`` reads a lane configuration naming the lane's scanner,
 scale or load-cell bridge, EAS deactivator and gate, and receipt printer (each a port
 URL and its options), opens every device with its driver, and connects them to the
-service through :class:`lanecore.gateway.client.Client`:
+service through :class:`lanecore.gateway.net.client.Client`:
 
 * scanner → ``scan`` (an order QR, ``LCO1.…``, scanned at an exit lane → ``verify.order``
   with the weight on the lane: a fresh stable reading of the scale, or the bridge
@@ -41,7 +41,7 @@ from lanecore.drivers import scales as scales_mod
 from lanecore.drivers import scanner as scanner_mod
 from lanecore.drivers.link import DeviceFault
 
-from .client import Client, CurveKeys, ServiceError
+from lanecore.gateway.net.client import Client, CurveKeys, ServiceError
 
 log = logging.getLogger("lanecore.lane")
 

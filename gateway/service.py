@@ -21,17 +21,17 @@ import time
 import numpy as np
 
 import lanecore
-from lanecore.core import catalog as catalog_mod
+from lanecore.core.scan import catalog as catalog_mod
 from lanecore.core.config import load_config, resolve_data_dir
 from lanecore.core.errors import LanecoreError
-from lanecore.core.learning import ScaleHealth, WeightBook
-from lanecore.core.verify import VerifyPolicy, verify
-from lanecore.core.weighing import LaneConfig, configure_lane
+from lanecore.core.weigh.learning import ScaleHealth, WeightBook
+from lanecore.core.weigh.verify import VerifyPolicy, verify
+from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
 from lanecore.ext import barcode, loadcell
 
-from . import protocol as P
-from .protocol import NAME, Field, ProtocolError
-from .server import DURABLE, PURE, REPLAY_WINDOW_S, STATEFUL, OpServer
+from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.protocol import NAME, Field, ProtocolError
+from lanecore.gateway.net.server import DURABLE, PURE, REPLAY_WINDOW_S, STATEFUL, OpServer
 
 log = logging.getLogger("lanecore.service")
 
@@ -110,8 +110,8 @@ class Service(OpServer):
     # ------------------------------------------------------------------------------
     def _basket_init(self) -> None:
         try:
-            from lanecore.core.basket import BasketStore
-            from lanecore.core.orderqr import Signer
+            from lanecore.core.store.basket import BasketStore
+            from lanecore.core.store.orderqr import Signer
         except ImportError:   # baskets not built into this lanecore
             return
         self.signer = Signer.load_or_create(self.data_dir)
@@ -527,7 +527,7 @@ class Service(OpServer):
             qr = f.get("order_qr")
             if qr is None:
                 raise ProtocolError("MISSING_FIELD", "give 'order_no' or 'order_qr'")
-            from lanecore.core.orderqr import Verifier, verify_qr
+            from lanecore.core.store.orderqr import Verifier, verify_qr
             payload = verify_qr(qr, Verifier(self.signer.public_key_b64()))
             order_no = payload["order"]
         measured = f.get("measured_g")

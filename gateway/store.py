@@ -58,7 +58,7 @@ import numpy as np
 
 from lanecore.core.errors import LanecoreError
 
-from .client import Client, ServiceError, TerminalKey
+from lanecore.gateway.net.client import Client, ServiceError, TerminalKey
 
 #: Who the payment gateway knows: terminal → (limits, key file name).
 TERMINALS = {
@@ -212,8 +212,8 @@ class Store:
 
     def start(self) -> None:
         """Everything a store floor needs, from an empty directory."""
-        from lanecore.core.catalog import Catalog
-        from lanecore.core.synth import write_catalog_csv
+        from lanecore.core.scan.catalog import Catalog
+        from lanecore.core.scan.synth import write_catalog_csv
         t0 = time.perf_counter()
         if self.dir.exists():
             shutil.rmtree(self.dir)
@@ -265,11 +265,11 @@ class Store:
     def _open_floor(self) -> None:
         """The floor's own records: the handheld fleet and the audits (with the
         shoppers' trust), in ``floor.db``; the tills' QR displays on ptys."""
-        from lanecore.core.audit import Audits
-        from lanecore.core.handheld import Handhelds
+        from lanecore.core.store.audit import Audits
+        from lanecore.core.store.handheld import Handhelds
         from lanecore.drivers.sim.qrdisplay import QrDisplaySim
 
-        from .till import Register
+        from lanecore.gateway.till import Register
         self.floor_lock = threading.RLock()   # is_paid runs inside handheld calls
         self.floor = sqlite3.connect(self.dir / "floor.db", isolation_level=None,
                                      check_same_thread=False, timeout=10.0)
@@ -329,8 +329,8 @@ class Store:
     def _open_venue(self) -> None:
         """Seed 003's venue: accounts, carts, settlements and exit passes in
         ``venue.db``, its key in ``venue/``, the catalogue the phone shops from."""
-        from lanecore.core.orderqr import Signer
-        from lanecore.core.unattended import SimulatedBiometricVerifier, Venue
+        from lanecore.core.store.orderqr import Signer
+        from lanecore.core.store.unattended import SimulatedBiometricVerifier, Venue
         (self.dir / "venue").mkdir(exist_ok=True)
         self.venue_signer = Signer.load_or_create(self.dir / "venue")
         con = sqlite3.connect(self.dir / "venue.db", isolation_level=None,
@@ -368,8 +368,8 @@ class Store:
         return f"{int(self.table.gtin[row]):014d}"
 
     def _payments_config(self, providers: dict) -> None:
-        from lanecore.core.cash import Drawer
-        from lanecore.gateway.terminals import Terminals, key_text
+        from lanecore.core.pay.cash import Drawer
+        from lanecore.gateway.payments.terminals import Terminals, key_text
         cur = "GBP"
         chan = {
             "wechat": {"kind": "wechat", "priority": 1, "methods": ["auth_code"],
@@ -412,7 +412,7 @@ class Store:
         os.chmod(pay / "payments.db", 0o600)
 
     def _coupons_config(self) -> None:
-        from lanecore.core.orderqr import Signer
+        from lanecore.core.store.orderqr import Signer
         self.wallet = Signer.load_or_create(self.dir / "wallet")
         (self.dir / "coupons" / "coupons.toml").write_text(
             f'store_id = "DEMO-01"\ncurrency = "GBP"\n'
@@ -571,7 +571,7 @@ class Store:
         self._floor(self.handhelds.give_back, device)
 
     def _wallet_code(self, rng) -> str:
-        from .wallet_sim import make_token
+        from lanecore.gateway.sim.wallet import make_token
         return make_token(rng.choice(["wechat", "alipay"]))
 
     def _paid(self, svc, order_no: str, pay: dict) -> None:
@@ -723,7 +723,7 @@ class Store:
                                  cash={"tendered": {str(k): v for k, v in
                                                     _tender(total).items()}})
                 else:
-                    from .provider_sim import pin_block
+                    from lanecore.gateway.sim.provider import pin_block
                     pan = "4111111111111111"
                     r = pay.call("pay.charge", order_no=seen["order_no"], amount_minor=total,
                                  currency=seen["currency"], method="card",
@@ -744,7 +744,7 @@ class Store:
             self._leave_with(device)
 
     def _journey_coupons(self, plan: dict) -> None:
-        from lanecore.core.mqr import make_mqr
+        from lanecore.core.promo.mqr import make_mqr
         rng = plan["rng"]
         customer = f"CUST-{plan['i']:04d}"
         couponed = rng.sample(self.coupon_goods, 2)
@@ -777,7 +777,7 @@ class Store:
             self.tally.payment(r["payment"]["channel"], r["payment"]["amount_minor"])
 
     def _journey_pos(self, plan: dict) -> None:
-        from .provider_sim import pin_block
+        from lanecore.gateway.sim.provider import pin_block
         rng = plan["rng"]
         with self.service() as svc, self.payments("POS-1") as pay:
             total = 0
@@ -872,7 +872,7 @@ class Store:
         """Seed 002: the register, its QR display on a serial line, the shopper's
         phone. (The display's payment is the wallet acquirer's, not the payment
         gateway's: it is counted under ``display_qr`` and outside the gateway's books.)"""
-        from lanecore.core.emvqr import decode_mpm
+        from lanecore.core.pay.emvqr import decode_mpm
         with self.service() as svc:
             lines, total = [], 0
             for r in plan["rows"]:                       # the cashier scans the goods

@@ -10,12 +10,12 @@ token, charged by the register through the payment gateway (``pay.charge`` with
 method ``card``).
 
 :class:`Register` is the till; :class:`Sale` is what it answers (a row of the table,
-or an open sale). ``docs/till.md`` documents the flow, the table and every code;
+or an open sale). ``docs/store/till.md`` documents the flow, the table and every code;
 the serial protocol is ``docs/drivers/qr-display.md``.
 
 Threads: the display driver runs its own thread and only queues events here; every
 database write and every payment gateway request happens on the caller's thread
-(a :class:`~lanecore.gateway.client.Client` is not thread-safe).
+(a :class:`~lanecore.gateway.net.client.Client` is not thread-safe).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from lanecore.core.emvqr import decode_mpm
+from lanecore.core.pay.emvqr import decode_mpm
 from lanecore.core.errors import LanecoreError
 from lanecore.drivers.link import DeviceFault, LineSettings
 from lanecore.drivers.qrdisplay import (CardRead, Item, PaymentData, PayResult,
@@ -164,7 +164,7 @@ class Sale:
 
 def qr_problems(payload: str, order_no: str, amount_minor: int, currency: str) -> list[str]:
     """Why ``payload`` is not the QR of this sale (empty: it is). Read with
-    :func:`~lanecore.core.emvqr.decode_mpm`: a readable EMV payload with a good CRC,
+    :func:`~lanecore.core.pay.emvqr.decode_mpm`: a readable EMV payload with a good CRC,
     dynamic (01 = ``12``), tag 54 = ``amount_minor`` of ``currency``, bill number
     (62-01) = ``order_no``."""
     d = decode_mpm(payload)
@@ -751,7 +751,7 @@ class Register:
         or the gateway's error code when it refused the request. Retries with the
         same request id while the answer is unknown; a pending charge is followed
         with ``pay.status`` (the gateway never charges an order twice)."""
-        from lanecore.gateway.client import ServiceError
+        from lanecore.gateway.net.client import ServiceError
         entry = "nfc" if card.kind == "NFC" else "chip"
         fields = {"order_no": data.order_no, "amount_minor": data.amount_minor,
                   "currency": data.currency, "method": "card", "terminal": self.terminal,
@@ -856,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     payments = None
     if args.payments:
-        from lanecore.gateway.client import Client
+        from lanecore.gateway.net.client import Client
         payments = Client(args.payments, client_id=f"till-{args.register}")
     try:
         with Register(args.display, store_db_path=args.store_db, register_no=args.register,

@@ -28,8 +28,13 @@ def test_wheel_holds_only_lanecore_with_compiled_kernels(tmp_path):
     for kernel in ("_barcode", "_lookup"):
         assert any(n.startswith(f"lanecore/ext/{kernel}.") and n.endswith(".so")
                    for n in names), kernel
-    for package in ("core", "ext", "drivers", "gateway"):
-        assert f"lanecore/{package}/__init__.py" in names
+    packages = subprocess.run(
+        ["git", "ls-files", "--", "core/*__init__.py", "ext/*__init__.py",
+         "drivers/*__init__.py", "gateway/*__init__.py"], cwd=REPO, check=True,
+        capture_output=True, text=True).stdout.split()
+    assert len(packages) >= 14 and "core/pay/__init__.py" in packages, packages
+    for init in packages:                       # every room, e.g. core/pay/, gateway/net/
+        assert f"lanecore/{init}" in names, init
     assert "lanecore/setup.py" not in names
     assert not any(n.startswith(("lanecore/tests/", "lanecore/bench/", "lanecore/.venv/"))
                    for n in names)

@@ -11,6 +11,9 @@ here — ``unplug``, ``replug``, ``garbage``, ``mute``, ``unmute``, ``slow S`` �
 its own (a scale's ``weight G``, ``motion S``, …). ``lanecore sim`` runs a script
 given as ``--script "0.5 weight 1500; 2 unplug; 3 replug"`` (seconds after start,
 action, arguments; ``;`` or newlines between steps) or ``--script @FILE``.
+
+May import: the drivers (``lanecore.drivers``), ``core`` and ``ext`` — never
+``gateway``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 
-from lanecore.core.emvqr import MerchantQr, qr_text
+from lanecore.core.pay.emvqr import MerchantQr, qr_text
 from lanecore.drivers.qrdisplay import (REASONS, Cancel, CardRead, Command,
                                         DisplayProtocol, DisplayStatus, PayResult,
                                         PaymentData, QrPay, QrShown, StatusRequest)

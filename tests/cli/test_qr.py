@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from lanecore import cli
-from lanecore.core import emvqr as E
+from lanecore.core.pay import emvqr as E
 
 SHOP = ["--currency", "156", "--country", "CN", "--merchant-name", "LANECORE MART",
         "--city", "SHENZHEN"]
@@ -181,7 +181,7 @@ def test_docs_example_is_what_the_command_prints(capsys):
     import shlex
     from pathlib import Path
 
-    doc = (Path(cli.__file__).parent / "docs" / "qr.md").read_text(encoding="utf-8")
+    doc = (Path(cli.__file__).parent / "docs" / "pay" / "qr.md").read_text(encoding="utf-8")
     block = doc.split("$ lanecore ", 1)[1].split("\n```", 1)[0]
     command, printed = block.replace("\\\n", " ").split("\n", 1)
     status, out, _ = call(capsys, *shlex.split(command))

@@ -502,7 +502,7 @@ def test_feeder_turns_bridge_gaps_into_service_gaps():
 @pytest.fixture
 def served(tmp_path):
     """`lanecore serve` on ipc sockets over an empty store."""
-    from lanecore.gateway.client import Client, ServiceError
+    from lanecore.gateway.net.client import Client, ServiceError
     endpoint = f"ipc://{tmp_path}/s.ipc"
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "lanecore", "serve", "--bind", endpoint,

@@ -14,7 +14,7 @@ import time
 import msgpack
 import pytest
 
-from lanecore.core.emvqr import MerchantQr, parse
+from lanecore.core.pay.emvqr import MerchantQr, parse
 from lanecore.drivers import link as L
 from lanecore.drivers import qrdisplay as Q
 from lanecore.drivers.qrdisplay import (Acked, Cancel, CardRead, Command, DisplayProtocol,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from lanecore.core.orderqr import Signer
-from lanecore.core.receipt import (Receipt, ReceiptError, ReceiptLine, ReceiptPayment,
-                                   currency_symbol, format_money, receipt_qr_text,
-                                   sign_receipt)
+from lanecore.core.store.orderqr import Signer
+from lanecore.core.pay.receipt import (Receipt, ReceiptError, ReceiptLine, ReceiptPayment,
+                                       currency_symbol, format_money, receipt_qr_text,
+                                       sign_receipt)
 from lanecore.drivers import printer
 from lanecore.drivers.receipt_print import render_escpos
 from lanecore.drivers.sim.printer import EscPosParser

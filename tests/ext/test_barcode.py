@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import lanecore
-from lanecore.core.scanmix import mixed_scans
+from lanecore.core.scan.scanmix import mixed_scans
 from lanecore.ext import gs1data as D
 
 EXAMPLE_CONFIG = Path(__file__).parents[2] / "docs" / "examples" / "lanecore.toml"

@@ -1,6 +1,6 @@
 """lanecore's scan parser agrees with biip, the reference parser, except where a GS1
 rule (or the till's own needs) decides otherwise; each such case has a name, and each
-name is explained in docs/barcodes.md ("Where lanecore and biip disagree").
+name is explained in docs/scan/barcodes.md ("Where lanecore and biip disagree").
 
 ``classify`` compares one reading of both parsers and returns None when they agree,
 or the name of the documented disagreement that explains the difference. Anything
@@ -24,11 +24,11 @@ from hypothesis import given, strategies as st
 from lanecore.ext import gs1data as D
 
 HERE = Path(__file__).parent
-DOC = HERE.parent.parent / "docs" / "barcodes.md"
+DOC = HERE.parent.parent / "docs" / "scan" / "barcodes.md"
 REGIONS = [None, "GB", "SE", "NO", "DE", "DK", "FI", "EE", "LV", "LT"]
 TEXT_SYMBOLOGIES = {k for k, v in D.SYMBOLOGY_READS.items() if v == "text"}
 
-#: The disagreements docs/barcodes.md explains.
+#: The disagreements docs/scan/barcodes.md explains.
 DOCUMENTED = {
     "gtin-length-is-a-gtin",
     "short-digits-are-not-element-strings",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from lanecore.core.weighing import LaneConfig, WeighConfigError, configure_lane
+from lanecore.core.weigh.laneconfig import LaneConfig, WeighConfigError, configure_lane
 from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate, to_counts
 from lanecore.ext import filters, loadcell
 from lanecore.ext.loadcell import LaneBank
@@ -305,7 +305,7 @@ def test_slow_adc_has_no_mains_notch():
 TWIN_SCRIPT = r"""
 import json, sys
 import numpy as np
-from lanecore.core.weighing import LaneConfig, configure_lane
+from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
 from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate
 from lanecore.ext.loadcell import LaneBank, IMPLEMENTATION
 out = {"impl": IMPLEMENTATION, "events": []}

@@ -24,8 +24,8 @@ from payfix import providers  # noqa: F401  (provider simulator processes, a fix
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory):
     """A data directory with a 2,000-item GB catalogue, and the catalogue's rows."""
-    from lanecore.core.catalog import import_csv
-    from lanecore.core.synth import write_catalog_csv
+    from lanecore.core.scan.catalog import import_csv
+    from lanecore.core.scan.synth import write_catalog_csv
     d = tmp_path_factory.mktemp("store")
     write_catalog_csv(d / "catalog.csv", 2000, seed=11, region="GB")
     import_csv(d, d / "catalog.csv")

@@ -1,5 +1,5 @@
 """A lane controller wired to a real `lanecore serve`, every device a simulator on a
-real pty (gateway/lane.py, docs/lanes.md)."""
+real pty (gateway/lane.py, docs/store/lanes.md)."""
 
 from __future__ import annotations
 

@@ -19,11 +19,11 @@ import time
 
 import pytest
 
-from lanecore.core.emvqr import MerchantQr, build_mpm, decode_mpm
+from lanecore.core.pay.emvqr import MerchantQr, build_mpm, decode_mpm
 from lanecore.drivers.qrdisplay import (Cancel, CardRead, PaymentData, PayResult, QrPay,
                                         StatusRequest)
 from lanecore.drivers.sim.qrdisplay import QrDisplaySim
-from lanecore.gateway.client import Client
+from lanecore.gateway.net.client import Client
 from lanecore.gateway.till import (TABLE, Register, TillError, mask_payer, qr_problems,
                                    run_commands)
 

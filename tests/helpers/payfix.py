@@ -1,5 +1,5 @@
 """Payment test helpers: provider simulator processes and gateway configuration
-(shared by tests/gateway/test_payments.py and test_pos.py)."""
+(shared by tests/gateway/payments/test_payments.py and test_pos.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lanecore.gateway.providers import connector
+from lanecore.gateway.payments.providers import connector
 
 WECHAT_CODE = "134567890123456789"     # 18 digits, prefix 13
 ALIPAY_CODE = "2812345678901234"       # 16 digits, prefix 28
@@ -89,7 +89,7 @@ def start_gateway(kind: str, data_dir: Path, endpoint: str, env=None) -> subproc
     """`lanecore gateway KIND` in a process, answering `hello` before this returns."""
     import time
 
-    from lanecore.gateway.client import Client, ServiceError
+    from lanecore.gateway.net.client import Client, ServiceError
     proc = subprocess.Popen([sys.executable, "-m", "lanecore", "gateway", kind, "--bind",
                              endpoint, "--data-dir", str(data_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -1,0 +1,8 @@
+"""Payments as a domain: the exactly-once ledger (``ledger``), channel routing with
+limits and declines (``routing``), cash and optimal change (``cash``),
+reconciliation against the providers' bills (``recon``), member stored value
+(``storedvalue``), signed receipts (``receipt``) and EMVCo merchant-presented QR
+payloads (``emvqr``).
+
+May import: ``core``'s shared files only — no other domain.
+"""

@@ -1,0 +1,1011 @@
+"""The payment gateway: ``lanecore gateway payments [--bind ADDR] [--data-dir D]``.
+
+A ZeroMQ ROUTER with the verification service's envelope (``gateway/net/server.py``,
+``docs/protocol.md`` "Payments"). Every charge is a row of the ledger
+(``core/pay/ledger.py``) moved one durable step at a time, and a provider is only called
+after the charge is marked ``sent``; so a gateway killed at any point restarts, drives
+every open charge to a final state by asking the provider (never by charging again),
+and nothing is taken twice or lost.
+
+Configuration: ``DATA_DIR/payments.toml`` (``docs/pay/payments.md``): the channels with
+their routing fields (``core/pay/routing.py``) plus ``endpoint`` and ``timeout_s`` of
+their provider; the ``[policy]`` for unknown results; the ``[qr]`` merchant for
+``pay.qr``.
+
+Fault injection for tests: ``LANECORE_PAY_CRASH="after_ledger:0.05,after_provider:0.05,
+before_reply:0.05"`` makes the process kill itself (SIGKILL) at
+those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import os
+import random
+import signal
+import time
+import tomllib
+from pathlib import Path
+
+from lanecore.core.pay import emvqr
+from lanecore.core.pay import ledger as L
+from lanecore.core.pay.cash import Drawer
+from lanecore.core.config import resolve_data_dir
+from lanecore.core.errors import LanecoreError
+from lanecore.core.pay.ledger import Ledger, UnknownPolicy, next_step
+from lanecore.core.pay.routing import (ConfigError, Decline, NoEligibleChannel,
+                                       PaymentRequest, Router, Usage, parse_channels)
+from lanecore.core.pay.storedvalue import StoredValue, StoredValueError
+
+from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.protocol import NAME, Field
+from lanecore.gateway.payments.providers import Card, Connector, ProviderError, connector
+from lanecore.gateway.net.server import PURE, RECORDED, OpServer
+from lanecore.gateway.payments.terminals import MAX_SKEW_S, AuthError, Terminal, Terminals
+
+log = logging.getLogger("lanecore.payments")
+
+CONFIG_FILE = "payments.toml"
+LEDGER_FILE = "payments.db"
+#: Card-kind channels call the bank provider.
+PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
+                 "card": "bank"}
+_PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor")
+ENTRY_MODES = ("magstripe", "chip", "nfc")
+#: Channel kinds the gateway settles itself, in its own database.
+LOCAL_KINDS = ("cash", "stored_value")
+CRASH_POINTS = ("after_ledger", "after_provider", "before_reply")
+#: Charges that count against today's limits: paid, and those still open (an unknown
+#: result may yet be a deduction).
+_COUNTED = frozenset((L.PAID, L.SENT, L.UNKNOWN, L.QUERIED))
+
+
+class PaymentConfigError(LanecoreError):
+    code = "BAD_CONFIG"
+
+
+def load_payments_config(data_dir: Path) -> dict:
+    """``payments.toml`` as a dict (``{}`` when absent)."""
+    path = Path(data_dir) / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PaymentConfigError(f"{path}: {exc}") from exc
+
+
+def _crash_plan() -> tuple[dict[str, float], random.Random]:
+    spec = os.environ.get("LANECORE_PAY_CRASH", "")
+    plan = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        point, _, p = part.partition(":")
+        if point not in CRASH_POINTS:
+            raise PaymentConfigError(f"LANECORE_PAY_CRASH: no point {point!r}")
+        plan[point] = float(p or 1.0)
+    return plan, random.Random(os.environ.get("LANECORE_PAY_CRASH_SEED"))
+
+
+class PaymentGateway(OpServer):
+    """The ledger, the channels and their providers, the drawers."""
+
+    def __init__(self, data_dir, *, publish=None, clock=time.time) -> None:
+        self.data_dir = resolve_data_dir(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = load_payments_config(self.data_dir)
+        unknown = set(config) - {"channels", "policy", "qr", "pos", "receipt"}
+        if unknown:
+            raise PaymentConfigError(f"{CONFIG_FILE}: unknown section(s) {sorted(unknown)}")
+        self.clock = clock
+        self.ledger = Ledger.open(self.data_dir / LEDGER_FILE, clock=clock,
+                                  on_move=self._follow)
+        self._usage_day: float | None = None
+        self._usage_cache = Usage()
+        raw = config.get("channels", {})
+        routing_tables = {name: {k: v for k, v in t.items() if k not in _PROVIDER_FIELDS}
+                          for name, t in raw.items()} if isinstance(raw, dict) else raw
+        try:
+            self.router = Router(parse_channels(routing_tables))
+        except ConfigError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE}: {exc.message}") from exc
+        self.connectors: dict[str, Connector] = {}
+        self.pin_policy: dict[str, tuple[frozenset, int | None]] = {}
+        self._svs: dict[str, StoredValue] = {}
+        for ch in self.router.channels:
+            self.pin_policy[ch.name] = self._pin_policy(ch, raw[ch.name])
+            if ch.kind in LOCAL_KINDS:
+                continue            # the drawer, the member accounts: no provider
+            kind = PROVIDER_KIND.get(ch.kind)
+            if kind is None:
+                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name}: this gateway "
+                                         f"has no connector for kind {ch.kind!r}")
+            table = raw[ch.name]
+            if "endpoint" not in table:
+                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name} needs the "
+                                         "provider's endpoint")
+            self.connectors[ch.name] = connector(table["endpoint"], kind,
+                                                 timeout_s=float(table.get("timeout_s", 5.0)))
+        try:
+            self.policy = UnknownPolicy(**config.get("policy", {}))
+        except TypeError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE} [policy]: {exc}") from exc
+        self.qr = dict(config.get("qr", {}))
+        pos = dict(config.get("pos", {}))
+        unknown = set(pos) - {"auth", "max_skew_s"}
+        if unknown or pos.get("auth", "off") not in ("off", "hmac"):
+            raise PaymentConfigError(f"{CONFIG_FILE} [pos]: auth is \"off\" or \"hmac\", "
+                                     f"max_skew_s seconds; got {pos}")
+        self.auth = pos.get("auth", "off") == "hmac"
+        self.max_skew_s = float(pos.get("max_skew_s", MAX_SKEW_S))
+        self.terminals = Terminals(self.ledger.con, clock=clock)
+        self.receipt_cfg = self._receipt_config(config.get("receipt", {}))
+        self._signer = None
+        from lanecore.gateway.payments.outbox import Outbox, OutboxError, sink_from_url
+        try:
+            self.outbox = Outbox(self.ledger.con, sink_from_url(self.receipt_cfg["sms_sink"]))
+        except OutboxError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE} [receipt] sms_sink: {exc.message}") \
+                from exc
+        #: The authenticated terminal of the request being answered (None: auth off).
+        self.caller: Terminal | None = None
+        self._last_query: dict[str, float] = {}
+        self._last_refund_try: dict[str, float] = {}
+        self._crash, self._crash_rng = _crash_plan()
+        super().__init__(self.ledger.con, publish=publish)
+        self.recover()
+
+    # ------------------------------------------------------------------------------
+    def _ops(self):
+        money = Field("int", min=1, max=10 ** 12)
+        ccy = Field("str", min=3, max=3)
+        return [
+            ("hello", self.op_hello, {}, PURE),
+            ("pay.quote", self.op_quote,
+             {"amount_minor": money, "currency": ccy, "method": Field("str", max=16),
+              "terminal": NAME, "payer": Field("str", required=False, max=64),
+              "auth_code": Field("str", required=False, max=32)}, PURE),
+            ("pay.charge", self.op_charge,
+             {"order_no": Field("str", min=1, max=56), "amount_minor": money,
+              "currency": ccy, "method": Field("str", max=16), "terminal": NAME,
+              "payer": Field("str", required=False, max=64),
+              "auth_code": Field("str", required=False, max=32),
+              "card": Field("map", required=False), "cash": Field("map", required=False),
+              "sv_pin": Field("str", required=False, max=32),
+              "coupons": Field("list", required=False, max=20)},
+             RECORDED),
+            ("pay.status", self.op_status, {"order_no": Field("str", min=1, max=56)}, PURE),
+            ("pay.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=56)},
+             RECORDED),
+            ("pay.refund", self.op_refund,
+             {"order_no": Field("str", min=1, max=56),
+              "refund_ref": Field("str", min=1, max=64), "amount_minor": money}, RECORDED),
+            ("recon.run", self.op_recon, {"date": Field("str", min=10, max=10)}, PURE),
+            ("pay.qr", self.op_qr,
+             {"order_no": Field("str", min=1, max=25), "amount_minor": money,
+              "currency": ccy, "terminal": NAME}, PURE),
+            ("pay.list", self.op_list,
+             {"date": Field("str", required=False, min=10, max=10),
+              "terminal": Field("str", required=False, max=32)}, PURE),
+            ("pay.receipt", self.op_receipt,
+             {"order_no": Field("str", min=1, max=56),
+              "lines": Field("list", required=False, max=200),
+              "sms_to": Field("str", required=False, max=24)}, PURE),
+            ("sv.open", self.op_sv_open,
+             {"member": Field("str", min=1, max=64), "currency": ccy,
+              "pin": Field("str", required=False, max=32)}, PURE),
+            ("sv.topup", self.op_sv_topup,
+             {"member": Field("str", min=1, max=64), "currency": ccy, "amount_minor": money,
+              "ref": Field("str", min=1, max=64)}, PURE),
+            ("sv.balance", self.op_sv_balance,
+             {"member": Field("str", min=1, max=64), "currency": ccy}, PURE),
+            ("stats", self.op_stats, {}, PURE),
+        ]
+
+    def op_hello(self, f) -> dict:
+        import lanecore
+        out = {"protocol": P.PROTOCOL_VERSION, "server": f"lanecore {lanecore.__version__}",
+               "capabilities": sorted(self.ops), "auth": "hmac" if self.auth else "off",
+               "receipt_key": self.signer.public_key_b64(),
+               "channels": [ch.to_dict() for ch in self.router.channels]}
+        if self.caller is not None:
+            out["terminal"] = self.caller.to_dict()
+        return out
+
+    # ------------------------------------------------------------------------------
+    # POS terminals: authentication, what each may see and do
+    # ------------------------------------------------------------------------------
+    def on_frames(self, frames: list[bytes], security=None) -> list[bytes] | None:
+        """With ``[pos] auth = "hmac"``: a request is its frame plus an authentication
+        frame (``gateway/payments/terminals.py``); ``hello`` alone may come without one."""
+        if not self.auth:
+            return super().on_frames(frames, security)
+        if len(frames) >= 3 and frames[1] == b"":     # REQ: [identity, "", request, auth?]
+            head, rest = frames[:2], frames[2:]
+        else:                                         # DEALER: [identity, request, auth?]
+            head, rest = frames[:1], frames[1:]
+        if not 1 <= len(rest) <= 2:
+            self.errors["BAD_FRAMES"] += 1
+            return head + [P.pack(P.error(None, "BAD_FRAMES", "a request is its frame and "
+                                                              "an authentication frame"))]
+        return head + [self.handle_signed(rest[0], rest[1] if len(rest) == 2 else None,
+                                          frames[0].hex())]
+
+    def handle_signed(self, payload: bytes, auth: bytes | None, client: str) -> bytes:
+        """The reply frame for an authenticated request; never raises."""
+        try:
+            req = P.unpack(payload)
+        except P.ProtocolError as exc:
+            self.errors[exc.code] += 1
+            return P.pack(P.error(None, exc.code, exc.message))
+        if auth is None and req.get("op") == "hello":
+            return self._answer(req, client)
+        try:
+            terminal = self.terminals.authenticate(auth, payload, max_skew_s=self.max_skew_s)
+        except AuthError as exc:
+            self.errors[exc.code] += 1
+            return P.pack(P.error(P.request_id(req), exc.code, exc.message))
+        req.pop("client", None)           # the terminal is the client: its own replies only
+        op = req.get("op")
+        entry = self.ops.get(op) if isinstance(op, str) else None
+        if entry is not None and "terminal" in entry[1] and entry[1]["terminal"].required:
+            req.setdefault("terminal", terminal.id)   # a payment op: this terminal's
+        self.caller = terminal
+        try:
+            return self._answer(req, f"pos:{terminal.id}")
+        finally:
+            self.caller = None
+
+    def _own(self, attempts: list[L.Charge]) -> list[L.Charge]:
+        """An order's charges as the caller may see them: none when they are another
+        terminal's (an admin terminal sees every terminal's)."""
+        caller = self.caller
+        if caller is None or caller.admin:
+            return attempts
+        return [] if any(c.terminal != caller.id for c in attempts) else attempts
+
+    def _admin_only(self, op: str) -> None:
+        if self.caller is not None and not self.caller.admin:
+            raise LanecoreError(f"{op} is for admin terminals", code="FORBIDDEN")
+
+    def _terminal_for(self, f) -> Terminal | None:
+        """The registered terminal a payment request is for (its limits apply), or
+        None; FORBIDDEN when an authenticated terminal names another."""
+        if self.caller is not None:
+            if f["terminal"] != self.caller.id:
+                raise LanecoreError(f"terminal {self.caller.id} cannot pay for terminal "
+                                    f"{f['terminal']}", code="FORBIDDEN")
+            return self.caller
+        terminal = self.terminals.get(f["terminal"])
+        if terminal is not None and terminal.disabled_at is not None:
+            raise LanecoreError(f"terminal {terminal.id} is disabled",
+                                code="TERMINAL_DISABLED")
+        return terminal
+
+    def _used_today(self, terminal_id: str) -> int:
+        return sum(amount for (_, who), (amount, _) in self._usage().terminal.items()
+                   if who == terminal_id)
+
+    def _check_terminal_limits(self, f) -> None:
+        terminal = self._terminal_for(f)
+        if terminal is not None:
+            terminal.check_limits(f["amount_minor"], f["method"],
+                                  self._used_today(terminal.id))
+
+    def op_list(self, f) -> dict:
+        """The caller's charges (of one UTC day when ``date`` is given): a terminal
+        sees its own; an admin terminal, or any caller when authentication is off,
+        those of ``terminal`` or of all."""
+        who = f.get("terminal")
+        if self.caller is not None and not self.caller.admin:
+            if who not in (None, self.caller.id):
+                raise LanecoreError("a terminal lists only its own charges", code="FORBIDDEN")
+            who = self.caller.id
+        since = until = None
+        if "date" in f:
+            from lanecore.core.pay import recon
+            day = dt.datetime.strptime(recon.check_date(f["date"]), "%Y-%m-%d").replace(
+                tzinfo=dt.timezone.utc).timestamp()
+            since, until = day, day + 86_400
+        rows = self.ledger.charges(terminal=who, since=since, until=until)
+        return {"charges": [{"order_no": c.order_no, "merchant_ref": c.merchant_ref,
+                             "attempt": c.attempt, "terminal": c.terminal,
+                             "channel": c.channel, "method": c.method, "state": c.state,
+                             "amount_minor": c.amount_minor, "currency": c.currency,
+                             "reason": c.reason, "created_at": c.created_at,
+                             "paid_at": c.paid_at} for c in rows[-1000:]],
+                "truncated": len(rows) > 1000}
+
+    # ------------------------------------------------------------------------------
+    # Receipts
+    # ------------------------------------------------------------------------------
+    def _receipt_config(self, table) -> dict:
+        unknown = set(table) - {"store_name", "store_id", "footer", "sms_sink"}
+        if unknown:
+            raise PaymentConfigError(f"{CONFIG_FILE} [receipt]: unknown {sorted(unknown)}")
+        return {"store_name": table.get("store_name",
+                                        self.qr.get("merchant_name", "lanecore store")),
+                "store_id": table.get("store_id", "store"),
+                "footer": table.get("footer"),
+                "sms_sink": table.get("sms_sink",
+                                      f"file:{self.data_dir / 'sms-outbox.jsonl'}")}
+
+    @property
+    def signer(self):
+        """The gateway's Ed25519 key (``DATA_DIR/keys/order_signing.key``, made on
+        first use): it signs receipts."""
+        if self._signer is None:
+            from lanecore.core.store.orderqr import Signer
+            self._signer = Signer.load_or_create(self.data_dir)
+        return self._signer
+
+    def op_receipt(self, f) -> dict:
+        """The signed receipt of an order's payment: as data, text, ESC/POS bytes and
+        SMS text; with ``sms_to``, the SMS queued once per order and number."""
+        from lanecore.core.pay import receipt as R
+        from lanecore.drivers.receipt_print import render_escpos
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        paid = [c for c in attempts if c.state == L.PAID]
+        if not paid:
+            raise LanecoreError(f"order {f['order_no']} has no paid charge", code="NOT_PAID")
+        c = paid[-1]
+        cash = self._cash_record(c) if self._is_cash(c) else None
+        lines = f.get("lines") or []
+        if not all(isinstance(ln, dict) for ln in lines):
+            raise P.ProtocolError("BAD_FIELD", "lines are maps {name, qty, unit_minor, "
+                                               "amount_minor}")
+        try:
+            payment = R.ReceiptPayment(
+                c.channel, c.method, c.amount_minor, c.merchant_ref, c.provider_ref,
+                tendered_minor=cash["tendered_minor"] if cash else None,
+                change_minor=cash["change_minor"] if cash else None)
+            refunds = tuple(R.ReceiptRefund(r.refund_ref, r.merchant_ref, r.amount_minor)
+                            for r in self.ledger.refunds(merchant_ref=c.merchant_ref)
+                            if r.state == L.PAID)
+            rec = R.Receipt(
+                store_name=self.receipt_cfg["store_name"],
+                store_id=self.receipt_cfg["store_id"], terminal=c.terminal,
+                order_no=c.order_no, issued_at=c.paid_at or c.updated_at,
+                currency=c.currency, total_minor=c.amount_minor, payments=(payment,),
+                lines=tuple(R.ReceiptLine(**ln) for ln in lines),
+                refunds=refunds, footer=self.receipt_cfg["footer"])
+        except TypeError:
+            raise P.ProtocolError("BAD_FIELD", "lines are maps {name, qty, unit_minor, "
+                                               "amount_minor}") from None
+        signed = R.sign_receipt(rec, self.signer)
+        sms = R.render_sms(rec, signed=signed)
+        queued = None
+        if f.get("sms_to"):
+            from lanecore.gateway.payments.outbox import normalise_phone
+            phone = normalise_phone(f["sms_to"])
+            queued = f"receipt-{c.order_no}-{phone.lstrip('+')}"
+            self.outbox.enqueue(queued, phone, sms)
+        encoding, segments = R.sms_segments(sms)
+        return {"receipt": signed, "verify_code": R.verify_code(signed),
+                "text": R.render_text(rec, signed=signed),
+                "escpos": render_escpos(rec, signed), "sms": sms,
+                "sms_encoding": encoding, "sms_segments": segments, "sms_queued": queued}
+
+    def op_sv_open(self, f) -> dict:
+        """Open a member's stored-value account (again: unchanged)."""
+        return {"account": self._sv(f["currency"]).open_account(
+            f["member"], pin=f.get("pin")).to_dict()}
+
+    def op_sv_topup(self, f) -> dict:
+        """Money onto a member's account, once per ``ref`` (the till's slip)."""
+        sv = self._sv(f["currency"])
+        move = sv.topup(f["member"], f["amount_minor"], ref=f"topup:{f['ref']}")
+        return {"move": move.to_dict(), "balance_minor": sv.balance(f["member"])}
+
+    def op_sv_balance(self, f) -> dict:
+        return {"account": self._sv(f["currency"]).account(f["member"]).to_dict()}
+
+    def op_stats(self, f) -> dict:
+        self._admin_only("stats")
+        states: dict[str, int] = {}
+        for (state, n) in self.con.execute("SELECT state, COUNT(*) FROM charges GROUP BY state"):
+            states[state] = n
+        return {"uptime_s": round(time.monotonic() - self.started, 3),
+                "requests": dict(self.counts), "errors": dict(self.errors),
+                "replays": self.replays, "charges": states}
+
+    # ------------------------------------------------------------------------------
+    def _maybe_crash(self, point: str) -> None:
+        p = self._crash.get(point)
+        if p and self._crash_rng.random() < p:
+            log.warning("fault injection: SIGKILL %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _day_start(self) -> float:
+        return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).replace(
+            hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+    def _usage(self) -> Usage:
+        """Today's totals (paid and still open charges) per channel, payer and
+        terminal: read from the ledger once a day, then kept up to date by every
+        move (:meth:`_follow`), so routing costs the same on the day's last payment
+        as on its first."""
+        start = self._day_start()
+        if self._usage_day != start:
+            usage = Usage()
+            for c in self.ledger.charges(since=start):
+                if c.state in _COUNTED:
+                    usage.record(c.channel, c.terminal, c.amount_minor, c.payer)
+            self._usage_cache, self._usage_day = usage, start
+        return self._usage_cache
+
+    def _follow(self, before: L.Charge | None, after: L.Charge) -> None:
+        """A ledger move, into today's totals."""
+        if self._usage_day is None or after.created_at < self._usage_day:
+            return
+        was = before is not None and before.state in _COUNTED
+        now = after.state in _COUNTED
+        if was == now:
+            return
+        sign = 1 if now else -1
+        for table, who in ((self._usage_cache.terminal, after.terminal),
+                           (self._usage_cache.payer, after.payer)):
+            if who is not None:
+                amount, count = table.get((after.channel, who), (0, 0))
+                table[(after.channel, who)] = (amount + sign * after.amount_minor,
+                                               count + sign)
+
+    def _request(self, f) -> PaymentRequest:
+        return PaymentRequest(f["amount_minor"], f["currency"], f["method"], f["terminal"],
+                              f.get("payer"), f.get("auth_code"))
+
+    def op_quote(self, f) -> dict:
+        try:
+            self._check_terminal_limits(f)
+            limit = None
+        except LanecoreError as exc:
+            if exc.code != "TERMINAL_LIMIT":
+                raise
+            limit = exc.message
+        judged = self.router.explain(self._request(f), self._usage())
+        return {"channels": [{"channel": ch.name, "kind": ch.kind,
+                              "eligible": why is None and limit is None,
+                              "reason": why or limit} for ch, why in judged],
+                "terminal_limit": limit}
+
+    @staticmethod
+    def _pin_policy(ch, table) -> tuple[frozenset, int | None]:
+        """A card channel's cardholder verification: ``pin_entries`` (entry modes
+        that always need a PIN block) and ``cvm_limit_minor`` (above it a
+        contactless payment needs one too); absent, the provider decides."""
+        entries = table.get("pin_entries", [])
+        limit = table.get("cvm_limit_minor")
+        where = f"{CONFIG_FILE}: channels.{ch.name}"
+        if (entries or limit is not None) and ch.kind != "card":
+            raise PaymentConfigError(f"{where}: pin_entries and cvm_limit_minor are for "
+                                     "card channels")
+        if not isinstance(entries, list) or any(e not in ENTRY_MODES for e in entries):
+            raise PaymentConfigError(f"{where}.pin_entries: a list of "
+                                     f"{', '.join(ENTRY_MODES)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise PaymentConfigError(f"{where}.cvm_limit_minor: minor units, >= 0")
+        return frozenset(entries), limit
+
+    def _check_pin(self, channel, req: PaymentRequest, means: dict) -> None:
+        """PIN_REQUIRED before anything is written or sent: the terminal asks the
+        shopper for the PIN and sends the payment again with ``card.pin_block``."""
+        card = means.get("card")
+        if card is None or card.pin_block is not None:
+            return
+        entries, limit = self.pin_policy.get(channel.name, (frozenset(), None))
+        if card.entry in entries or (card.entry == "nfc" and limit is not None
+                                     and req.amount_minor > limit):
+            why = (f"a {card.entry} payment" if card.entry in entries else
+                   f"a contactless payment over {limit}")
+            raise LanecoreError(f"{why} on {channel.name} needs the cardholder's PIN "
+                                "(card.pin_block)", code="PIN_REQUIRED")
+
+    # ------------------------------------------------------------------------------
+    def op_charge(self, f) -> dict:
+        """Take the payment for ``order_no``, once. An order already paid is answered
+        with that payment; one with an open charge is asked about, never charged
+        again; otherwise a new attempt goes to the first eligible channel, and to the
+        next on a decline that may fall back."""
+        order_no = f["order_no"]
+        attempts = self.ledger.attempts(order_no)
+        if attempts and not self._own(attempts):
+            raise LanecoreError(f"order {order_no} is another terminal's", code="FORBIDDEN")
+        paid = [c for c in attempts if c.state == L.PAID]
+        if paid:
+            return self._reply(order_no, paid[-1])
+        open_ = [c for c in attempts if not c.final]
+        if open_:
+            charge = self.drive(open_[-1], force=True)
+            return self._reply(order_no, charge)
+        self._check_terminal_limits(f)
+        req = self._request(f)
+        means = self._means(f)
+        usage = self._usage()
+        tried: list[str] = []
+        attempt = len(attempts)
+        channels = self.router.route_request(req, usage)
+        channel = channels[0]
+        try:
+            while True:
+                attempt += 1
+                charge = self._attempt(order_no, attempt, req, channel, means)
+                if charge.state != L.FAILED or not charge.reason:
+                    return self._reply(order_no, charge)
+                decline = Decline(req, usage, channel.name, charge.reason, tuple(tried))
+                tried.append(channel.name)
+                try:
+                    nxt = self.router.next_after(decline)
+                except NoEligibleChannel:
+                    nxt = None
+                if nxt is None:
+                    return self._reply(order_no, charge)
+                if self.con.in_transaction:   # the decline, before the next attempt
+                    self.con.execute("COMMIT")
+                channel = nxt
+        except BaseException:
+            if self.con.in_transaction:       # the outcome is undone: recovery asks again
+                self.con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
+
+    def _means(self, f) -> dict:
+        method = f["method"]
+        if method == "auth_code":
+            if "auth_code" not in f:
+                raise P.ProtocolError("MISSING_FIELD", "an auth_code payment needs auth_code")
+            coupons = f.get("coupons") or []
+            for c in coupons:
+                if not (isinstance(c, dict) and set(c) == {"coupon_id", "gtin",
+                                                           "amount_minor"}
+                        and isinstance(c["coupon_id"], str) and 0 < len(c["coupon_id"]) <= 40
+                        and isinstance(c["gtin"], str) and len(c["gtin"]) == 14
+                        and c["gtin"].isdigit() and isinstance(c["amount_minor"], int)
+                        and not isinstance(c["amount_minor"], bool)
+                        and 0 < c["amount_minor"] <= 10 ** 12):
+                    raise P.ProtocolError("BAD_FIELD", "coupons are maps {coupon_id (1-40), "
+                                                       "gtin (14 digits), amount_minor}")
+            out = {"auth_code": f["auth_code"]}
+            if coupons:
+                out["coupons"] = coupons
+            return out
+        if method == "card":
+            c = f.get("card")
+            if c is None:
+                raise P.ProtocolError("MISSING_FIELD", "a card payment needs card")
+            parts = {k: c.get(k) for k in ("entry", "pan", "token", "pin_block")}
+            wrong = [k for k, v in parts.items() if v is not None and not isinstance(v, str)]
+            if wrong:
+                raise P.ProtocolError("BAD_FIELD", f"card.{wrong[0]} must be a str")
+            try:
+                return {"card": Card(**parts)}
+            except ProviderError as exc:
+                raise P.ProtocolError("BAD_FIELD", f"card: {exc.message}") from None
+        if method == "cash":
+            cash = f.get("cash")
+            tendered = None if cash is None else cash.get("tendered")
+            if not isinstance(tendered, dict):
+                raise P.ProtocolError("MISSING_FIELD", "a cash payment needs cash.tendered "
+                                                       "({denomination: count})")
+            try:
+                return {"tendered": {int(k): v for k, v in tendered.items()}}
+            except (TypeError, ValueError):
+                raise P.ProtocolError("BAD_FIELD", "cash.tendered keys are denominations "
+                                                   "in minor units") from None
+        if method == "stored_value":
+            if "payer" not in f:
+                raise P.ProtocolError("MISSING_FIELD", "a stored_value payment needs payer "
+                                                       "(the member id)")
+            pin = f.get("sv_pin")
+            if pin is not None and not isinstance(pin, str):
+                raise P.ProtocolError("BAD_FIELD", "sv_pin must be a str")
+            return {"member": f["payer"], "pin": pin}
+        return {}
+
+    def _attempt(self, order_no, attempt, req, channel, means) -> L.Charge:
+        """One attempt on one channel. Two flushes to disk for a provider charge: the
+        charge written and marked ``sent`` in one transaction before the provider is
+        called (write-ahead), and its outcome, left open here, committed with the
+        record of the reply (``OpServer._recorded``)."""
+        if channel.kind == "cash":
+            charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
+                                           req.currency, req.method, channel.name,
+                                           req.terminal, payer=req.payer)
+            self._maybe_crash("after_ledger")
+            return self._cash(charge, means["tendered"])
+        if channel.kind == "stored_value":
+            charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
+                                           req.currency, req.method, channel.name,
+                                           req.terminal, payer=req.payer)
+            self._maybe_crash("after_ledger")
+            return self._stored_value(charge, means["member"], means.get("pin"))
+        conn = self.connectors[channel.name]
+        self._check_pin(channel, req, means)
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
+                                           req.currency, req.method, channel.name,
+                                           req.terminal, payer=req.payer)
+            ref = charge.merchant_ref
+            self.ledger.move(ref, L.SENT)      # write-ahead: from here it may be charged
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
+        self._maybe_crash("after_ledger")
+        res = conn.charge(ref, req.amount_minor, req.currency, terminal=req.terminal,
+                          **{k: v for k, v in means.items()
+                             if k in ("auth_code", "card", "coupons")})
+        self._maybe_crash("after_provider")
+        con.execute("BEGIN IMMEDIATE")         # committed with the reply's record
+        return self._apply(self.ledger.get(ref), res)
+
+    def _cash(self, charge: L.Charge, tendered: dict) -> L.Charge:
+        """Cash: the drawer and the ledger move in one transaction."""
+        ref = charge.merchant_ref
+        drawer = Drawer(self.con, drawer_id=charge.terminal, currency=charge.currency)
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.ledger.move(ref, L.SENT)
+            try:
+                change = drawer.pay_cash(charge.amount_minor, tendered, ref=ref)
+            except LanecoreError as exc:
+                self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
+                con.execute("COMMIT")
+                raise
+            self.ledger.move(ref, L.PAID, detail=f"change {change.change_minor}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+                self._usage_day = None      # the totals followed moves now undone
+            raise
+        return self.ledger.get(ref)
+
+    def _stored_value(self, charge: L.Charge, member: str, pin: str | None) -> L.Charge:
+        """Member stored value: the account and the ledger move in one transaction. A
+        refusal (no funds, frozen, wrong PIN) is committed as a failed charge — with
+        the account's count of wrong PINs — and given to routing like a provider's
+        decline; an unknown member or bad value is an error."""
+        ref = charge.merchant_ref
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.ledger.move(ref, L.SENT)
+            try:
+                self._sv(charge.currency).debit(member, charge.amount_minor, ref=ref, pin=pin)
+            except StoredValueError as exc:
+                self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
+                con.execute("COMMIT")
+                if exc.code in ("BALANCE_NOT_ENOUGH", "ACCOUNT_FROZEN", "WRONG_PASSWORD"):
+                    return self.ledger.get(ref)
+                raise
+            self.ledger.move(ref, L.PAID, provider_ref=f"sv:{ref}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
+        return self.ledger.get(ref)
+
+    def _sv(self, currency: str) -> StoredValue:
+        sv = self._svs.get(currency)
+        if sv is None:
+            sv = self._svs[currency] = StoredValue(self.con, currency, clock=self.clock)
+        return sv
+
+    def _kind(self, charge: L.Charge) -> str | None:
+        ch = self.router.by_name.get(charge.channel)
+        return None if ch is None else ch.kind
+
+    def _is_cash(self, charge: L.Charge) -> bool:
+        ch = self.router.by_name.get(charge.channel)
+        return ch is not None and ch.kind == "cash"
+
+    def _cash_record(self, charge: L.Charge) -> dict | None:
+        """The drawer's record of a cash charge (its change), or None."""
+        Drawer(self.con, drawer_id=charge.terminal, currency=charge.currency)  # its tables
+        row = self.con.execute("SELECT result FROM drawer_moves WHERE drawer_id = ? AND "
+                               "ref = ?", (charge.terminal, charge.merchant_ref)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _apply(self, charge: L.Charge, res) -> L.Charge:
+        """A provider's answer into the ledger."""
+        ref = charge.merchant_ref
+        if res.status == "paid":
+            if charge.state == L.SENT:
+                return self.ledger.move(ref, L.PAID, provider_ref=res.provider_ref)
+            if charge.state == L.UNKNOWN:
+                self.ledger.move(ref, L.QUERIED)
+            return self.ledger.move(ref, L.PAID, provider_ref=res.provider_ref)
+        if res.status == "failed":
+            return self.ledger.move(ref, L.FAILED, reason=res.decline_code or "DECLINED",
+                                    detail=res.message or None)
+        if res.status == "reversed":
+            if charge.state == L.SENT:
+                self.ledger.move(ref, L.UNKNOWN)
+            if charge.state in (L.SENT, L.UNKNOWN):
+                self.ledger.move(ref, L.QUERIED)
+            return self.ledger.move(ref, L.REVERSED, reason="REVERSED")
+        # unknown: "user paying", a timeout, a system error
+        if charge.state == L.SENT:
+            return self.ledger.move(ref, L.UNKNOWN, reason=res.decline_code or "UNKNOWN")
+        return charge
+
+    def _reply(self, order_no: str, charge: L.Charge) -> dict:
+        status = {L.PAID: "paid", L.FAILED: "failed", L.REVERSED: "reversed"}.get(
+            charge.state, "pending")
+        out = {"order_no": order_no, "status": status, "merchant_ref": charge.merchant_ref,
+               "attempt": charge.attempt, "channel": charge.channel,
+               "amount_minor": charge.amount_minor, "currency": charge.currency,
+               "provider_ref": charge.provider_ref,
+               "decline_code": charge.reason if status == "failed" else None,
+               "change": None, "_final": status != "pending"}
+        if status == "paid" and self._is_cash(charge):
+            out["change"] = self._cash_record(charge)
+        self._maybe_crash("before_reply")
+        return out
+
+    # ------------------------------------------------------------------------------
+    def drive(self, charge: L.Charge, *, force: bool = False) -> L.Charge:
+        """One step towards a final state for an open charge (never a new charge)."""
+        now = self.clock()
+        last = self._last_query.get(charge.merchant_ref)
+        step = next_step(charge, now, self.policy, last_query_at=None if force else last)
+        ref = charge.merchant_ref
+        if step.action == "fail":
+            return self.ledger.move(ref, L.FAILED, reason="NOT_SENT")
+        if step.action == "wait" or step.at > now:
+            return charge
+        if self._is_cash(charge):
+            return self._settle_cash(charge)
+        if self._kind(charge) == "stored_value":
+            taken = self._sv(charge.currency).find(ref) is not None
+            return self.ledger.move(ref, L.PAID if taken else L.FAILED,
+                                    provider_ref=f"sv:{ref}" if taken else None,
+                                    reason=None if taken else "NOT_SENT")
+        conn = self.connectors.get(charge.channel)
+        if conn is None:
+            return charge
+        if step.action == "query":
+            self._last_query[ref] = now
+            res = conn.query(ref)
+            if res.status == "not_found":
+                # it never reached the provider: close the trade so it never can
+                closed = conn.reverse(ref)
+                if closed.status in ("reversed", "not_found"):
+                    return self.ledger.move(ref, L.FAILED, reason="NOT_SENT")
+                return charge
+            if res.status == "unknown":
+                if charge.state == L.SENT:
+                    charge = self.ledger.move(ref, L.UNKNOWN, reason=res.decline_code)
+                return self.ledger.move(ref, L.QUERIED)
+            return self._apply(charge, res)
+        # reverse: still unknown after the cap
+        self.ledger.note_reversal_attempt(ref)
+        res = conn.reverse(ref)
+        if res.status in ("reversed", "not_found"):
+            if charge.state == L.SENT:
+                charge = self.ledger.move(ref, L.UNKNOWN)
+            if charge.state == L.UNKNOWN:
+                self.ledger.move(ref, L.QUERIED)
+            return self.ledger.move(ref, L.REVERSED, reason="GAVE_UP")
+        return charge
+
+    def _settle_cash(self, charge: L.Charge) -> L.Charge:
+        """A cash charge left ``sent`` by a crash: the drawer's record says whether
+        it was taken (its move and the ledger's commit together, so this is rare)."""
+        taken = self._cash_record(charge) is not None
+        return self.ledger.move(charge.merchant_ref, L.PAID if taken else L.FAILED,
+                                reason=None if taken else "NOT_SENT")
+
+    def recover(self) -> None:
+        """At start-up: one step for every open charge (those that need the provider
+        again are picked up by :meth:`on_idle`)."""
+        for charge in self.ledger.open_charges():
+            try:
+                self.drive(charge, force=True)
+            except Exception:   # one bad charge must not keep the gateway down
+                log.exception("recovery of %s failed", charge.merchant_ref)
+
+    def on_idle(self) -> None:
+        try:
+            self.outbox.deliver_pending()
+        except Exception:
+            log.exception("the SMS outbox failed")
+        for charge in self.ledger.open_charges():
+            try:
+                self.drive(charge)
+            except Exception:
+                log.exception("driving %s failed", charge.merchant_ref)
+        now = time.monotonic()
+        for refund in self.ledger.refunds(open_only=True):
+            # an unknown refund is sent again (same reference) every poll interval
+            if now - self._last_refund_try.get(refund.refund_ref, 0.0) < \
+                    self.policy.poll_every_s:
+                continue
+            self._last_refund_try[refund.refund_ref] = now
+            conn = self.connectors.get(refund.channel)
+            if conn is None:
+                continue
+            try:
+                self._send_refund(refund, conn)
+            except Exception:
+                log.exception("refund %s failed", refund.refund_ref)
+
+    # ------------------------------------------------------------------------------
+    def op_status(self, f) -> dict:
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        paid = [c for c in attempts if c.state == L.PAID]
+        last = paid[-1] if paid else attempts[-1]
+        out = self._reply(f["order_no"], last)
+        out.pop("_final")
+        out["attempts"] = [{"merchant_ref": c.merchant_ref, "channel": c.channel,
+                            "state": c.state, "reason": c.reason} for c in attempts]
+        return out
+
+    def op_reverse(self, f) -> dict:
+        """Cancel an order's payment (same day): the paid charge is given back."""
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        last = attempts[-1]
+        if last.state == L.REVERSED:
+            return self._reply(f["order_no"], last)
+        paid = [c for c in attempts if c.state == L.PAID]
+        if not paid:
+            raise LanecoreError(f"order {f['order_no']} has no paid charge to reverse",
+                                code="NOT_PAID")
+        charge = paid[-1]
+        if self._kind(charge) == "stored_value":
+            ref = charge.merchant_ref
+            self.con.execute("BEGIN IMMEDIATE")     # committed with the reply's record
+            sv = self._sv(charge.currency)
+            back = sv.refundable(ref)
+            if back:
+                sv.credit(charge.payer, back, ref=f"reverse:{ref}", of_ref=ref)
+            return self._reply(f["order_no"], self.ledger.move(ref, L.REVERSED,
+                                                               reason="CANCELLED"))
+        conn = self.connectors.get(charge.channel)
+        if conn is None:
+            raise LanecoreError(f"a {charge.channel} payment is not reversed here (cash "
+                                "goes back from the drawer)", code="NOT_REVERSIBLE")
+        res = conn.reverse(charge.merchant_ref)
+        if res.status != "reversed":
+            out = self._reply(f["order_no"], charge)
+            out.update(status="pending", _final=False)
+            return out
+        return self._reply(f["order_no"], self.ledger.move(charge.merchant_ref, L.REVERSED,
+                                                           reason="CANCELLED"))
+
+    def op_refund(self, f) -> dict:
+        """Give back part or all of an order's paid charge, once per ``refund_ref``."""
+        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        paid = [c for c in attempts if c.state == L.PAID]
+        if not attempts:
+            raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
+        if not paid:
+            raise LanecoreError(f"order {f['order_no']} has no paid charge", code="NOT_PAID")
+        charge = paid[-1]
+        conn = self.connectors.get(charge.channel)
+        local = self._kind(charge) == "stored_value"
+        if conn is None and not local:
+            raise LanecoreError(f"a {charge.channel} payment is not refunded here (cash "
+                                "goes back from the drawer)", code="NOT_REVERSIBLE")
+        refund, _ = self.ledger.create_refund(charge.merchant_ref, f["refund_ref"],
+                                              f["amount_minor"])
+        if local:
+            refund = self._refund_stored_value(refund, charge)
+        else:
+            refund = self._send_refund(refund, conn)
+        return self._refund_reply(f["order_no"], refund)
+
+    def _refund_stored_value(self, refund: L.Refund, charge: L.Charge) -> L.Refund:
+        """Back onto the member's account, with the refund's moves, in one transaction."""
+        if refund.state in (L.PAID, L.FAILED):
+            return refund
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if refund.state == L.CREATED:
+                self.ledger.move_refund(refund.refund_ref, L.SENT)
+            self._sv(charge.currency).credit(charge.payer, refund.amount_minor,
+                                             ref=f"refund:{refund.refund_ref}",
+                                             of_ref=charge.merchant_ref)
+            out = self.ledger.move_refund(refund.refund_ref, L.PAID,
+                                          provider_ref=f"sv:refund:{refund.refund_ref}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return out
+
+    def _send_refund(self, refund: L.Refund, conn: Connector) -> L.Refund:
+        """Send (or send again: the provider knows a refund by its reference) a refund
+        that is not final, and record what came back."""
+        if refund.state in (L.PAID, L.FAILED):
+            return refund
+        if refund.state == L.CREATED:
+            refund = self.ledger.move_refund(refund.refund_ref, L.SENT)
+        res = conn.refund(refund.merchant_ref, refund.refund_ref, refund.amount_minor)
+        if res.status == "refunded":
+            return self.ledger.move_refund(refund.refund_ref, L.PAID,
+                                           provider_ref=res.provider_ref)
+        if res.status in ("failed", "not_found"):
+            return self.ledger.move_refund(refund.refund_ref, L.FAILED,
+                                           reason=res.decline_code or "DECLINED")
+        return self.ledger.move_refund(refund.refund_ref, L.UNKNOWN,
+                                       reason=res.decline_code or "UNKNOWN")
+
+    @staticmethod
+    def _refund_reply(order_no: str, refund: L.Refund) -> dict:
+        status = {L.PAID: "refunded", L.FAILED: "failed"}.get(refund.state, "pending")
+        return {"order_no": order_no, "refund_ref": refund.refund_ref,
+                "merchant_ref": refund.merchant_ref, "status": status,
+                "amount_minor": refund.amount_minor, "currency": refund.currency,
+                "provider_ref": refund.provider_ref,
+                "decline_code": refund.reason if status == "failed" else None,
+                "_final": status != "pending"}
+
+    def op_recon(self, f) -> dict:
+        """Reconcile one UTC day: the ledger against every provider channel's bill."""
+        from lanecore.core.pay import recon
+        self._admin_only("recon.run")
+        date = recon.check_date(f["date"])
+        bills, channels, missing = [], [], []
+        for name, conn in self.connectors.items():
+            try:
+                bill = conn.bill(date)
+            except ProviderError as exc:
+                missing.append({"channel": name, "code": exc.code, "message": exc.message})
+                continue
+            text = bill.csv_text
+            if text is None:
+                text = Path(bill.path).read_text(encoding="utf-8")
+            channels.append(name)
+            bills.extend(recon.parse_bill(csv.DictReader(io.StringIO(text)), name))
+        rows = [r for r in self.ledger.day_rows(date) if r["channel"] in channels]
+        report = recon.reconcile(rows, bills, channels=channels)
+        return {"date": date, "channels": channels, "no_bill": missing,
+                **report.to_dict()}
+
+    def op_qr(self, f) -> dict:
+        """A dynamic merchant-presented QR for the amount (EMVCo MPM)."""
+        self._terminal_for(f)
+        if not self.qr:
+            raise LanecoreError(f"no [qr] merchant in {CONFIG_FILE}", code="NO_QR_MERCHANT")
+        currency = emvqr.lookup_currency(f["currency"])[1]
+        payload = emvqr.build_mpm(currency=currency, amount_minor=f["amount_minor"],
+                                  bill=f["order_no"], terminal=f["terminal"], **self.qr)
+        return {"payload": payload}
+
+
+def serve(data_dir, bind: str, *, curve: bool = False) -> int:
+    """Run the gateway until SIGTERM/SIGINT (``curve``: CurveZMQ with the keys of the
+    data directory, ``gateway/net/security.py``)."""
+    import zmq
+
+    from lanecore.gateway.net.security import ServerSecurity
+    gw = PaymentGateway(data_dir)
+    guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
+    try:
+        gw.serve(bind, security=guard)
+    finally:
+        if guard is not None:
+            guard.stop()
+        gw.ledger.close()
+    return 0
