@@ -3,6 +3,10 @@
 Exit codes: 0 success; 1 the command ran but some input was bad (a scan that did not
 parse, a CSV row that was skipped, a code not in the catalogue); 2 usage or
 configuration error. Errors go to stderr as ``lanecore: CODE: message``.
+
+Every lanecore process starts here, and the first thing :func:`main` does is set the
+umask to 077: whatever a process creates (databases and their -wal/-shm, keys, logs,
+directories) is its owner's alone (``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -420,16 +424,46 @@ def cmd_worker(args) -> int:
 def cmd_keys_gen(args) -> int:
     from lanecore.gateway.net import security as sec
     from lanecore.core.config import resolve_data_dir
+    from lanecore.gateway.net.identity import parse_roles
+    metadata = None
     if args.server:
         directory = sec.keys_dir(resolve_data_dir(args.data_dir))
         name = sec.SERVER_NAME
     else:
         if not args.name:
             return _die("USAGE", "give --name NAME for a device key (or --server)")
+        if not args.role:
+            return _die("USAGE", "give --role ROLE[,ROLE] for a device key: every identity "
+                                 "says what it may do (docs/security.md)")
+        held = parse_roles(args.role)
+        metadata = {"name": args.name, "roles": ",".join(sorted(held))}
         directory = Path(args.dir) if args.dir else Path(".")
         name = args.name
-    public, secret = sec.generate(directory, name)
-    print(json.dumps({"public": str(public), "secret": str(secret)}))
+    public, secret = sec.generate(directory, name, metadata)
+    out = {"public": str(public), "secret": str(secret)}
+    if args.enrol and not args.server:
+        devices = sec.keys_dir(resolve_data_dir(args.data_dir)) / "devices"
+        from lanecore.core.config import private_dir, write_private
+        private_dir(devices)
+        if (devices / public.name).exists():
+            return _die("KEY_EXISTS", f"{devices / public.name} is enrolled already: "
+                                      "remove it first to replace it")
+        write_private(devices / public.name, public.read_bytes())
+        out["enrolled"] = str(devices / public.name)
+    if metadata:
+        out["roles"] = metadata["roles"].split(",")
+    print(json.dumps(out))
+    return EXIT_OK
+
+
+def cmd_keys_list(args) -> int:
+    """The identities a server's data directory enrols, with their roles."""
+    from lanecore.core.config import resolve_data_dir
+    from lanecore.gateway.net import security as sec
+    from lanecore.gateway.net.keyring import KeyRing
+    ring = KeyRing(sec.keys_dir(resolve_data_dir(args.data_dir)) / "devices")
+    for principal in ring.principals():
+        print(json.dumps({"id": principal.id, "roles": sorted(principal.roles)}))
     return EXIT_OK
 
 
@@ -509,8 +543,16 @@ def cmd_gateway_coupons(args) -> int:
     """The coupon gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import coupons
     from lanecore.gateway.net import security as sec
-    sec.check_plain([args.bind], args.allow_plain)
-    return coupons.serve(args.data_dir, args.bind)
+    if not args.curve:
+        if not args.dev_open:
+            return _die("AUTH_REQUIRED", "the coupon gateway authenticates its callers: start "
+                        "it with --curve (enrolled keys with roles, docs/security.md), or with "
+                        "--dev-open on loopback or ipc for development")
+        if not sec.is_loopback(args.bind):
+            return _die("PLAIN_NOT_ALLOWED", f"{args.bind} is not loopback: --dev-open "
+                        "serves this machine only")
+        _warn_dev_open("coupon gateway")
+    return coupons.serve(args.data_dir, args.bind, curve=args.curve)
 
 
 def cmd_gateway_payments(args) -> int:
@@ -519,7 +561,17 @@ def cmd_gateway_payments(args) -> int:
     from lanecore.gateway.net import security as sec
     if not args.curve:
         sec.check_plain([args.bind], args.allow_plain)
-    return payments.serve(args.data_dir, args.bind, curve=args.curve)
+    if args.dev_open:
+        if not sec.is_loopback(args.bind):
+            return _die("PLAIN_NOT_ALLOWED", f"{args.bind} is not loopback: --dev-open "
+                        "serves this machine only")
+    return payments.serve(args.data_dir, args.bind, curve=args.curve, dev_open=args.dev_open)
+
+
+def _warn_dev_open(what: str) -> None:
+    print(f"lanecore: WARNING: the {what} runs with --dev-open: every caller on this "
+          "machine is the development principal, with every role (docs/security.md)",
+          file=sys.stderr, flush=True)
 
 
 def _terminals(args):
@@ -529,11 +581,12 @@ def _terminals(args):
     from lanecore.core.config import resolve_data_dir
     from lanecore.gateway.payments.gateway import LEDGER_FILE
     from lanecore.gateway.payments.terminals import Terminals
+    from lanecore.core.sqltxn import private_database
     data_dir = resolve_data_dir(args.data_dir, create=True)
     path = data_dir / LEDGER_FILE
+    private_database(path)       # it holds the terminals' keys: 0600, -wal and -shm too
     con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
     con.execute("PRAGMA journal_mode=WAL")
-    os.chmod(path, 0o600)        # it holds the terminals' keys
     return con, Terminals(con)
 
 
@@ -546,14 +599,17 @@ def cmd_terminal_add(args) -> int:
         terminal, key = reg.register(args.id, admin=args.admin,
                                      max_payment_minor=args.max_payment_minor,
                                      max_day_minor=args.max_day_minor, methods=methods,
-                                     rotate=args.rotate)
+                                     rotate=args.rotate, roles=args.role)
     finally:
         con.close()
     out = {**terminal.to_dict(), "key": key_text(key)}
     if args.key_file:
-        fd = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(out["key"] + "\n")
+        from lanecore.core.config import write_private
+        try:        # 0600 under an O_EXCL temporary name, renamed into place
+            write_private(args.key_file, (out["key"] + "\n").encode("ascii"))
+        except OSError as exc:
+            return _die("BAD_KEY_FILE", f"cannot write {args.key_file}: {exc.strerror} "
+                        f"(the key is registered: give it a new one with --rotate)")
         out["key_file"] = args.key_file
     print(json.dumps(out))
     return EXIT_OK
@@ -790,7 +846,9 @@ def cmd_lane_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from lanecore.demo import run_demo
-    data_dir = Path(args.data_dir or os.environ.get("LANECORE_DATA_DIR") or ".demo")
+    # Never $LANECORE_DATA_DIR: the demo empties its directory, and that one is the
+    # real store's (docs/store/demo.md, "Its directory").
+    data_dir = Path(args.data_dir) if args.data_dir else Path(".demo")
     return run_demo(data_dir, shoppers=args.shoppers, seed=args.seed, rows=args.rows,
                     concurrency=args.concurrency, live=args.live, as_json=args.json)
 
@@ -922,8 +980,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the service's keypair, into DATA_DIR/keys/")
     sp.add_argument("--name", help="a device's name (NAME.key, NAME.key_secret)")
     sp.add_argument("--dir", help="where a device keypair goes (default .)")
+    sp.add_argument("--role", metavar="ROLE[,ROLE]",
+                    help="what the device may do (handheld, lane, kiosk, till, pos, attendant, "
+                         "manager, payments, coupons, hq, admin; docs/security.md)")
+    sp.add_argument("--enrol", action="store_true",
+                    help="also enrol its public key in DATA_DIR/keys/devices/")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_keys_gen)
+    sp = keys.add_parser("list", help="the enrolled device keys and their roles (JSON lines)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_keys_list)
 
     sp = sub.add_parser("info", help="version, kernels in use, data directory, regions")
     data_dir_opt(sp)
@@ -949,6 +1015,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "data directory, as for serve)")
     sp.add_argument("--allow-plain", action="store_true",
                     help="allow plain TCP beyond loopback (not recommended: card data)")
+    sp.add_argument("--dev-open", action="store_true",
+                    help="development only, loopback or ipc: accept unauthenticated callers "
+                         "(every one the development principal) when payments.toml's [pos] "
+                         "auth is off")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_payments)
 
@@ -956,8 +1026,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "pricing, one-scan checkout (docs/promo/coupons-gateway.md)")
     sp.add_argument("--bind", default="tcp://127.0.0.1:5570", metavar="ADDR",
                     help="ROUTER endpoint (default tcp://127.0.0.1:5570)")
-    sp.add_argument("--allow-plain", action="store_true",
-                    help="allow plain TCP beyond loopback (not recommended)")
+    sp.add_argument("--curve", action="store_true",
+                    help="CurveZMQ: callers are enrolled keys with roles (keys in the data "
+                         "directory, as for serve)")
+    sp.add_argument("--dev-open", action="store_true",
+                    help="development only, loopback or ipc: no authentication, every caller "
+                         "the development principal")
+    sp.add_argument("--allow-plain", action="store_true", help=argparse.SUPPRESS)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_coupons)
 
@@ -973,8 +1048,11 @@ def build_parser() -> argparse.ArgumentParser:
                           ).add_subparsers(dest="terminal_command", required=True)
     sp = term.add_parser("add", help="register a terminal and print its key (once)")
     sp.add_argument("id", help="the terminal id (1-32 letters, digits, . _ -)")
+    sp.add_argument("--role", metavar="ROLE[,ROLE]",
+                    help="what it may do: handheld, kiosk, till, pos (default), coupons, "
+                         "attendant, manager, hq, admin (docs/security.md)")
     sp.add_argument("--admin", action="store_true",
-                    help="may see every terminal's charges, run recon.run and stats")
+                    help="shorthand for --role admin: every op, every terminal's charges")
     sp.add_argument("--max-payment-minor", type=int, metavar="N",
                     help="largest single payment, minor units")
     sp.add_argument("--max-day-minor", type=int, metavar="N",
@@ -1092,12 +1170,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concurrency", type=int, default=6,
                     help="shoppers in the store at once (default 6)")
     sp.add_argument("--data-dir", metavar="D",
-                    help="where the demo store lives (default .demo; emptied first)")
+                    help="where the demo store lives (default ./.demo, never "
+                         "$LANECORE_DATA_DIR); emptied first only if a demo made it "
+                         "(else DEMO_DIR_NOT_EMPTY, exit 2)")
     sp.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``lanecore`` command: every lanecore process runs under umask 077 from its
+    first line (restored on return, for callers that run it in-process)."""
+    from lanecore.core.config import set_process_umask
+    old_umask = set_process_umask()     # before anything is created: files 0600, dirs 0700
+    try:
+        return _main(argv)
+    finally:
+        os.umask(old_umask)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["till"]:            # its own options, --help included
         from lanecore.gateway import till

@@ -59,8 +59,8 @@ def procs(tmp_path_factory):
             f'currency = "CNY"\nendpoint = "{endpoint}"\ntimeout_s = 5.0\n')
         bind = S.free_tcp_endpoint()
         log = d / "gateway.log"
-        gw = S._popen([sys.executable, "-m", "lanecore", "gateway", "payments", "--bind",
-                       bind, "--data-dir", str(gw_dir)], log)
+        gw = S._popen([sys.executable, "-m", "lanecore", "gateway", "payments", "--dev-open",
+                       "--bind", bind, "--data-dir", str(gw_dir)], log)
         gateway = S.Proc("gateway", gw, log, bind)
         started.append(gateway)
         S.wait_ready(gateway)

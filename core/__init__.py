@@ -14,9 +14,11 @@ Grouped by domain, each a package that says what it may import:
   unattended venue.
 
 Shared by every domain, and importing none of them: ``errors`` (the error type with
-its stable code), ``config`` (``lanecore.toml`` and the data directory), ``sqltxn``
-(the SQLite transaction helper) and ``signing`` (Ed25519 keys, canonical JSON and
-base64url, for everything the store signs).
+its stable code), ``config`` (``lanecore.toml``, the data directory, and private
+files and directories: umask 077, 0700, 0600, ``BAD_PERMISSIONS``), ``sqltxn`` (the
+SQLite transaction helper, and ``private_database``: database, -wal and -shm 0600)
+and ``signing`` (Ed25519 keys, canonical JSON and base64url, for everything the store
+signs).
 
 May import: ``lanecore.ext`` and the standard library and third-party packages —
 never ``drivers``, ``gateway`` or the command line (``pyproject.toml``'s import-linter

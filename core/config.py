@@ -17,18 +17,36 @@ configuration file ``lanecore.toml``. It is chosen by ``--data-dir``, else
     "20" = { measure = "price",  pattern = "PPPPPPPVVVVV", decimals = 2 }
     "21" = { measure = "weight", pattern = "PPPPPPPVVVVV", decimals = 3 }
 
+    [payments]               # the payment gateways whose signed receipts prove payment
+    receipt_keys = ["…"]     # their `hello` receipt_key (Ed25519, base64url)
+
 A pattern covers the 12 digits before the GTIN-13 check digit: ``P`` item reference
 (prefix included), ``C`` the price/weight check digit, ``V`` the variable value.
+``receipt_keys``: a receipt signed by one of them (``pay.receipt``) may mark an order
+paid at the verification service (``order.status`` with ``proof``,
+``docs/protocol.md``). Unknown sections, and unknown keys in ``[payments]``, are
+refused.
+
+Private files (``docs/security.md``, "Files and directories"): every lanecore process
+runs under umask 077 (:func:`set_process_umask`, called first thing by ``cli.main``);
+data and key directories are created mode 0700 (:func:`private_dir`); key files are
+written at mode 0600 under a temporary name made with ``O_EXCL`` and renamed into
+place (:func:`write_private`); a key file or key directory that the group or others
+may use is refused with ``BAD_PERMISSIONS`` naming it (:func:`check_private`). The
+SQLite files get theirs from ``core/sqltxn.py``'s ``private_database``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanecore.core.errors import ConfigError
+from lanecore.core.errors import ConfigError, LanecoreError
 from lanecore.ext import barcode
 from lanecore.ext.gs1data import RcnRegion
 
@@ -42,15 +60,113 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_dir(cli_value: str | os.PathLike | None = None, *, create: bool = True) -> Path:
-    """The data directory: the command-line value, else LANECORE_DATA_DIR, else default."""
+    """The data directory: the command-line value, else LANECORE_DATA_DIR, else default.
+
+    ``create``: make it (and any missing parent) with mode 0700; an existing
+    directory keeps its mode."""
     chosen = cli_value or os.environ.get("LANECORE_DATA_DIR") or default_data_dir()
     path = Path(chosen).expanduser()
     if create:
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
         except OSError as exc:
             raise ConfigError(f"cannot create data directory {path}: {exc.strerror}",
                               code="BAD_DATA_DIR") from exc
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Private files and directories
+# --------------------------------------------------------------------------------------
+
+#: What every lanecore process runs under: new files 0600, new directories 0700.
+PROCESS_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+class PermissionsError(LanecoreError):
+    """A key file or key directory that the group or others may use."""
+
+    code = "BAD_PERMISSIONS"
+
+
+def set_process_umask() -> int:
+    """Set the process umask to 077 (what ``cli.main`` does first); returns the old one."""
+    return os.umask(PROCESS_UMASK)
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a directory: created, with every missing parent, mode 0700 whatever
+    the umask; an existing directory is left as it is. Raises OSError (an existing
+    file that is not a directory: ``EEXIST``)."""
+    path = Path(path).expanduser()
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue            # made by someone else meanwhile: theirs, as it is
+        os.chmod(d, PRIVATE_DIR_MODE)   # the umask may have narrowed, never widened
+    if not path.is_dir():
+        raise FileExistsError(errno.EEXIST, f"{path} exists and is not a directory",
+                              str(path))
+    return path
+
+
+def check_private(path: str | os.PathLike, *, what: str = "key file",
+                  error: type[LanecoreError] = PermissionsError) -> None:
+    """Refuse, with ``error(..., code="BAD_PERMISSIONS")`` naming the path, a file or
+    directory the group or others may read, write or search (any of mode 077).
+    A missing path raises FileNotFoundError: whether that is an error is the
+    caller's to say."""
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        want = "700" if stat.S_ISDIR(st.st_mode) else "600"
+        raise error(f"{path} has mode {mode:04o}: a {what} must be its owner's alone "
+                    f"(chmod {want} {path})", code="BAD_PERMISSIONS")
+
+
+def write_private(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` at mode 0600 whatever the umask: into a new file made
+    with ``O_EXCL`` under a temporary name in the same directory, fsynced, then
+    renamed over ``path`` (a reader sees the old file or the whole new one, never a
+    file readable by others). Raises OSError."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 PRIVATE_FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+            view = memoryview(bytes(data))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)      # our own temporary file, nothing else
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:             # pragma: no cover - the rename is done either way
+        return path
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
     return path
 
 
@@ -61,6 +177,9 @@ class StoreConfig:
     region: str | None = None
     regions: dict[str, RcnRegion] = field(default_factory=dict)
     source: Path | None = None
+    #: Public keys (base64url) of the payment gateways whose signed receipts are
+    #: proof of payment (``[payments] receipt_keys``).
+    receipt_keys: tuple[str, ...] = ()
 
     def apply(self) -> None:
         """Register the store-defined in-store code tables with the barcode kernel."""
@@ -75,6 +194,27 @@ def _region_code(value, where: str) -> str:
     return value.upper()
 
 
+def _receipt_keys(payments, where: str) -> tuple[str, ...]:
+    """``[payments] receipt_keys``: Ed25519 public keys, each checked, as base64url."""
+    from lanecore.core.signing import SigningError, Verifier
+    if not isinstance(payments, dict):
+        raise ConfigError(f"{where}: [payments] must be a table")
+    unknown = set(payments) - {"receipt_keys"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in [payments]: {sorted(unknown)}")
+    keys = payments.get("receipt_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"{where}: payments.receipt_keys must be a list of public keys "
+                          "(the payment gateway's hello receipt_key)")
+    out = []
+    for i, key in enumerate(keys):
+        try:
+            out.append(Verifier(key.strip()).public_key_b64())
+        except SigningError as exc:
+            raise ConfigError(f"{where}: payments.receipt_keys[{i}]: {exc.message}") from None
+    return tuple(dict.fromkeys(out))
+
+
 def parse_config(text: str, source: Path | None = None) -> StoreConfig:
     """Read configuration from TOML text; raise ConfigError naming the bad key."""
     where = str(source) if source else "configuration"
@@ -82,10 +222,11 @@ def parse_config(text: str, source: Path | None = None) -> StoreConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
-    unknown = set(doc) - {"store", "rcn"}
+    unknown = set(doc) - {"store", "rcn", "payments"}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
     cfg = StoreConfig(source=source)
+    cfg.receipt_keys = _receipt_keys(doc.get("payments", {}), where)
     store = doc.get("store", {})
     if not isinstance(store, dict):
         raise ConfigError(f"{where}: [store] must be a table")

@@ -12,8 +12,9 @@ another's to sign.
   ``data_dir/keys/order_signing.key``: the raw 32-byte seed, mode 0600, created
   atomically) and :class:`Verifier` (public key only).
 
-Errors are :class:`SigningError`, code ``KEY_ERROR`` (a key or key file that cannot be
-used). Imports no domain.
+Errors are :class:`SigningError`: code ``BAD_PERMISSIONS`` for a key file or key
+directory that the group or others may use, ``KEY_ERROR`` for any other key or key
+file that cannot be used. Imports no domain.
 """
 
 from __future__ import annotations
@@ -185,9 +186,10 @@ class Signer:
         directory created with mode 0700. Creation is atomic: the seed is written
         and fsynced under a temporary name, then hard-linked to the final name, which
         fails if another process got there first (then both use that one's key). A
-        file that is not a regular file, is not 32 bytes, or that the group or
-        others may read or write is refused (KEY_ERROR) rather than trusted or
-        replaced: replacing a key silently invalidates every QR already issued.
+        key file or ``keys/`` directory that the group or others may use is refused
+        with BAD_PERMISSIONS naming it; a file that is not a regular file or not 32
+        bytes with KEY_ERROR — refused rather than trusted or replaced: replacing a
+        key silently invalidates every QR already issued.
         """
         keys = Path(data_dir) / KEY_DIR
         path = keys / KEY_FILE
@@ -196,6 +198,15 @@ class Signer:
         except OSError as exc:
             raise SigningError(f"cannot create {keys}: {exc.strerror}",
                                code="KEY_ERROR") from exc
+        try:
+            mode = stat.S_IMODE(os.stat(keys).st_mode)
+        except OSError as exc:
+            raise SigningError(f"cannot read {keys}: {exc.strerror}",
+                               code="KEY_ERROR") from exc
+        if mode & 0o077:
+            raise SigningError(
+                f"{keys} has mode {mode:04o}: a key directory must be its owner's "
+                f"alone (chmod 700 {keys})", code="BAD_PERMISSIONS")
         seed = _read_key_file(path)
         if seed is None:
             _create_key_file(path, secrets.token_bytes(_KEY_LEN))
@@ -223,7 +234,8 @@ class Signer:
 
 
 def _read_key_file(path: Path) -> bytes | None:
-    """The seed in ``path``, None when there is no file; KEY_ERROR when unusable."""
+    """The seed in ``path``, None when there is no file; BAD_PERMISSIONS when others
+    may use it, KEY_ERROR when otherwise unusable."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -237,8 +249,8 @@ def _read_key_file(path: Path) -> bytes | None:
             raise SigningError(f"{path} is not a regular file", code="KEY_ERROR")
         if st.st_mode & 0o077:
             raise SigningError(
-                f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; a signing key must "
-                f"be readable by its owner only (chmod 600)", code="KEY_ERROR")
+                f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: a signing key must "
+                f"be its owner's alone (chmod 600 {path})", code="BAD_PERMISSIONS")
         data = os.read(fd, _KEY_LEN + 1)
     except OSError as exc:
         raise SigningError(f"cannot read {path}: {exc.strerror}",

@@ -6,11 +6,17 @@ same rows are served one after the other.
 
 Each store wraps it with its savepoint name and its own error factory, so a failing
 database is its store's ``DB_ERROR`` / ``DB_BUSY`` (``error(exc, what)``).
+
+:func:`private_database` is what every opener of a database file calls before
+``sqlite3.connect``: the file and its ``-wal``/``-shm`` are the owner's alone (mode
+0600), whatever the umask and whatever an older process left behind.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from typing import Callable
 
 from lanecore.core.errors import LanecoreError
@@ -62,3 +68,40 @@ class Txn:
                 issubclass(exc_type, sqlite3.Error):
             # the database refused the change: the store's own error, rolled back
             raise self.error(exc, f"the {self.what} tables refused the change") from exc
+
+
+#: The files SQLite keeps beside a database (WAL mode, and a rollback journal).
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_database(path: str | os.PathLike) -> None:
+    """Before ``sqlite3.connect(path)``: the database file exists at mode 0600 (an
+    empty file is an empty database), so SQLite, which gives a new ``-wal`` and
+    ``-shm`` the database's own mode, makes them 0600 too; an existing database and
+    its ``-wal``, ``-shm`` and ``-journal`` (a process under a wider umask may have
+    made them 0644) are made 0600. ``":memory:"`` and ``file:`` URIs (read-only
+    opens) are left alone; a file this process cannot create or change is left to
+    SQLite to report when it opens it."""
+    where = os.fspath(path)
+    if not where or where == ":memory:" or where.startswith("file:"):
+        return
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK, 0o600)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    for suffix in SIDE_FILES:
+        side = where + suffix
+        try:
+            st = os.lstat(side)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(side, 0o600)
+        except OSError:
+            pass

@@ -11,6 +11,10 @@ Subclasses implement :meth:`on_bytes` (bytes from the host) and call :meth:`send
 :meth:`tick` runs every ``tick_s`` for devices that talk on their own (streams,
 scanners, gate alarms). Faults to script: ``unplug``/``replug``, ``mute`` (stop
 answering), ``slow_s`` (answer late), ``inject_garbage``.
+
+The link replaces and removes only symbolic links: a file or directory already at
+``link_path`` (or at its ``.new`` staging name) is refused with ``BAD_ARGUMENT``,
+never overwritten.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import threading
 import time
 import tty
 from pathlib import Path
+
+from lanecore.core.errors import LanecoreError
 
 
 class PtyDevice:
@@ -64,8 +70,18 @@ class PtyDevice:
         tty.setraw(slave, termios.TCSANOW)   # no echo, no line discipline
         os.set_blocking(master, False)
         tmp = self.link_path.with_name(self.link_path.name + ".new")
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
+        try:
+            for p in (self.link_path, tmp):  # only a (stale) link is ours to replace
+                if os.path.lexists(p) and not p.is_symlink():
+                    raise LanecoreError(f"{p} exists and is not a symbolic link: the "
+                                        "simulator's port path must be free or a "
+                                        "link it made", code="BAD_ARGUMENT")
+            if tmp.is_symlink():
+                tmp.unlink()
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
         os.symlink(os.ttyname(slave), tmp)
         os.replace(tmp, self.link_path)      # atomic: a reader never sees no link
         # Keeping the slave open here means the master never sees a hang-up while
@@ -84,7 +100,8 @@ class PtyDevice:
                     pass
             self._master = self._slave = None
             try:
-                self.link_path.unlink()
+                if self.link_path.is_symlink():      # ours; anything else is not
+                    self.link_path.unlink()
             except FileNotFoundError:
                 pass
 

@@ -17,6 +17,13 @@ answers with the payment it has, it never charges twice.
 
 Configuration ``DATA_DIR/coupons.toml`` (``docs/promo/coupons-gateway.md``).
 
+Prices: the till sends what it scanned and how many (``lines: [{code, qty}]``); the
+unit prices come from the store's catalogue (``[store] data_dir``, by default the
+gateway's own data directory: ``store.db``, ``core/scan/catalog.py``), families from
+``[families]``, member prices from the members' table and promotions from
+``[[promotions]]`` — never from the request: a line carrying a price or a pricing
+field is refused (``PRICE_NOT_ACCEPTED``).
+
 Fault injection for tests: ``LANECORE_COUPONS_CRASH=after_hold`` (or
 ``after_payment``) makes the process SIGKILL itself right after the checkout's
 write-ahead commit (or right after the payment gateway answered).
@@ -35,14 +42,18 @@ import tomllib
 from pathlib import Path
 
 from lanecore.core.promo import pricing as PR
-from lanecore.core.config import resolve_data_dir
+from lanecore.core.config import check_private, resolve_data_dir
+from lanecore.core.config import load_config as load_store_config
 from lanecore.core.promo.coupons import CouponBook, CouponError, Definition
 from lanecore.core.errors import LanecoreError
+from lanecore.core.pay.ledger import payment_mismatch
+from lanecore.core.sqltxn import private_database
 from lanecore.core.promo.members import Members
 from lanecore.core.promo.mqr import MqrError, read_mqr
 from lanecore.core.store.orderqr import Verifier
 
 from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import Field
 from lanecore.gateway.net.server import DURABLE, PURE, RECORDED, OpServer
 
@@ -52,6 +63,13 @@ CONFIG_FILE = "coupons.toml"
 DB_FILE = "coupons.db"
 CHARGING, PAID, FAILED, REVERSED = "charging", "paid", "failed", "reversed"
 _ORDER = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: Line fields that would set a price or what a promotion applies to: the till's
+#: request may not carry them (the catalogue and the configuration say).
+PRICE_FIELDS = frozenset({"unit_price_minor", "amount_minor", "member_price_minor",
+                          "family", "manufacturer"})
+#: What a line of ``price.basket`` / ``checkout.mqr`` is (``gtin``: the old name of
+#: ``code``).
+LINE_FIELDS = frozenset({"code", "gtin", "qty", "line_id"})
 #: Payment-gateway errors after which nothing was charged: the checkout fails.
 _RETRY = frozenset({"TIMEOUT", "UNAVAILABLE", "INTERNAL", "DB_BUSY", "DB_ERROR", "CLOSED"})
 
@@ -67,6 +85,29 @@ SCHEMA = (
 )
 
 
+
+#: Who may call each op (``docs/security.md``; ``admin`` may call every op).
+_SELLING = roles("handheld", "kiosk", "till", "pos")
+OP_ROLES = {
+    "hello": ANY,
+    "issuer.add": roles("manager"),
+    "coupon.define": roles("manager"),
+    "coupon.issue": roles("manager", "hq"),
+    "wallet.coupons": _SELLING | roles("manager"),
+    "coupon.parse": _SELLING,
+    "price.basket": _SELLING,
+    "checkout.mqr": roles("kiosk", "till", "pos"),
+    "checkout.status": roles("kiosk", "till", "pos", "attendant", "manager"),
+    "checkout.reverse": roles("manager"),
+    "clearing.report": roles("manager", "hq"),
+    "member.enrol": roles("till", "pos", "manager"),
+    "member.find": _SELLING | roles("attendant", "manager"),
+    "member.history": roles("attendant", "manager"),
+    "member.price": roles("manager"),
+    "stats": roles("manager", "hq"),
+}
+
+
 class CouponGatewayError(LanecoreError):
     code = "BAD_CONFIG"
 
@@ -80,6 +121,26 @@ def load_config(data_dir: Path) -> dict:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CouponGatewayError(f"{path}: {exc}") from exc
+
+
+def parse_families(table) -> dict[str, str]:
+    """``[families]`` (family = [GTIN, …]) as GTIN-14 → family; a GTIN in two
+    families, or not a GTIN, is BAD_CONFIG."""
+    if not isinstance(table, dict):
+        raise CouponGatewayError(f"{CONFIG_FILE}: [families] is a table family = [GTIN, …]")
+    out: dict[str, str] = {}
+    for family, gtins in table.items():
+        if not isinstance(gtins, list) or not all(
+                isinstance(g, str) and g.isascii() and g.isdigit() and len(g) in (8, 12, 13, 14)
+                for g in gtins):
+            raise CouponGatewayError(f"{CONFIG_FILE}: families.{family} is a list of GTINs")
+        for g in gtins:
+            g = g.zfill(14)
+            if out.get(g, family) != family:
+                raise CouponGatewayError(f"{CONFIG_FILE}: GTIN {g} is in families "
+                                         f"{out[g]} and {family}")
+            out[g] = family
+    return out
 
 
 def _target(t: dict) -> PR.Target:
@@ -124,9 +185,11 @@ class CouponGateway(OpServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cfg = load_config(self.data_dir)
         unknown = set(cfg) - {"store_id", "currency", "payments", "wallet_keys", "members",
-                              "promotions"}
+                              "promotions", "store", "families"}
         if unknown:
             raise CouponGatewayError(f"{CONFIG_FILE}: unknown {sorted(unknown)}")
+        self._store_setup(cfg.get("store", {}))
+        self.families = parse_families(cfg.get("families", {}))
         self.clock = clock
         self.store_id = cfg.get("store_id", "store")
         self.currency = cfg.get("currency", "CNY")
@@ -137,9 +200,13 @@ class CouponGateway(OpServer):
             raise CouponGatewayError(f"{CONFIG_FILE} [wallet_keys]: {exc.message}") from None
         self.promotions = parse_promotions(cfg.get("promotions", []))
         pay = dict(cfg.get("payments", {}))
+        if "key" in pay:        # a terminal key at rest: the owner's alone, or refused
+            check_private(self.data_dir / CONFIG_FILE, error=CouponGatewayError,
+                          what="configuration file holding a terminal key")
         self.pay_terminal = pay.get("terminal", "COUPONS")
         self._payments = payments
         self._pay_cfg = pay
+        private_database(self.data_dir / DB_FILE)     # 0600, and so its -wal and -shm
         con = sqlite3.connect(self.data_dir / DB_FILE, isolation_level=None, timeout=10.0,
                               check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
@@ -156,6 +223,48 @@ class CouponGateway(OpServer):
         self.points_value = self.members.point_value_minor
         self._crash = os.environ.get("LANECORE_COUPONS_CRASH", "")
         super().__init__(con)
+
+    def _store_setup(self, store) -> None:
+        """``[store]``: ``data_dir`` (the store's data directory, whose ``store.db``
+        catalogue prices every line; default this gateway's own) and ``region`` (how
+        in-store codes read; default the store's ``lanecore.toml``)."""
+        from lanecore.core.scan.catalog import database_path
+        if not isinstance(store, dict) or set(store) - {"data_dir", "region"}:
+            raise CouponGatewayError(f"{CONFIG_FILE}: [store] takes data_dir and region")
+        self._catalog = None
+        if "data_dir" in store:
+            if not isinstance(store["data_dir"], str) or not store["data_dir"]:
+                raise CouponGatewayError(f"{CONFIG_FILE}: store.data_dir is a directory")
+            self.store_dir = (self.data_dir / Path(store["data_dir"]).expanduser())
+            if not database_path(self.store_dir).is_file():
+                raise CouponGatewayError(f"{CONFIG_FILE}: store.data_dir "
+                                         f"{self.store_dir} holds no store catalogue "
+                                         f"(store.db)")
+        else:
+            self.store_dir = self.data_dir
+        try:
+            store_cfg = load_store_config(self.store_dir)
+        except LanecoreError as exc:
+            raise CouponGatewayError(f"{CONFIG_FILE}: the store's configuration: "
+                                     f"{exc.message}") from None
+        store_cfg.apply()             # the store's in-store code tables
+        self.region = store.get("region") or store_cfg.region
+        if self.region is not None and not (isinstance(self.region, str)
+                                            and len(self.region) == 2):
+            raise CouponGatewayError(f"{CONFIG_FILE}: store.region is ISO 3166 alpha-2")
+
+    @property
+    def catalog(self):
+        """The store catalogue that prices every line (opened on first use;
+        NO_CATALOGUE when there is none)."""
+        if self._catalog is None:
+            from lanecore.core.scan.catalog import Catalog, database_path
+            path = database_path(self.store_dir)
+            if not path.is_file():
+                raise LanecoreError(f"no store catalogue at {path}: set [store] data_dir "
+                                    f"in {CONFIG_FILE}", code="NO_CATALOGUE")
+            self._catalog = Catalog.open(self.store_dir)
+        return self._catalog
 
     def _maybe_crash(self, point: str) -> None:
         if point == self._crash:
@@ -184,13 +293,15 @@ class CouponGateway(OpServer):
     def close(self) -> None:
         if self._payments is not None and hasattr(self._payments, "close"):
             self._payments.close()
+        if self._catalog is not None:
+            self._catalog.close()
         self.con.close()
 
     # ------------------------------------------------------------------------------
     def _ops(self):
         ident = Field("str", min=1, max=64)
         lines = Field("list", min=1, max=200)
-        return [
+        return declare([
             ("hello", self.op_hello, {}, PURE),
             ("issuer.add", self.op_issuer_add, {"issuer_id": ident, "name": ident}, DURABLE),
             ("coupon.define", self.op_define, {"definition": Field("map")}, DURABLE),
@@ -230,7 +341,7 @@ class CouponGateway(OpServer):
              {"gtin": Field("str", min=14, max=14), "tier": ident,
               "price_minor": Field("int", required=False, min=0, max=10 ** 12)}, DURABLE),
             ("stats", self.op_stats, {}, PURE),
-        ]
+        ], OP_ROLES)
 
     def op_hello(self, f) -> dict:
         import lanecore
@@ -324,15 +435,51 @@ class CouponGateway(OpServer):
     # Pricing
     # ------------------------------------------------------------------------------
     def _lines(self, raw: list, member) -> list[PR.Line]:
-        """The till's lines as pricing lines, with the member's prices."""
-        keys = {"line_id", "gtin", "qty", "unit_price_minor", "family", "manufacturer",
-                "amount_minor"}
+        """The till's lines (what it scanned and how many) as pricing lines, priced
+        from the store's catalogue, with the families of ``[families]`` and the
+        member's prices. A line carrying a price or pricing field is refused
+        (PRICE_NOT_ACCEPTED); a code that does not read or is not listed has its scan
+        code or UNKNOWN_ITEM, a variable-measure item without a weight or price label
+        NEEDS_WEIGHING (each with ``index``)."""
+        from lanecore.ext.lookup import FLAG_VARIABLE_MEASURE
         lines = []
         for i, ln in enumerate(raw):
-            if not isinstance(ln, dict) or not set(ln) <= keys:
+            if not isinstance(ln, dict):
                 raise P.ProtocolError("BAD_FIELD", f"lines[{i}] is a map of "
-                                                   f"{', '.join(sorted(keys))}")
-            lines.append({"line_id": str(i + 1), **ln})
+                                                   f"{', '.join(sorted(LINE_FIELDS))}")
+            priced = sorted(PRICE_FIELDS & set(ln))
+            if priced:
+                raise LanecoreError(
+                    f"lines[{i}] carries {', '.join(priced)}: prices come from the store's "
+                    "catalogue and pricing configuration; send codes and quantities",
+                    code="PRICE_NOT_ACCEPTED", details={"index": i, "fields": priced})
+            if not set(ln) <= LINE_FIELDS:
+                raise P.ProtocolError("BAD_FIELD", f"lines[{i}] is a map of "
+                                                   f"{', '.join(sorted(LINE_FIELDS))}")
+            code = ln.get("code", ln.get("gtin"))
+            qty = ln.get("qty", 1)
+            if not isinstance(code, str) or ("code" in ln and "gtin" in ln
+                                             and ln["code"] != ln["gtin"]):
+                raise P.ProtocolError("BAD_FIELD", f"lines[{i}].code is what was scanned "
+                                                   "(a str)")
+            if isinstance(qty, bool) or not isinstance(qty, int):
+                raise P.ProtocolError("BAD_FIELD", f"lines[{i}].qty is an int")
+            found = self.catalog.lookup_code(code, self.region)
+            if found["error"] is not None:
+                raise LanecoreError(f"lines[{i}]: {found['error']['message']}",
+                                    code=found["error"]["code"], details={"index": i})
+            item, scan = found["item"], found["scan"]
+            if item["line_price_minor"] is None:
+                raise LanecoreError(f"lines[{i}]: {item['gtin']} is sold by weight: scan "
+                                    "its weight or price label", code="NEEDS_WEIGHING",
+                                    details={"index": i})
+            line = {"line_id": ln.get("line_id", str(i + 1)), "gtin": item["gtin"],
+                    "qty": qty, "unit_price_minor": item["price_minor"],
+                    "family": self.families.get(item["gtin"])}
+            if item["flag_bits"] & FLAG_VARIABLE_MEASURE or any(
+                    scan.get(k) is not None for k in ("price_minor", "weight_g", "count")):
+                line["amount_minor"] = item["line_price_minor"]   # a label: qty 1
+            lines.append(line)
         prices = {}
         if member is not None:
             prices = self.members.member_prices({ln.get("gtin") for ln in lines
@@ -507,15 +654,23 @@ class CouponGateway(OpServer):
                                 f"{pay.get('order_no')}, not {order_no}", code="INTERNAL")
         if pay.get("status") == "pending":
             return row
+        if pay.get("status") == "paid":
+            # paid for this order, amount and currency — else it is not this payment
+            why = payment_mismatch(pay, order_no, row["total_minor"], row["currency"])
+            if why is not None:
+                log.warning("payment of %s: not the payment asked for: %s", order_no, why)
+                pay = {"status": "failed", "error": {"code": "PAYMENT_MISMATCH",
+                                                     "message": why}}
         return self._finish(row, pay)
 
     def _finish(self, row: dict, pay: dict) -> dict:
         """The payment's final answer: redeem (paid) or give everything back."""
         order_no, now = row["order_no"], self.clock()
         priced = json.loads(row["priced"])
-        payment = {k: pay.get(k) for k in ("status", "channel", "merchant_ref",
-                                           "provider_ref", "amount_minor", "decline_code",
-                                           "error") if pay.get(k) is not None}
+        payment = {k: pay.get(k) for k in ("status", "order_no", "channel", "merchant_ref",
+                                           "provider_ref", "amount_minor", "currency",
+                                           "decline_code", "error")
+                   if pay.get(k) is not None}
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -621,11 +776,19 @@ class CouponGateway(OpServer):
             self.recover()
 
 
-def serve(data_dir, bind: str) -> int:
+def serve(data_dir, bind: str, *, curve: bool = False) -> int:
+    """Run the coupon gateway until SIGTERM/SIGINT; ``curve``: callers are the keys
+    enrolled in its data directory, with their roles (``gateway/net/security.py``)."""
+    import zmq
+
+    from lanecore.gateway.net.security import ServerSecurity
     gw = CouponGateway(data_dir)
+    guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
     try:
         gw.recover()
-        gw.serve(bind)
+        gw.serve(bind, security=guard)
     finally:
+        if guard is not None:
+            guard.stop()
         gw.close()
     return 0

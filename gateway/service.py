@@ -30,8 +30,10 @@ from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
 from lanecore.ext import barcode, loadcell
 
 from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import NAME, Field, ProtocolError
-from lanecore.gateway.net.server import DURABLE, PURE, REPLAY_WINDOW_S, STATEFUL, OpServer
+from lanecore.gateway.net.server import (DURABLE, PURE, REPLAY_WINDOW_S, STATEFUL, OpServer,
+                                         memory_digest)
 
 log = logging.getLogger("lanecore.service")
 
@@ -41,6 +43,9 @@ MAX_FRAME_SAMPLES = 4096
 MAX_BATCH = 1000
 #: Items kept decoded in memory for scan replies.
 ITEM_CACHE = 20_000
+#: M: lanes one identity may configure (``weigh.config``) besides those it already
+#: configured; ``admin`` and the development principal are not bounded.
+MAX_LANES_PER_IDENTITY = 2
 # Pieces of a scan reply {id, ok: true, scan, item} in MessagePack, assembled around
 # each request's id, scan and line price.
 _SCAN_HEAD = b"\x84" + P.pack("id")
@@ -59,6 +64,10 @@ _SCHEMA_SQL = (
     """CREATE TABLE IF NOT EXISTS device_events (
         event_id INTEGER PRIMARY KEY, at REAL NOT NULL, lane TEXT NOT NULL,
         device TEXT NOT NULL, kind TEXT NOT NULL, code TEXT, message TEXT)""",
+    # the lanes each identity configured (weigh.config: at most M each)
+    """CREATE TABLE IF NOT EXISTS lane_slots (
+        principal TEXT NOT NULL, lane TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (principal, lane))""",
 )
 
 #: What a lane controller reports about its devices (``device.event``).
@@ -77,6 +86,35 @@ def _num(v):
     return v
 
 
+
+#: Who may call each op (``docs/security.md``; ``admin`` may call every op). Finer
+#: rules inside ops: ``order.status`` ``paid`` only from the ``payments`` role (or
+#: with a receipt signed by a trusted payment gateway as ``proof``), ``exited`` only
+#: from ``lane``; ``weigh.config`` at most MAX_LANES_PER_IDENTITY lanes per identity;
+#: ``weights.confirm`` bounded per step and per day (``core/weigh/learning.py``).
+_SHOPPING = roles("handheld", "kiosk", "till", "pos")
+_FRAME_ROLES = roles("lane")
+OP_ROLES = {
+    "hello": ANY,
+    "health": ANY,
+    "scan": roles("handheld", "lane", "kiosk", "till", "pos", "attendant"),
+    "scan.batch": roles("handheld", "lane", "kiosk", "till", "pos", "attendant"),
+    "basket.open": _SHOPPING,
+    "basket.add": _SHOPPING,
+    "basket.remove": _SHOPPING,
+    "basket.get": _SHOPPING | roles("attendant"),
+    "basket.submit": _SHOPPING,
+    "order.get": _SHOPPING | roles("lane", "attendant", "payments"),
+    "order.status": _SHOPPING | roles("lane", "attendant", "payments"),
+    "weigh.config": roles("lane"),
+    "weigh.frame": _FRAME_ROLES,
+    "verify.order": roles("lane"),
+    "weights.confirm": roles("attendant", "manager"),
+    "device.event": roles("lane", "kiosk", "till"),
+    "stats": roles("attendant", "manager", "hq"),
+}
+
+
 class Service(OpServer):
     """Everything one service process holds: the store, the lanes, the counters."""
 
@@ -86,6 +124,9 @@ class Service(OpServer):
         config = load_config(self.data_dir)
         config.apply()
         self.region = region or config.region
+        #: Payment gateways' receipt keys whose signed receipts prove an order paid.
+        from lanecore.core.signing import Verifier
+        self.receipt_verifiers = {k: Verifier(k) for k in config.receipt_keys}
         self.policy = policy or VerifyPolicy()
         self.catalog = catalog_mod.Catalog.open(self.data_dir)
         self.con = catalog_mod.connect(catalog_mod.database_path(self.data_dir))
@@ -129,7 +170,7 @@ class Service(OpServer):
     # Ops
     # ------------------------------------------------------------------------------
     def _ops(self):
-        return [
+        return declare([
             ("hello", self.op_hello, {}, PURE),
             ("scan", self.op_scan, {"lane": NAME, "code": Field("str", max=4096),
                                     "region": Field("str", required=False, min=2, max=2)},
@@ -148,7 +189,8 @@ class Service(OpServer):
             ("order.get", self.op_order_get, {"order_no": Field("str", min=1, max=64)}, PURE),
             ("order.status", self.op_order_status,
              {"order_no": Field("str", min=1, max=64),
-              "status": Field("str", choices=("paid", "exited", "cancelled"))}, DURABLE),
+              "status": Field("str", choices=("paid", "exited", "cancelled")),
+              "proof": Field("map", required=False)}, DURABLE),
             ("weigh.config", self.op_weigh_config,
              {"lane": NAME, "config": Field("map", required=False)}, DURABLE),
             ("weigh.frame", self.op_weigh_frame,
@@ -172,7 +214,7 @@ class Service(OpServer):
               "message": Field("str", required=False, max=256)}, DURABLE),
             ("stats", self.op_stats, {}, PURE),
             ("health", self.op_health, {}, PURE),
-        ]
+        ], OP_ROLES)
 
     # hello, stats, health ----------------------------------------------------------
     def op_hello(self, f) -> dict:
@@ -322,11 +364,73 @@ class Service(OpServer):
 
     def op_order_status(self, f, after) -> dict:
         """An order moves on: paid (the payment gateway took it), exited (the gate
-        let it out), cancelled. Published on the ``order`` topic."""
-        order = self._basket_store().set_order_status(f["order_no"], f["status"])
+        let it out), cancelled. Published on the ``order`` topic. Only the payment
+        gateway (role ``payments``) marks an order paid — or anyone allowed the op who
+        shows, as ``proof``, the order's receipt signed by a payment gateway whose
+        receipt key the store trusts (``[payments] receipt_keys``) — and only a lane
+        marks it exited."""
+        proof = f.get("proof")
+        if proof is not None and f["status"] != "paid":
+            raise ProtocolError("BAD_FIELD", "'proof' (a signed receipt) goes with "
+                                             "status 'paid' only")
+        need = {"paid": "payments", "exited": "lane"}.get(f["status"])
+        if need is not None and not self.principal.has(need) and proof is None:
+            more = " (or show the order's signed receipt as 'proof')" \
+                if f["status"] == "paid" else ""
+            raise LanecoreError(f"{self.principal.id} may not mark an order {f['status']}: "
+                                f"that is for the {need} role{more}", code="FORBIDDEN",
+                                details={"op": "order.status", "roles": [need]})
+        store = self._basket_store()
+        shown = None
+        if proof is not None:      # checked whoever shows it
+            shown = self._check_proof(proof, store.order(f["order_no"]))
+        order = store.set_order_status(f["order_no"], f["status"])
         event = {"order_no": order["order_no"], "status": order["status"]}
         after.append(lambda: self.publish("order", event))
-        return {"order": order}
+        return {"order": order} if shown is None else {"order": order, "proof": shown}
+
+    def _check_proof(self, proof: dict, order: dict) -> dict:
+        """The receipt of ``proof`` if a trusted receipt key signed it and it is this
+        order's, for its total and currency, with nothing refunded: PROOF_INVALID
+        (not a receipt a trusted key signed) or PROOF_MISMATCH (another order, amount
+        or currency; refunded) otherwise."""
+        from lanecore.core.pay.receipt import ReceiptError, verify_receipt
+        if not self.receipt_verifiers:
+            raise LanecoreError("this service trusts no payment gateway's receipts "
+                                "([payments] receipt_keys in lanecore.toml)",
+                                code="PROOF_INVALID", details={"reason": "NO_RECEIPT_KEYS"})
+        key = proof.get("key")
+        if key is None:
+            candidates = list(self.receipt_verifiers.values())
+        else:
+            trusted = isinstance(key, str) and key in self.receipt_verifiers
+            candidates = [self.receipt_verifiers[key]] if trusted else []
+        receipt, reason = None, "UNTRUSTED_KEY"
+        for verifier in candidates:
+            try:
+                receipt = verify_receipt(proof, verifier)
+                key = verifier.public_key_b64()
+                break
+            except ReceiptError as exc:
+                reason = exc.code
+        if receipt is None:
+            raise LanecoreError("the proof is not a receipt signed by a payment gateway "
+                                f"this service trusts ({reason})", code="PROOF_INVALID",
+                                details={"reason": reason})
+        wrong = [name for name, got, want in (
+            ("order_no", receipt.order_no, order["order_no"]),
+            ("total_minor", receipt.total_minor, order["total_minor"]),
+            ("currency", receipt.currency, order["currency"]),
+            ("refunded_minor", receipt.refunded_minor, 0)) if got != want]
+        if wrong:
+            raise LanecoreError(f"the receipt does not pay order {order['order_no']} "
+                                f"({order['total_minor']} {order['currency']}, "
+                                f"nothing refunded): its {', '.join(wrong)} do not match",
+                                code="PROOF_MISMATCH",
+                                details={"fields": wrong})
+        return {"key": key, "order_no": receipt.order_no,
+                "total_minor": receipt.total_minor, "currency": receipt.currency,
+                "terminal": receipt.terminal}
 
     # weighing ----------------------------------------------------------------------
     def _lane_index(self, lane: str) -> int:
@@ -339,9 +443,30 @@ class Service(OpServer):
             self.lanes[lane] = idx
         return idx
 
+    def _take_lane_slot(self, lane: str) -> None:
+        """Let the caller configure ``lane``: a lane it configured before, or one of
+        at most MAX_LANES_PER_IDENTITY (LANE_QUOTA past them); ``admin`` and the
+        development principal are not bounded."""
+        p = self.principal
+        if p.dev or "admin" in p.roles:
+            return
+        if self.con.execute("SELECT 1 FROM lane_slots WHERE principal = ? AND lane = ?",
+                            (p.id, lane)).fetchone() is not None:
+            return
+        held = [r[0] for r in self.con.execute(
+            "SELECT lane FROM lane_slots WHERE principal = ? ORDER BY at", (p.id,))]
+        if len(held) >= MAX_LANES_PER_IDENTITY:
+            raise LanecoreError(f"{p.id} configures at most {MAX_LANES_PER_IDENTITY} lanes "
+                                f"and has configured {', '.join(held)}; an admin "
+                                f"configures others", code="LANE_QUOTA",
+                                details={"lanes": held, "max": MAX_LANES_PER_IDENTITY})
+        self.con.execute("INSERT INTO lane_slots (principal, lane, at) VALUES (?, ?, ?)",
+                         (p.id, lane, time.time()))
+
     def op_weigh_config(self, f, after) -> dict:
         config = LaneConfig.from_dict(dict(f.get("config") or {}))
         params, sos = config.compile()   # validates before anything is stored
+        self._take_lane_slot(f["lane"])
         self.con.execute("INSERT INTO lane_configs (lane, config, updated_at) VALUES (?, ?, ?) "
                          "ON CONFLICT(lane) DO UPDATE SET config = excluded.config, "
                          "updated_at = excluded.updated_at",
@@ -397,18 +522,28 @@ class Service(OpServer):
         return {"lane": lane, "events": events, "stable": self.bank.stable(idx),
                 "settled_g": _num(self.bank.last_settled_g(idx))}
 
-    def _frame_job(self, req: dict, client: str):
-        """A checked weigh.frame as (rid, key, lane, idx, seq, samples), or its reply
-        bytes when it is answered at once (a replay or an error)."""
+    def _frame_job(self, req: dict, client: str, principal=None):
+        """A checked weigh.frame as (rid, key, lane, idx, seq, samples, digest), or its
+        reply bytes when it is answered at once (a replay or an error)."""
         rid = P.request_id(req)
-        who = req.get("client")
-        if rid is None or (who is not None and not (
-                isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN)):
-            return self._answer(req, client)          # the general path says what is wrong
-        key = (who or client, str(rid))
+        if principal is None:                         # the development principal
+            who = req.get("client")
+            if rid is None or (who is not None and not (
+                    isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN)):
+                return self._answer(req, client)      # the general path says what is wrong
+            key = (who or client, str(rid))
+        else:
+            if rid is None or not principal.may(_FRAME_ROLES):
+                return self._answer(req, client, principal)
+            key = (principal.id, str(rid))
+        digest = memory_digest("weigh.frame", req)
         hit = self._replies.get(key)
         if hit is not None and time.monotonic() - hit[0] < REPLAY_WINDOW_S:
             self.counts["weigh.frame"] += 1
+            if hit[2] != digest:
+                self.errors["IDEMPOTENCY_MISMATCH"] += 1
+                return P.pack(P.error(rid, "IDEMPOTENCY_MISMATCH",
+                                      "this request id was already used for another frame"))
             self.replays += 1
             return hit[1]
         # The common case checked inline (a frame is the hottest request); anything
@@ -422,15 +557,15 @@ class Service(OpServer):
             idx = self.lanes.get(lane)
             if idx is not None and self.bank.configured[idx]:
                 self.counts["weigh.frame"] += 1
-                return (rid, key, lane, idx, seq, np.frombuffer(data, dtype="<f4"))
+                return (rid, key, lane, idx, seq, np.frombuffer(data, dtype="<f4"), digest)
         try:
             f = P.check(req, self.ops["weigh.frame"][1])
             x = self._frame_samples(f)
             idx = self._lane_for_frames(f["lane"])
         except (ProtocolError, LanecoreError):
-            return self._answer(req, client)
+            return self._answer(req, client, principal)
         self.counts["weigh.frame"] += 1
-        return (rid, key, f["lane"], idx, f["seq"], x)
+        return (rid, key, f["lane"], idx, f["seq"], x, digest)
 
     def _frames(self, jobs: list) -> list[bytes]:
         """Run frame jobs in as few kernel calls as lanes allow (a lane at most once
@@ -457,7 +592,7 @@ class Service(OpServer):
             for j in now:
                 rid, key, lane, idx = jobs[j][:4]
                 reply = P.pack(P.ok(rid, **self._frame_result(lane, idx)))
-                self._remember(key, reply)
+                self._remember(key, reply, jobs[j][6])
                 out[j] = reply
             todo = later
         return out
@@ -481,16 +616,20 @@ class Service(OpServer):
             pending.clear()
 
         for frames in batch:
+            frames, principal, known = self.caller_of(frames, security)
             if len(frames) == 2:
                 head, payload = frames[:1], frames[1]
             elif len(frames) == 3 and frames[1] == b"":
                 head, payload = frames[:2], frames[2]
             else:
-                out = self.on_frames(frames, security)
+                out = self.on_frames(frames)      # says what is wrong with the framing
                 if out is not None:
                     replies.append(out)
                 continue
             client = frames[0].hex()
+            if not known:
+                replies.append(head + [self.unknown_caller(payload)])
+                continue
             try:
                 req = P.unpack(payload)
             except ProtocolError as exc:
@@ -498,7 +637,7 @@ class Service(OpServer):
                 replies.append(head + [P.pack(P.error(None, exc.code, exc.message))])
                 continue
             if req.get("op") == "weigh.frame":
-                job = self._frame_job(req, client)
+                job = self._frame_job(req, client, principal)
                 if isinstance(job, bytes):
                     replies.append(head + [job])
                 elif job[1] in pending:           # a retry of a frame still waiting
@@ -511,7 +650,7 @@ class Service(OpServer):
                 continue
             if jobs:
                 flush()
-            replies.append(head + [self._answer(req, client)])
+            replies.append(head + [self._answer(req, client, principal)])
         if jobs:
             flush()
         return replies
@@ -571,8 +710,18 @@ class Service(OpServer):
         return {"event": event}
 
     def op_weights_confirm(self, f, after) -> dict:
+        """An attendant's confirmed weighing, bounded (k sd per confirmation, N per
+        item and UTC day: CONFIRM_TOO_FAR, CONFIRM_DAILY_LIMIT) and recorded with who
+        confirmed it (``learning.confirmation``)."""
         res = self.weights.learn(f["gtin"], f["weight_g"], units=f.get("units", 1),
-                                 confirmed=True)
+                                 confirmed=True, confirmed_by=self.principal.id)
+        if res.code in ("CONFIRM_TOO_FAR", "CONFIRM_DAILY_LIMIT"):
+            c = res.confirmation or {}
+            raise LanecoreError(res.message, code=res.code, details={
+                "gtin": res.gtin, "mean_g": _num(res.mean_g),
+                "max_step_g": _num(c.get("max_step_g")), "n_today": c.get("n_today"),
+                "max_per_day": c.get("max_per_day")})
+
         def relearn():
             self.weights.apply_to_table(self.table)
             self._items.clear()    # the items' shown weights come from the table

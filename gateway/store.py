@@ -34,6 +34,12 @@ the paid tags and lets the shopper through the EAS gate. Some shoppers steal (an
 unscanned item in the bag, sometimes a tagged one) or err (a paid item left
 behind); the summary reports what the lanes saw against what was injected, and the
 books: every payment of the ledger against every trade of the providers.
+
+The store starts from an empty directory, and empties only a directory a demo made:
+:func:`prepare_demo_dir` writes the marker file ``.lanecore-demo`` into a directory
+it creates (or finds empty), and refuses (``DEMO_DIR_NOT_EMPTY``, nothing touched) a
+non-empty directory without it, the filesystem root, the home directory and the
+store's real data directory — whoever runs it, root included.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import os
 import random
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -56,19 +63,96 @@ from pathlib import Path
 
 import numpy as np
 
+from lanecore.core.config import default_data_dir, private_dir, write_private
 from lanecore.core.errors import LanecoreError
+from lanecore.core.pay.ledger import payment_mismatch
+from lanecore.core.sqltxn import private_database
 
-from lanecore.gateway.net.client import Client, ServiceError, TerminalKey
+from lanecore.gateway.net.client import Client, CurveKeys, ServiceError, TerminalKey
+
+#: The file that says "a demo made this directory, the next demo may empty it".
+DEMO_MARKER = ".lanecore-demo"
+_MARKER_TEXT = (b"lanecore demo: a demo made this directory; the next `lanecore demo` "
+                b"with this --data-dir empties it.\n")
+
+
+class DemoDirError(LanecoreError):
+    """The demo's directory is not one the demo may empty: nothing was touched."""
+
+    code = "DEMO_DIR_NOT_EMPTY"
+
+
+def _never_demo_dirs() -> list[tuple[Path, str]]:
+    """The filesystem root, the home directory and the real data directory: never
+    the demo's, and never a directory that holds one of them."""
+    out = [(Path("/"), "the filesystem root")]
+    for p, what in ((os.environ.get("HOME"), "the home directory"),
+                    ("~", "the home directory"),
+                    (os.environ.get("LANECORE_DATA_DIR"), "the store's data directory "
+                                                          "($LANECORE_DATA_DIR)"),
+                    (default_data_dir(), "the store's default data directory")):
+        if p:
+            try:
+                out.append((Path(p).expanduser().resolve(), what))
+            except (OSError, RuntimeError):
+                pass
+    return out
+
+
+def prepare_demo_dir(path) -> Path:
+    """``path`` (resolved) as an empty directory holding only the demo marker.
+
+    Missing: created (mode 0700) with the marker. Empty: the marker written. Holding
+    the marker (a regular file): everything else in it removed — a subdirectory with
+    its contents, a symbolic link itself and never what it points to. Anything else —
+    a non-empty directory without the marker, a file, ``/``, the home directory, the
+    real data directory or a directory holding one of those — raises DemoDirError
+    (``DEMO_DIR_NOT_EMPTY``) before anything is touched, whoever the user is."""
+    path = Path(path).expanduser().resolve()
+    for never, what in _never_demo_dirs():
+        if path == never or never.is_relative_to(path):
+            is_ = f"is {what}" if path == never else f"holds {what} {never}"
+            raise DemoDirError(f"{path} {is_}: the demo never uses or empties it; give "
+                               "--data-dir a new directory of its own")
+    if not os.path.lexists(path):
+        private_dir(path)
+        write_private(path / DEMO_MARKER, _MARKER_TEXT)
+        return path
+    if not path.is_dir():
+        raise DemoDirError(f"{path} is not a directory; the demo needs one of its own")
+    entries = list(os.scandir(path))
+    if not entries:
+        write_private(path / DEMO_MARKER, _MARKER_TEXT)
+        return path
+    try:
+        marked = os.lstat(path / DEMO_MARKER)
+    except FileNotFoundError:
+        marked = None
+    if marked is None or not stat.S_ISREG(marked.st_mode):
+        raise DemoDirError(f"{path} is not empty and no demo made it (no {DEMO_MARKER} "
+                           f"in it): nothing was touched; give --data-dir a new or "
+                           f"empty directory")
+    for entry in entries:
+        if entry.name == DEMO_MARKER:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    return path
+
 
 #: Who the payment gateway knows: terminal → (limits, key file name).
+#: Each with the roles it needs and no more (docs/security.md).
 TERMINALS = {
-    "HANDHELDS": {"methods": ["auth_code"]},
-    "KIOSK-B1": {"methods": ["cash", "card", "auth_code"]},
-    "KIOSK-B2": {"methods": ["cash", "card", "auth_code"]},
-    "POS-1": {"methods": ["card", "auth_code"], "max_payment_minor": 500_000},
-    "VENUE-1": {"methods": ["card"]},
-    "COUPONS": {"methods": ["auth_code"]},
-    "HQ": {"admin": True},
+    "HANDHELDS": {"methods": ["auth_code"], "roles": "handheld"},
+    "KIOSK-B1": {"methods": ["cash", "card", "auth_code"], "roles": "kiosk"},
+    "KIOSK-B2": {"methods": ["cash", "card", "auth_code"], "roles": "kiosk"},
+    "POS-1": {"methods": ["card", "auth_code"], "max_payment_minor": 500_000,
+              "roles": "pos"},
+    "VENUE-1": {"methods": ["card"], "roles": "kiosk"},
+    "COUPONS": {"methods": ["auth_code"], "roles": "coupons"},
+    "HQ": {"roles": "hq"},
 }
 JOURNEYS = {"handheld": 0.32, "kiosk": 0.20, "coupons": 0.09, "pos": 0.11, "till": 0.10,
             "unattended": 0.10, "abandon": 0.08}
@@ -197,10 +281,11 @@ class Store:
         self.procs.append((name, proc))
         return proc
 
-    def _wait_hello(self, name: str, endpoint: str, timeout_s: float = 60.0) -> dict:
+    def _wait_hello(self, name: str, endpoint: str, timeout_s: float = 60.0,
+                    curve=None) -> dict:
         deadline = time.monotonic() + timeout_s
         proc = dict(self.procs)[name]
-        with Client(endpoint, timeout_s=1.0, retries=0) as c:
+        with Client(endpoint, timeout_s=1.0, retries=0, curve=curve) as c:
             while True:
                 try:
                     return c.call("hello")
@@ -215,10 +300,9 @@ class Store:
         from lanecore.core.scan.catalog import Catalog
         from lanecore.core.scan.synth import write_catalog_csv
         t0 = time.perf_counter()
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
+        self.dir = prepare_demo_dir(self.dir)       # refuses a directory not a demo's
         for sub in ("store", "pay", "coupons", "wallet"):
-            (self.dir / sub).mkdir(parents=True)
+            private_dir(self.dir / sub)
         store = self.dir / "store"
         write_catalog_csv(store / "catalog.csv", self.spec.rows, seed=self.spec.seed,
                           region=self.spec.region)
@@ -231,36 +315,88 @@ class Store:
         self.names = {r: by_gtin.get(f"{int(g):014d}", f"item {int(g)}")
                       for r, g in enumerate(self.table.gtin.tolist())}
         self._pick_goods()
+        self._identities(store)
         # the verification service first: it has the most to load
         self._spawn("serve", "serve", "--bind", self.ep("service"), "--events",
                     self.ep("events"), "--data-dir", str(store), "--region",
-                    self.spec.region)
+                    self.spec.region, "--curve")
         providers = {}
+        # the provider links are CurveZMQ: the gateway's client key, enrolled at each
+        # provider before it starts; each provider's public key goes to payments.toml
+        from lanecore.gateway.net.security import generate
+        client_pub, _ = generate(self.dir / "pay" / "keys", "provider_client",
+                                 {"name": "payments"})
         for kind in ("wechat", "alipay", "bank"):
-            d = self.dir / f"prov-{kind}"
-            d.mkdir()
+            d = private_dir(self.dir / f"prov-{kind}")
+            write_private(private_dir(d / "keys" / "clients") / "payments.key",
+                          client_pub.read_bytes())
             proc = self._spawn(f"prov-{kind}", "sim", "provider", "--kind", kind, "--bind",
-                               self.ep(f"prov-{kind}"), "--data-dir", str(d), "--fast")
-            providers[kind] = json.loads(proc.stdout.readline())["endpoint"]
+                               self.ep(f"prov-{kind}"), "--data-dir", str(d), "--fast",
+                               "--curve")
+            ready = json.loads(proc.stdout.readline())
+            providers[kind] = (ready["endpoint"], ready["server_key"])
         self.provider_dirs = {k: self.dir / f"prov-{k}" for k in providers}
         self._payments_config(providers)
         self._spawn("payments", "gateway", "payments", "--bind", self.ep("payments"),
                     "--data-dir", str(self.dir / "pay"))
         self._coupons_config()
         self._spawn("coupons", "gateway", "coupons", "--bind", self.ep("coupons"),
-                    "--data-dir", str(self.dir / "coupons"))
-        hello = self._wait_hello("serve", self.ep("service"))
+                    "--data-dir", str(self.dir / "coupons"), "--curve")
+        hello = self._wait_hello("serve", self.ep("service"),
+                                 curve=self.curve[("service", "attendant")])
         self._wait_hello("payments", self.ep("payments"))
-        self._wait_hello("coupons", self.ep("coupons"))
+        self._wait_hello("coupons", self.ep("coupons"),
+                         curve=self.curve[("coupons", "manager")])
         self.currency = hello["store"].get("currency", "GBP") if isinstance(
             hello.get("store"), dict) else "GBP"
         self._stock_coupons()
         self._open_floor()
-        with Client(self.ep("service"), timeout_s=5, retries=2) as c:
-            for lane in EXIT_LANES:
+        for lane in EXIT_LANES:                  # each lane controller configures its own
+            with self.service(f"lane-{lane}") as c:
                 c.weigh_config(lane, fs_hz=1000, e_g=5, conveyor_hz=7.0)
         self.say(f"store up in {time.perf_counter() - t0:.1f} s: {len(self.table):,} items; "
                  f"processes {', '.join(n for n, _ in self.procs)}; data in {self.dir}")
+        n_ids = len(self.curve)
+        self.say(f"every caller authenticated: {n_ids} CurveZMQ identities with roles at the "
+                 f"service and the coupon gateway (events over CURVE), {len(self.keys)} "
+                 f"HMAC terminals at the payment gateway, providers over CURVE")
+
+    #: Who talks to the verification service and the coupon gateway, with what roles
+    #: (docs/security.md): every caller an enrolled CurveZMQ identity.
+    SERVICE_IDENTITIES = {"handheld": "handheld", "kiosk": "kiosk", "till": "till",
+                          "pos": "pos", "attendant": "attendant"}
+    COUPON_IDENTITIES = {"till": "till", "manager": "manager", "wallet": "hq"}
+
+    def _identities(self, store: Path) -> None:
+        """Server keypairs for the service and the coupon gateway, an identity with its
+        roles for each kind of caller (a lane controller per exit lane), enrolled as
+        `lanecore keys gen --name N --role R --enrol` does; and the service's trust in
+        the payment gateway's receipt key (an order is marked paid by its receipt)."""
+        import zmq.auth
+
+        from lanecore.core.store.orderqr import Signer
+        from lanecore.gateway.net.security import generate
+        mine = private_dir(self.dir / "identities")
+        self.curve: dict[tuple[str, str], CurveKeys] = {}
+        wanted = {"service": {**self.SERVICE_IDENTITIES,
+                              **{f"lane-{lane}": "lane" for lane in EXIT_LANES}},
+                  "coupons": self.COUPON_IDENTITIES}
+        homes = {"service": store, "coupons": self.dir / "coupons"}
+        for server, names in wanted.items():
+            keys = private_dir(homes[server] / "keys")
+            server_public, _ = generate(keys, "server")
+            devices = private_dir(keys / "devices")
+            for name, roles in names.items():
+                public, secret = generate(private_dir(mine / server), name,
+                                          {"name": name, "roles": roles})
+                write_private(devices / public.name, public.read_bytes())
+                self.curve[(server, name)] = CurveKeys(
+                    zmq.auth.load_certificate(str(server_public))[0],
+                    *zmq.auth.load_certificate(str(secret)))
+        receipts = Signer.load_or_create(self.dir / "pay")     # the gateway's receipt key
+        write_private(store / "lanecore.toml", (
+            f'[store]\nregion = "{self.spec.region}"\n'
+            f'[payments]\nreceipt_keys = ["{receipts.public_key_b64()}"]\n').encode("utf-8"))
 
     def _open_floor(self) -> None:
         """The floor's own records: the handheld fleet and the audits (with the
@@ -271,6 +407,7 @@ class Store:
 
         from lanecore.gateway.till import Register
         self.floor_lock = threading.RLock()   # is_paid runs inside handheld calls
+        private_database(self.dir / "floor.db")
         self.floor = sqlite3.connect(self.dir / "floor.db", isolation_level=None,
                                      check_same_thread=False, timeout=10.0)
         self.floor.execute("PRAGMA journal_mode=WAL")
@@ -331,8 +468,9 @@ class Store:
         ``venue.db``, its key in ``venue/``, the catalogue the phone shops from."""
         from lanecore.core.store.orderqr import Signer
         from lanecore.core.store.unattended import SimulatedBiometricVerifier, Venue
-        (self.dir / "venue").mkdir(exist_ok=True)
+        private_dir(self.dir / "venue")
         self.venue_signer = Signer.load_or_create(self.dir / "venue")
+        private_database(self.dir / "venue.db")
         con = sqlite3.connect(self.dir / "venue.db", isolation_level=None,
                               check_same_thread=False, timeout=10.0)
         con.execute("PRAGMA journal_mode=WAL")
@@ -374,11 +512,14 @@ class Store:
         chan = {
             "wechat": {"kind": "wechat", "priority": 1, "methods": ["auth_code"],
                        "currency": cur, "max_payment_minor": 30_000,
-                       "endpoint": providers["wechat"]},
+                       "endpoint": providers["wechat"][0],
+                       "server_key": providers["wechat"][1]},
             "alipay": {"kind": "alipay", "priority": 2, "methods": ["auth_code"],
-                       "currency": cur, "endpoint": providers["alipay"]},
+                       "currency": cur, "endpoint": providers["alipay"][0],
+                       "server_key": providers["alipay"][1]},
             "card": {"kind": "card", "priority": 3, "methods": ["card"], "currency": cur,
-                     "endpoint": providers["bank"], "pin_entries": ["chip", "magstripe"],
+                     "endpoint": providers["bank"][0], "server_key": providers["bank"][1],
+                     "pin_entries": ["chip", "magstripe"],
                      "cvm_limit_minor": 10_000},
             "cash": {"kind": "cash", "priority": 9, "methods": ["cash"], "currency": cur},
         }
@@ -391,10 +532,13 @@ class Store:
                   "[pos]", 'auth = "hmac"',
                   "[receipt]", 'store_name = "Lanecore Demo Market"', 'store_id = "DEMO-01"',
                   f'sms_sink = "file:{self.dir / "sms.jsonl"}"',
+                  # the 40 handhelds share one terminal key: their receipts, one limit
+                  "sms_per_terminal_hour = 100000",
                   "[qr]", 'merchant_name = "LANECORE DEMO"', 'city = "LONDON"',
                   'country = "GB"', 'gui = "com.lanecore.pay"', 'account = "DEMO-01"']
         pay = self.dir / "pay"
         (pay / "payments.toml").write_text("\n".join(lines) + "\n")
+        private_database(pay / "payments.db")      # the terminals' keys: 0600, -wal too
         con = sqlite3.connect(pay / "payments.db", isolation_level=None)
         con.execute("PRAGMA journal_mode=WAL")
         reg = Terminals(con)
@@ -409,23 +553,24 @@ class Store:
                  500: 20, 1000: 10},
                 ref="opening-float")
         con.close()
-        os.chmod(pay / "payments.db", 0o600)
 
     def _coupons_config(self) -> None:
         from lanecore.core.store.orderqr import Signer
         self.wallet = Signer.load_or_create(self.dir / "wallet")
-        (self.dir / "coupons" / "coupons.toml").write_text(
+        write_private(self.dir / "coupons" / "coupons.toml", (   # holds a terminal key
             f'store_id = "DEMO-01"\ncurrency = "GBP"\n'
             f'[payments]\nendpoint = "{self.ep("payments")}"\nterminal = "COUPONS"\n'
             f'key = "{self.key_texts["COUPONS"]}"\ntimeout_s = 10\n'
-            f'[wallet_keys]\nw1 = "{self.wallet.public_key_b64()}"\n')
+            f'[wallet_keys]\nw1 = "{self.wallet.public_key_b64()}"\n'
+            # the store's catalogue prices the till's lines (never the till)
+            f'[store]\ndata_dir = {json.dumps(str(self.dir / "store"))}\n').encode("utf-8"))
 
     def _stock_coupons(self) -> None:
         """Two manufacturers' coupons for popular goods, issued to the customers who
         take the coupon journey."""
         rng = random.Random(self.spec.seed + 5)
         self.coupon_goods = rng.sample(self.goods, 6)
-        with Client(self.ep("coupons"), timeout_s=5, retries=2) as c:
+        with self.coupons("manager", timeout_s=5, retries=2) as c:
             for issuer in ("ACME", "GLOBEX"):
                 c.call("issuer.add", issuer_id=issuer, name=f"{issuer.title()} Foods")
             for i, row in enumerate(self.coupon_goods):
@@ -469,8 +614,14 @@ class Store:
     # ------------------------------------------------------------------------------
     # Shoppers
     # ------------------------------------------------------------------------------
-    def service(self) -> TimedClient:
-        return TimedClient(self.ep("service"), self.latency, timeout_s=5.0, retries=3)
+    def service(self, identity: str = "handheld") -> TimedClient:
+        """A client of the verification service as one of the store's identities."""
+        return TimedClient(self.ep("service"), self.latency, timeout_s=5.0, retries=3,
+                           curve=self.curve[("service", identity)])
+
+    def coupons(self, identity: str, **kw) -> Client:
+        """A client of the coupon gateway as one of the store's identities."""
+        return Client(self.ep("coupons"), curve=self.curve[("coupons", identity)], **kw)
 
     def payments(self, terminal: str) -> Client:
         return Client(self.ep("payments"), timeout_s=10.0, retries=2,
@@ -574,14 +725,22 @@ class Store:
         from lanecore.gateway.sim.wallet import make_token
         return make_token(rng.choice(["wechat", "alipay"]))
 
-    def _paid(self, svc, order_no: str, pay: dict) -> None:
-        svc.call("order.status", order_no=order_no, status="paid")
+    def _paid(self, svc, order_no: str, pay: dict, receipt: dict) -> None:
+        """The order marked paid at the service by its signed receipt (the proof only
+        a payment gateway the store trusts can give)."""
+        svc.call("order.status", order_no=order_no, status="paid", proof=receipt)
         self.tally.add(paid=1)
         self.tally.payment(pay["channel"], pay["amount_minor"])
 
-    def _exit_lane(self, svc, plan: dict, order: dict, units: list[int]) -> None:
+    def _exit_lane(self, _svc, plan: dict, order: dict, units: list[int]) -> None:
         """Exit lane A: the bag weighed on the conveyor, the verdict, the deactivator,
-        the EAS gate; the spoken message; the attendant when something is off."""
+        the EAS gate; the spoken message; the attendant when something is off. The
+        lane's controller talks to the service as the lane's own identity."""
+        lane = EXIT_LANES[plan["i"] % len(EXIT_LANES)]
+        with self.service(f"lane-{lane}") as svc:
+            self._exit_on(svc, lane, plan, order, units)
+
+    def _exit_on(self, svc, lane: str, plan: dict, order: dict, units: list[int]) -> None:
         from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate
         rng = plan["rng"]
         t = self.table
@@ -591,7 +750,6 @@ class Store:
             left_behind = bag.pop(rng.randrange(len(bag)))
         if plan["theft"]:
             bag.append(plan["stolen"])
-        lane = EXIT_LANES[plan["i"] % len(EXIT_LANES)]
         with self.lane_locks[lane]:
             true_g = sum(max(1.0, rng.gauss(float(t.weight_mean_g[r]),
                                             float(t.weight_sd_g[r]))) for r in bag)
@@ -671,13 +829,14 @@ class Store:
             r = pay.call("pay.charge", order_no=order["order_no"],
                          amount_minor=order["total_minor"], currency=order["currency"],
                          method="auth_code", auth_code=self._wallet_code(plan["rng"]))
-            if r["status"] != "paid":
+            # paid, and for this order and amount: a cheaper payment is no payment
+            if r["status"] != "paid" or payment_mismatch(
+                    r, order["order_no"], order["total_minor"], order["currency"]):
                 self.tally.add(payments_failed=1)
                 return
-            self._paid(svc, order["order_no"], r)
-            rec = pay.call("pay.receipt", order_no=order["order_no"],
-                           sms_to=f"+4477009{plan['i']:05d}")
-            self.tally.add(sms_receipts=int(rec["sms_queued"] is not None))
+            # the receipt is on the handheld; it is the proof that marks the order paid
+            rec = pay.call("pay.receipt", order_no=order["order_no"])
+            self._paid(svc, order["order_no"], r, rec["receipt"])
             if self._audit(plan, order, units):
                 self._exit_lane(svc, plan, order, units)
             self._leave_with(device)
@@ -709,34 +868,37 @@ class Store:
     def _journey_kiosk(self, plan: dict) -> None:
         kiosk = KIOSKS[plan["i"] % len(KIOSKS)]
         rng = plan["rng"]
-        with self.service() as svc, self.payments(kiosk) as pay:
+        with self.service() as svc, self.payments(kiosk) as pay, \
+                self.service("kiosk") as at_kiosk:
             device, bid, units = self._fill_basket(svc, plan)
             order = svc.basket_submit(bid)
             self.tally.add(orders=1)
             with self.kiosk_locks[kiosk]:
                 # the kiosk reads the order QR: the order as the service holds it
-                seen = svc.call("order.get", order_no=order["order_no"])["order"]
+                seen = at_kiosk.call("order.get", order_no=order["order_no"])["order"]
                 total = seen["total_minor"]
+                # what was sold goes with the charge: the receipt prints the ledger's
+                lines = [{"name": ln["name"][:64], "qty": ln["qty"],
+                          "unit_minor": ln["unit_price_minor"],
+                          "amount_minor": ln["line_price_minor"]} for ln in seen["lines"]]
                 if rng.random() < 0.5:
                     r = pay.call("pay.charge", order_no=seen["order_no"], amount_minor=total,
-                                 currency=seen["currency"], method="cash",
+                                 currency=seen["currency"], method="cash", lines=lines,
                                  cash={"tendered": {str(k): v for k, v in
                                                     _tender(total).items()}})
                 else:
                     from lanecore.gateway.sim.provider import pin_block
                     pan = "4111111111111111"
                     r = pay.call("pay.charge", order_no=seen["order_no"], amount_minor=total,
-                                 currency=seen["currency"], method="card",
+                                 currency=seen["currency"], method="card", lines=lines,
                                  card={"entry": "chip", "pan": pan,
                                        "pin_block": pin_block("1234", pan)})
-                if r["status"] != "paid":
+                if r["status"] != "paid" or payment_mismatch(r, seen["order_no"], total,
+                                                             seen["currency"]):
                     self.tally.add(payments_failed=1)
                     return
-                self._paid(svc, seen["order_no"], r)
-                lines = [{"name": ln["name"][:64], "qty": ln["qty"],
-                          "unit_minor": ln["unit_price_minor"],
-                          "amount_minor": ln["line_price_minor"]} for ln in seen["lines"]]
-                rec = pay.call("pay.receipt", order_no=seen["order_no"], lines=lines)
+                rec = pay.call("pay.receipt", order_no=seen["order_no"])
+                self._paid(at_kiosk, seen["order_no"], r, rec["receipt"])
                 printed = self.printer[kiosk][1].print_receipt(rec["escpos"], timeout_s=3.0)
                 self.tally.add(receipts_printed=int(printed.ok),
                                receipts_not_printed=int(not printed.ok))
@@ -749,16 +911,18 @@ class Store:
         customer = f"CUST-{plan['i']:04d}"
         couponed = rng.sample(self.coupon_goods, 2)
         rows = list(dict.fromkeys(plan["rows"][:4] + couponed))
-        with self.service() as svc, Client(self.ep("coupons"), timeout_s=15,
-                                           retries=1) as cpn:
+        with self.service("till") as svc, \
+                self.coupons("till", timeout_s=15, retries=1) as cpn, \
+                self.coupons("wallet", timeout_s=15, retries=1) as provider:
             for row in couponed:                     # the wallet downloaded these
                 d = f"CPN-DEF-{self.coupon_goods.index(row)}"
-                cpn.call("coupon.issue", coupon_def_id=d, customer_id=customer)
+                provider.call("coupon.issue", coupon_def_id=d, customer_id=customer)
             lines = []
             for row in rows:                         # the cashier scans the goods
-                item = svc.scan("TILL-1", self.gtin(row))["item"]
-                lines.append({"gtin": self.gtin(row), "qty": 1,
-                              "unit_price_minor": item["price_minor"]})
+                svc.scan("TILL-1", self.gtin(row))
+                # codes and quantities: the coupon gateway prices them from the
+                # store's catalogue
+                lines.append({"code": self.gtin(row), "qty": 1})
             wallet = cpn.call("wallet.coupons", customer_id=customer)["coupons"]
             text = make_mqr(self.wallet, key_id="w1", issuer="demo-wallet",
                             customer=customer, token=self._wallet_code(rng),
@@ -768,7 +932,9 @@ class Store:
             self.tally.add(orders=1)
             r = cpn.call("checkout.mqr", order_no=order_no, till="TILL-1", mqr=text,
                          lines=lines)
-            if r["status"] != "paid":
+            if r["status"] != "paid" or r["order_no"] != order_no or (
+                    r["total_minor"] and payment_mismatch(r["payment"], order_no,
+                                                          r["total_minor"], "GBP")):
                 self.tally.add(payments_failed=1)
                 return
             self.tally.add(paid=1, exited=1, coupons_redeemed=len(r["coupons_applied"]),
@@ -779,7 +945,7 @@ class Store:
     def _journey_pos(self, plan: dict) -> None:
         from lanecore.gateway.sim.provider import pin_block
         rng = plan["rng"]
-        with self.service() as svc, self.payments("POS-1") as pay:
+        with self.service("pos") as svc, self.payments("POS-1") as pay:
             total = 0
             for r in plan["rows"]:                   # the cashier scans the goods
                 item = svc.scan("POS-1", self.gtin(r))["item"]
@@ -803,11 +969,15 @@ class Store:
                 means = {"auth_code": code}
             r = pay.call("pay.charge", order_no=order_no, amount_minor=total, currency="GBP",
                          method=method, **means)
-            if r["status"] != "paid":
+            if r["status"] != "paid" or payment_mismatch(r, order_no, total, "GBP"):
                 self.tally.add(payments_failed=1)
                 return
-            pay.call("pay.receipt", order_no=order_no)
-            self.tally.add(paid=1, exited=1, receipts_printed=1)
+            # the cashier types the shopper's number: a receipt by SMS (a till's or a
+            # POS terminal's role may text one; a handheld or kiosk may not)
+            rec = pay.call("pay.receipt", order_no=order_no,
+                           sms_to=f"+4477009{plan['i']:05d}")
+            self.tally.add(paid=1, exited=1, receipts_printed=1,
+                           sms_receipts=int(rec["sms_queued"] is not None))
             self.tally.payment(r["channel"], r["amount_minor"])
 
     def _journey_unattended(self, plan: dict) -> None:
@@ -816,10 +986,11 @@ class Store:
         v = self.venue
         login, password = f"shopper{plan['i']:04d}", f"pw-{plan['i']:04d}-secret"
         self._venue(v.register, login, password, name=f"Shopper {plan['i']}")
-        session = self._venue(v.login, login, password)
+        phone = f"phone:{plan['i']:04d}"       # where the attempts come from (throttle)
+        session = self._venue(v.login, login, password, source=phone)
         token = f"tok_{plan['i']:08d}demo"
         self._venue(v.bind_payment, session, "card", token)
-        self._venue(v.set_transaction_password, session, "246810")
+        self._venue(v.set_transaction_password, session, "246810", source=phone)
         self.biometrics.enrol(session.account_id, b"finger-%d" % plan["i"])
         cart = self._venue(v.open_cart, session)
         for k, r in enumerate(plan["rows"]):         # by code, or by name (typed/spoken)
@@ -841,7 +1012,8 @@ class Store:
         verification = (self.biometrics, b"finger-%d" % plan["i"]) \
             if total > 3_000 else None
         st = self._venue(v.settle, cart.cart_id, transaction_password="246810",
-                         confirm_total_minor=total, pay=pay, verification=verification)
+                         confirm_total_minor=total, pay=pay, verification=verification,
+                         source=phone)
         if st.status != "paid":
             self.tally.add(payments_failed=1)
             return
@@ -873,7 +1045,7 @@ class Store:
         phone. (The display's payment is the wallet acquirer's, not the payment
         gateway's: it is counted under ``display_qr`` and outside the gateway's books.)"""
         from lanecore.core.pay.emvqr import decode_mpm
-        with self.service() as svc:
+        with self.service("till") as svc:
             lines, total = [], 0
             for r in plan["rows"]:                       # the cashier scans the goods
                 item = svc.scan("TILL-Q1", self.gtin(r))["item"]
@@ -892,7 +1064,7 @@ class Store:
                 self.tally.add(payments_failed=1)
                 return
             sale = reg.wait_result(timeout_s=10)
-        if sale.status != "paid":
+        if sale.status != "paid" or sale.amount_minor != total:
             self.tally.add(payments_failed=1)
             return
         self.tally.add(paid=1, exited=1, till_sales=1)

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Callable
 
 from lanecore.core.pay.emvqr import decode_mpm
+from lanecore.core.pay.ledger import payment_mismatch
 from lanecore.core.errors import LanecoreError
+from lanecore.core.sqltxn import private_database
 from lanecore.drivers.link import DeviceFault, LineSettings
 from lanecore.drivers.qrdisplay import (CardRead, Item, PaymentData, PayResult,
                                         ProtocolError, QrDisplayDriver, QrDisplayError,
@@ -234,6 +236,7 @@ def open_store_db(path: str | os.PathLike) -> sqlite3.Connection:
         from lanecore.core.config import DATABASE_FILE
         p = p / DATABASE_FILE
     try:
+        private_database(p)             # 0600, and so its -wal and -shm
         con = sqlite3.connect(os.fspath(p), isolation_level=None, timeout=10.0,
                               check_same_thread=False)
         con.execute("PRAGMA journal_mode = WAL")
@@ -737,6 +740,14 @@ class Register:
             return self._finish(sale, "failed", reply, None, payer, "card")
         status = reply.get("status")
         if status == "paid":
+            # paid — for this order, amount and currency, or it is not this sale's
+            why = payment_mismatch(reply, sale.data.order_no, sale.data.amount_minor,
+                                   sale.data.currency)
+            if why is not None:
+                log.warning("order %s: the gateway's paid answer is not this sale's: %s",
+                            sale.data.order_no, why)
+                return self._finish(sale, "failed", "PAYMENT_MISMATCH",
+                                    reply.get("provider_ref"), payer, "card")
             return self._finish(sale, "paid", None,
                                 reply.get("provider_ref") or reply.get("merchant_ref"),
                                 payer, "card")

@@ -28,12 +28,20 @@ Idempotency is by the merchant reference (``merchant_ref``, the provider's
 ``<order_no>-<n>``, so a retried request, or a recovery after a crash, asks the
 provider about the same trade it may already have.
 
+**Namespaces.** An order number belongs to a ``scope``: the identity that charged it
+(the payment gateway passes ``pos:<terminal>`` for an authenticated terminal, ``''``
+without authentication). :meth:`Ledger.attempts` reads one scope's charges, so one
+terminal's order ``K1-0042`` is not another's. Attempt numbers are counted over every
+scope (:meth:`Ledger.last_attempt`), so merchant references stay ``<order_no>-<n>``
+and unique at the provider.
+
 Times stored in the ledger are Unix seconds (a monotonic clock does not survive a
 restart, and the wallet rules count from when the charge was sent).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -41,6 +49,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from lanecore.core.errors import LanecoreError
+from lanecore.core.sqltxn import private_database
 
 CREATED, SENT, PAID, FAILED, UNKNOWN, QUERIED, REVERSED = (
     "created", "sent", "paid", "failed", "unknown", "queried", "reversed")
@@ -83,6 +92,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS charge_steps (
         step_id INTEGER PRIMARY KEY, merchant_ref TEXT NOT NULL, at REAL NOT NULL,
         from_state TEXT, to_state TEXT NOT NULL, detail TEXT)""",
+    # What was sold, as the charge's request gave it (checked to add up to its
+    # amount): what a receipt prints, never lines a later request sends.
+    """CREATE TABLE IF NOT EXISTS charge_lines (
+        merchant_ref TEXT PRIMARY KEY, lines TEXT NOT NULL)""",
 )
 
 
@@ -113,6 +126,8 @@ class Charge:
     updated_at: float
     queries: int
     reversals: int
+    #: Whose order number it is (``pos:<terminal>``; ``''`` without authentication).
+    scope: str = ""
 
     @property
     def final(self) -> bool:
@@ -143,11 +158,16 @@ class Ledger:
         self.on_move = on_move
         for stmt in _SCHEMA:
             con.execute(stmt)
+        if "scope" not in {r[1] for r in con.execute("PRAGMA table_info(charges)")}:
+            # older files: every charge so far in the shared namespace
+            con.execute("ALTER TABLE charges ADD COLUMN scope TEXT NOT NULL DEFAULT ''")
+        con.execute("CREATE INDEX IF NOT EXISTS charges_order ON charges (order_no, scope)")
 
     @classmethod
     def open(cls, path: str | os.PathLike, **kw) -> "Ledger":
         """Open (or create) the ledger database at ``path``: WAL, synchronous=FULL."""
         try:
+            private_database(path)      # 0600, and so its -wal and -shm
             con = sqlite3.connect(os.fspath(path), isolation_level=None, timeout=10.0)
             con.execute("PRAGMA journal_mode = WAL")
             con.execute("PRAGMA synchronous = FULL")
@@ -163,12 +183,13 @@ class Ledger:
         return _Txn(self.con)
 
     def create(self, order_no: str, attempt: int, amount_minor: int, currency: str,
-               method: str, channel: str, terminal: str, payer: str | None = None
-               ) -> tuple[Charge, bool]:
+               method: str, channel: str, terminal: str, payer: str | None = None,
+               *, scope: str = "", lines: list | None = None) -> tuple[Charge, bool]:
         """Write a new charge in ``created`` (nothing sent yet). Returns
         ``(charge, created)``: when the attempt exists already (a retried request) it
         is returned unchanged with ``created`` False, after checking that it is the
-        same charge (else ``BAD_CHARGE``)."""
+        same charge (else ``BAD_CHARGE``). ``scope``: whose order number it is (module
+        notes); ``lines``: what was sold (JSON-able maps, kept for the receipt)."""
         if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) \
                 or amount_minor <= 0:
             raise LedgerError(f"amount_minor must be a positive integer, got {amount_minor!r}",
@@ -187,17 +208,22 @@ class Ledger:
             row = self._row(ref)
             if row is not None:
                 same = (row.amount_minor, row.currency, row.method, row.channel,
-                        row.terminal) == (amount_minor, currency, method, channel, terminal)
+                        row.terminal, row.scope) == (amount_minor, currency, method,
+                                                     channel, terminal, scope)
                 if not same:
                     raise LedgerError(f"{ref} exists with other terms; a retry must repeat "
                                       "the same charge", code="BAD_CHARGE")
                 return row, False
             self.con.execute(
                 "INSERT INTO charges (merchant_ref, order_no, attempt, amount_minor, "
-                "currency, method, channel, terminal, payer, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "currency, method, channel, terminal, payer, state, created_at, updated_at, "
+                "scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (ref, order_no, attempt, amount_minor, currency, method, channel, terminal,
-                 payer, CREATED, now, now))
+                 payer, CREATED, now, now, scope))
+            if lines:
+                self.con.execute("INSERT INTO charge_lines (merchant_ref, lines) VALUES "
+                                 "(?, ?)", (ref, json.dumps(lines, ensure_ascii=False,
+                                                            separators=(",", ":"))))
             self._step(ref, None, CREATED, None, now)
             made = self._row(ref)
         if self.on_move is not None:
@@ -348,11 +374,29 @@ class Ledger:
             raise LedgerError(f"no charge {ref}", code="UNKNOWN_CHARGE")
         return row
 
-    def attempts(self, order_no: str) -> list[Charge]:
-        """Every charge of an order, first attempt first."""
-        cur = self.con.execute(f"SELECT {_COLS} FROM charges WHERE order_no = ? "
-                               "ORDER BY attempt", (order_no,))
+    def attempts(self, order_no: str, scope: str | None = None) -> list[Charge]:
+        """Every charge of an order in ``scope`` (None: in every scope), first
+        attempt first."""
+        if scope is None:
+            cur = self.con.execute(f"SELECT {_COLS} FROM charges WHERE order_no = ? "
+                                   "ORDER BY attempt", (order_no,))
+        else:
+            cur = self.con.execute(f"SELECT {_COLS} FROM charges WHERE order_no = ? AND "
+                                   "scope = ? ORDER BY attempt", (order_no, scope))
         return [Charge(*r) for r in cur]
+
+    def last_attempt(self, order_no: str) -> int:
+        """The highest attempt number of ``order_no`` in any scope (0: none): the next
+        attempt, whoever makes it, is one more, so merchant references never clash."""
+        (n,) = self.con.execute("SELECT COALESCE(MAX(attempt), 0) FROM charges WHERE "
+                                "order_no = ?", (order_no,)).fetchone()
+        return int(n)
+
+    def lines(self, ref: str) -> list[dict]:
+        """The lines kept with charge ``ref`` (``[]``: none were given)."""
+        row = self.con.execute("SELECT lines FROM charge_lines WHERE merchant_ref = ?",
+                               (ref,)).fetchone()
+        return [] if row is None else json.loads(row[0])
 
     def open_charges(self) -> list[Charge]:
         """Charges not in a final state (what recovery drives on)."""
@@ -527,3 +571,19 @@ def day_rows(con: sqlite3.Connection, date: str) -> list[dict]:
                  "FROM refunds WHERE COALESCE(done_at, created_at) >= ? "
                  "AND COALESCE(done_at, created_at) < ?", (start, end))]
     return rows
+
+
+def payment_mismatch(reply, order_no: str, amount_minor: int, currency: str) -> str | None:
+    """Why a payment gateway's answer (the payment object of ``pay.charge`` or
+    ``pay.status``) is not about the payment that was asked for — another order, another
+    amount or currency, or a field missing — or None when it is. A caller that sees
+    ``status: paid`` checks this too and treats a mismatch as a failed payment: a
+    ``paid`` for 1 fen is not a ``paid`` for the 5,000 asked."""
+    if not isinstance(reply, dict):
+        return "the answer is not a map"
+    for name, asked in (("order_no", order_no), ("amount_minor", amount_minor),
+                        ("currency", currency)):
+        got = reply.get(name)
+        if got != asked or isinstance(got, bool):
+            return f"the answer's {name} is {got!r}, not {asked!r}"
+    return None

@@ -41,16 +41,28 @@ else); a right PIN sets it back to 0, :meth:`StoredValue.unfreeze` and
 ``pin_missing``) but does not count — it is no guess. Top-ups, credits and adjusts
 need no PIN.
 
+**Per source.** The freeze is per account, so one terminal could otherwise try a PIN
+over many members, or freeze any member with five wrong PINs. ``debit(…, source=)``
+(the payment gateway passes ``terminal:<id>``) also counts wrong PINs per source in
+table ``sv_source_failures`` (:mod:`lanecore.core.pay.throttle`): after 5 a source
+waits 30 s, 60 s, … up to 900 s, one failure forgotten per 600 s without one, and
+while it waits a debit that carries a PIN is ``THROTTLED`` (details
+``retry_after_s``, ``until``) before the account is read or the PIN hashed: not
+counted anywhere, the right PIN refused too. Ten members frozen from one terminal
+take it about 6.7 hours instead of seconds.
+
 **Frozen** accounts refuse debits (``ACCOUNT_FROZEN``); money can still come back or in
 (top-up, credit, adjust), so a refund is never stuck.
 
 **Errors** are :class:`StoredValueError` with a stable ``code`` and a ``details`` map:
 ``BAD_MEMBER``, ``BAD_AMOUNT``, ``BAD_REF``, ``BAD_PIN`` (a new PIN of the wrong form, a
-PIN that is no string), ``BAD_CURRENCY``, ``BAD_REQUEST`` (an adjust without a reason),
+PIN that is no string), ``BAD_CURRENCY``, ``BAD_REQUEST`` (an adjust without a reason,
+a debit's bad ``source``),
 ``UNKNOWN_MEMBER``, ``REF_CONFLICT``, ``UNKNOWN_DEBIT`` (a credit's ``of_ref`` is no
 debit of this member), ``OVER_REFUND``, ``BALANCE_LIMIT`` (a top-up or adjust above
-:data:`MAX_BALANCE_MINOR`), ``DB_ERROR``/``DB_BUSY``, and the three refusals a payment
-channel of kind ``stored_value`` reports (:data:`DECLINE_CODES`, mapped in
+:data:`MAX_BALANCE_MINOR`), ``THROTTLED`` (the source is in backoff; not a decline:
+routing does not fall back on it), ``DB_ERROR``/``DB_BUSY``, and the three refusals a
+payment channel of kind ``stored_value`` reports (:data:`DECLINE_CODES`, mapped in
 ``lanecore.core.pay.routing.DECLINE_TABLE["stored_value"]``): ``BALANCE_NOT_ENOUGH``,
 ``ACCOUNT_FROZEN``, ``WRONG_PASSWORD``.
 """
@@ -70,6 +82,7 @@ from dataclasses import asdict, dataclass
 
 from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
+from lanecore.core.pay.throttle import SourceThrottle, source_ok
 
 __all__ = [
     "DECLINE_CODES", "KINDS", "MAX_AMOUNT_MINOR", "MAX_BALANCE_MINOR", "MAX_PIN_FAILURES",
@@ -249,6 +262,12 @@ def _Txn(con: sqlite3.Connection) -> Txn:
     return Txn(con, "sv_txn", _db_error, "stored-value")
 
 
+def _throttled(until: float, now: float) -> StoredValueError:
+    wait = SourceThrottle.retry_after_s(until, now)
+    return StoredValueError(f"too many wrong PINs from this source: try again in {wait} s",
+                            code="THROTTLED", details={"retry_after_s": wait, "until": until})
+
+
 def _db_error(exc: sqlite3.Error, what: str) -> StoredValueError:
     busy = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
     return StoredValueError(f"{what}: {exc}", code="DB_BUSY" if busy else "DB_ERROR")
@@ -262,16 +281,19 @@ class StoredValue:
     may hold accounts of several currencies, each used through its own instance."""
 
     def __init__(self, con: sqlite3.Connection, currency: str = "CNY", *,
-                 clock=time.time) -> None:
+                 clock=time.time, throttle: SourceThrottle | None = None) -> None:
         if not isinstance(currency, str) or not _CURRENCY_RE.fullmatch(currency):
             raise StoredValueError(f"currency must be an ISO 4217 code, not {currency!r:.20}",
                                    code="BAD_CURRENCY")
         self.con = con
         self.currency = currency
         self.clock = clock
+        #: The per-source throttle of PIN checks (``core/pay/throttle.py``), on table
+        #: ``sv_source_failures``.
+        self.throttle = throttle or SourceThrottle("sv_source_failures")
         try:
             with _Txn(con):
-                for stmt in _SCHEMA:
+                for stmt in _SCHEMA + self.throttle.schema():
                     con.execute(stmt)
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot open the stored-value tables") from exc
@@ -453,12 +475,20 @@ class StoredValue:
                                             "max_minor": MAX_BALANCE_MINOR})
 
     def debit(self, member: str, amount_minor: int, *, ref: str,
-              pin: str | None = None) -> Move:
+              pin: str | None = None, source: str | None = None) -> Move:
         """Take ``amount_minor`` from the member's account (a checkout).
 
+        ``source`` names where the attempt came from (the payment gateway passes
+        ``terminal:<id>``; a string of 1–128 characters, else ``BAD_REQUEST``): a wrong
+        PIN counts against it as well as against the account, and while the source
+        is in backoff a debit that carries a PIN is ``THROTTLED`` (details
+        ``retry_after_s``, ``until``) before the account is read or the PIN hashed —
+        see ``core/pay/throttle.py``. None (callers with no network source: staff
+        tools, tests) leaves only the account's own count.
+
         Refusals, checked in this order, none recorded under ``ref`` (the same ``ref``
-        may be sent again later): ``ACCOUNT_FROZEN``; ``WRONG_PASSWORD`` (the account
-        has a PIN and ``pin`` is missing or wrong; details ``attempts_left``,
+        may be sent again later): ``THROTTLED``; ``ACCOUNT_FROZEN``; ``WRONG_PASSWORD``
+        (the account has a PIN and ``pin`` is missing or wrong; details ``attempts_left``,
         ``frozen`` — the wrong count is committed even so, see the module's notes);
         ``BALANCE_NOT_ENOUGH`` (details ``balance_minor``, ``short_minor``). ``pin`` is
         ignored for an account without a PIN; a ``pin`` that is not a string is
@@ -466,13 +496,21 @@ class StoredValue:
         member, amount, ref = _member(member), _amount(amount_minor), _ref(ref)
         if pin is not None and not isinstance(pin, str):
             raise StoredValueError("a PIN is a string", code="BAD_PIN")
+        if source is not None and not source_ok(source):
+            raise StoredValueError("a source is a string of 1-128 characters",
+                                   code="BAD_REQUEST", details={"field": "source"})
         terms = self._terms(member, amount)
         refusal: StoredValueError | None = None
+        now = self.clock()
         try:
             with _Txn(self.con):
                 seen = self._replay(ref, "debit", terms)
                 if seen is not None:
                     return seen
+                if source is not None and pin is not None:
+                    until = self.throttle.blocked_until(self.con, source, now)
+                    if until is not None:
+                        raise _throttled(until, now)
                 _, _, balance, frozen, pin_hash, failures, _, _ = self._row(member)
                 if frozen:
                     raise StoredValueError(f"member {member}'s account is frozen",
@@ -489,7 +527,9 @@ class StoredValue:
                         self.con.execute(
                             "UPDATE sv_accounts SET pin_failures = ?, frozen = ?, "
                             "updated_at = ? WHERE member = ?",
-                            (failures, int(lock), self.clock(), member))
+                            (failures, int(lock), now, member))
+                        if source is not None:
+                            self.throttle.fail(self.con, source, now)
                         refusal = StoredValueError(
                             f"wrong PIN for member {member}"
                             + (f"; {failures} in a row, the account is now frozen"

@@ -51,6 +51,7 @@ import numpy as np
 
 from lanecore.core.config import DATABASE_FILE
 from lanecore.core.errors import CatalogError
+from lanecore.core.sqltxn import private_database
 from lanecore.ext.barcode import parse_scan
 from lanecore.ext.lookup import (FLAG_BITS, FLAG_VARIABLE_MEASURE, FLAG_WEIGHT_EXEMPT,
                                  CatalogTable)
@@ -150,6 +151,7 @@ def connect(path: str | os.PathLike, *, timeout: float = _BUSY_TIMEOUT_S
     (an ``items`` table of another layout).
     """
     where = os.fspath(path)
+    private_database(where)             # 0600, and so its -wal and -shm
     try:
         con = sqlite3.connect(where, isolation_level=None, timeout=timeout)
     except sqlite3.Error as exc:

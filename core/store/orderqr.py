@@ -26,7 +26,8 @@ Errors are :class:`OrderQrError` with a stable ``code``: QR_FORMAT (not this
 format, or malformed), QR_SIGNATURE (forged or altered, or another store's key),
 QR_EXPIRED (older than the caller's ``max_age_s``), QR_VERSION (a format version
 this lanecore does not read), BAD_REQUEST (impossible values to sign). A key or key
-file that cannot be used is :class:`lanecore.core.signing.SigningError`, KEY_ERROR.
+file that cannot be used is :class:`lanecore.core.signing.SigningError`, KEY_ERROR
+(BAD_PERMISSIONS when the group or others may use it).
 
 Rendering: :func:`qr_png` (a 1-bit PNG written with the standard library's zlib:
 neither Pillow nor pypng is needed), :func:`qr_svg` (``qrcode.image.svg``) and

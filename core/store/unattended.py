@@ -22,6 +22,18 @@ the right password is refused too while it lasts). A success, the end of a lock,
 ``lockout_s`` without a failure start the count again. ``register`` itself must say
 ``LOGIN_TAKEN``: rate-limit it in front.
 
+**Per source.** The lock is per login, so alone it lets one device try a password
+over many logins, and lock anyone out with five wrong ones. ``login``, ``settle``
+and ``set_transaction_password`` take ``source=`` (the device or peer the attempt
+came from); its failures — wrong passwords, unknown logins, wrong transaction
+passwords, failed extra verifications — are counted in table
+``venue_source_failures`` (:mod:`lanecore.core.pay.throttle`): after 5 the source
+waits 30 s, 60 s, … up to 900 s, one failure forgotten per 600 s without one, and
+while it waits its attempts are ``THROTTLED`` (``retry_after_s``, ``until``) before
+the login is looked up or anything hashed, the right password too. One source then
+locks at most 3 logins in the first hour and 31 a day (``docs/security.md``).
+``source=None`` (staff tools, tests) leaves only the per-login lock.
+
 **Payment method.** ``bind_payment`` keeps a gateway token or a masked card, never a
 card number: twelve or more digits in a row (spaces and hyphens ignored) are
 ``CLEAR_PAN``, the rule of :mod:`lanecore.core.pay.receipt`. The **transaction
@@ -80,6 +92,7 @@ from typing import Protocol, runtime_checkable
 
 from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
+from lanecore.core.pay.throttle import SourceThrottle, source_ok
 from lanecore.core.signing import (Signer, Verifier, b64url_decode, b64url_encode,
                                    canonical_json)
 
@@ -112,7 +125,7 @@ PASS_LINE_FIELDS = ("gtin", "name", "qty", "unit_minor", "amount_minor")
 
 ERROR_CODES = (
     "BAD_REQUEST", "BAD_LOGIN", "LOGIN_TAKEN", "WEAK_PASSWORD", "WRONG_PASSWORD",
-    "ACCOUNT_LOCKED", "BAD_SESSION", "SESSION_EXPIRED", "BAD_TOKEN", "CLEAR_PAN",
+    "ACCOUNT_LOCKED", "THROTTLED", "BAD_SESSION", "SESSION_EXPIRED", "BAD_TOKEN", "CLEAR_PAN",
     "BAD_PIN", "TX_PASSWORD_NOT_SET", "TX_PASSWORD_WRONG", "TX_LOCKED",
     "NO_PAYMENT_METHOD", "UNKNOWN_CART", "CART_CLOSED", "CART_FULL", "BAD_QTY",
     "UNKNOWN_ITEM", "AMBIGUOUS_NAME", "BAD_CHECK_DIGIT", "BAD_ITEM", "NOT_IN_CART",
@@ -384,6 +397,14 @@ def _check_token(method, token) -> tuple[str, str]:
                     "no space at either end")
     display = token if masked else "…" + token[-4:]
     return method, display
+
+
+def _source(value) -> str | None:
+    """Where an attempt came from (None: not told), BAD_REQUEST if malformed."""
+    if value is not None and not source_ok(value):
+        raise _fail("BAD_REQUEST", "a source is a string of 1-128 characters",
+                    field="source")
+    return value
 
 
 def _money(value, what: str) -> int:
@@ -707,7 +728,8 @@ class Venue:
                  lockout_s: float = 900, extra_verification_over_minor: int = 50_000,
                  kdf_n: int = 2 ** 14, venue_id: str = "venue", currency: str = "CNY",
                  session_ttl_s: float = 4 * 3600,
-                 name_search: Callable[[str], Iterable] | None = None) -> None:
+                 name_search: Callable[[str], Iterable] | None = None,
+                 throttle: SourceThrottle | None = None) -> None:
         if not isinstance(signer, Signer):
             raise TypeError("signer must be a lanecore.core.signing.Signer")
         if not (isinstance(catalog, Mapping) or callable(catalog)):
@@ -738,11 +760,14 @@ class Venue:
         self.venue_id = venue_id
         self.currency = currency
         self.session_ttl_s = float(session_ttl_s)
+        #: The per-source throttle of logins and transaction passwords
+        #: (``core/pay/throttle.py``), on table ``venue_source_failures``.
+        self.throttle = throttle or SourceThrottle("venue_source_failures")
         # What an unknown login is checked against: the same scrypt work as a real one.
         self._dummy_hash = _hash_secret(secrets.token_urlsafe(16), self.kdf_n)
         try:
             with _Txn(con):
-                for stmt in _SCHEMA:
+                for stmt in _SCHEMA + self.throttle.schema():
                     con.execute(stmt)
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot open the venue tables") from exc
@@ -803,18 +828,29 @@ class Venue:
             return self._account(self._account_row(account_id))
 
     @_db("cannot log in")
-    def login(self, login: str, password: str, *, now: float | None = None) -> Session:
+    def login(self, login: str, password: str, *, now: float | None = None,
+              source: str | None = None) -> Session:
         """Log in and return a :class:`Session`.
 
         ``WRONG_PASSWORD`` (details ``attempts_left``, and ``locked_until`` on the
         failure that locks) for a wrong password **or an unknown login** — the same
         scrypt work and the same answer, so logins cannot be probed; ``ACCOUNT_LOCKED``
         (details ``until``) while a lock lasts, whatever the password. BAD_LOGIN for a
-        login that cannot exist (no account can have it, nothing is counted)."""
+        login that cannot exist (no account can have it, nothing is counted).
+
+        ``source`` names the device or peer the attempt came from (a string of 1-128
+        characters, else BAD_REQUEST): a failure also counts against it, and while
+        it is in backoff every login from it is ``THROTTLED`` (details
+        ``retry_after_s``, ``until``) before the login is looked up or the password
+        hashed — the right password too; see ``core/pay/throttle.py``. None (a
+        caller with no network source: staff tools, tests) leaves only the login's
+        own lock."""
         now = self._now(now)
         login = _login(login)
         if not isinstance(password, str):
             raise _fail("BAD_REQUEST", "a password is a string", field="password")
+        source = _source(source)
+        self._refuse_if_throttled(source, now)
         self._refuse_if_locked(login, now)
         row = self.con.execute("SELECT account_id, pw_hash FROM venue_accounts "
                                "WHERE login = ?", (login,)).fetchone()
@@ -826,6 +862,9 @@ class Venue:
                   if ok and _hash_cost(stored) < self.kdf_n else None)
         refusal = None
         with _Txn(self.con):
+            # Again under the write lock: attempts in flight at once from one source
+            # get no more answers than one after the other would.
+            self._refuse_if_throttled(source, now)
             failures, last, until = self._failures(login)
             if until is not None and now < until:
                 raise self._locked("ACCOUNT_LOCKED", until)
@@ -850,6 +889,8 @@ class Venue:
             self.con.execute("INSERT OR REPLACE INTO venue_login_failures (login, failures, "
                              "last_failure_at, locked_until) VALUES (?, ?, ?, ?)",
                              (login, streak, now, locked_until))
+            if source is not None:
+                self.throttle.fail(self.con, source, now)
             refusal = self._wrong("WRONG_PASSWORD", "wrong login or password", streak,
                                   locked_until)
         raise refusal
@@ -858,6 +899,16 @@ class Venue:
         row = self.con.execute("SELECT failures, last_failure_at, locked_until FROM "
                                "venue_login_failures WHERE login = ?", (login,)).fetchone()
         return (0, None, None) if row is None else row
+
+    def _refuse_if_throttled(self, source: str | None, now: float) -> None:
+        """THROTTLED while ``source`` is in backoff (nothing read, nothing hashed)."""
+        if source is None:
+            return
+        until = self.throttle.blocked_until(self.con, source, now)
+        if until is not None:
+            wait = SourceThrottle.retry_after_s(until, now)
+            raise _fail("THROTTLED", f"too many wrong attempts from this device: try "
+                        f"again in {wait} s", retry_after_s=wait, until=until)
 
     def _refuse_if_locked(self, login: str, now: float) -> None:
         _, _, until = self._failures(login)
@@ -925,18 +976,20 @@ class Venue:
 
     @_db("cannot set the transaction password")
     def set_transaction_password(self, session: Session | str, pin: str, *,
-                                 current: str | None = None,
-                                 now: float | None = None) -> Account:
+                                 current: str | None = None, now: float | None = None,
+                                 source: str | None = None) -> Account:
         """Set the 6-digit transaction password (BAD_PIN otherwise). Changing one
         already set needs it as ``current``: checked like at settlement
-        (TX_PASSWORD_WRONG counted, TX_LOCKED), so a borrowed session cannot reset
-        it and a lock cannot be sidestepped."""
+        (TX_PASSWORD_WRONG counted, TX_LOCKED, THROTTLED for a ``source`` in
+        backoff), so a borrowed session cannot reset it and a lock cannot be
+        sidestepped."""
         now = self._now(now)
+        source = _source(source)
         row = self._session(session, now)
         if not (isinstance(pin, str) and _PIN_RE.fullmatch(pin)):
             raise _fail("BAD_PIN", "a transaction password is 6 digits")
         if row["tx_hash"] is not None:
-            self._check_tx(row["account_id"], current, now)
+            self._check_tx(row["account_id"], current, now, source)
         tx_hash = _hash_secret(pin, self.kdf_n)
         with _Txn(self.con):
             self.con.execute("UPDATE venue_accounts SET tx_hash = ?, tx_failures = 0, "
@@ -945,8 +998,11 @@ class Venue:
                              (tx_hash, now, row["account_id"]))
             return self._account(self._account_row(row["account_id"]))
 
-    def _check_tx(self, account_id: str, pin, now: float) -> None:
-        """The transaction password, with its count and lock."""
+    def _check_tx(self, account_id: str, pin, now: float,
+                  source: str | None = None) -> None:
+        """The transaction password, with its count and lock (and the source's)."""
+        if isinstance(pin, str):                      # a guess: not from a throttled source
+            self._refuse_if_throttled(source, now)
         row = self._account_row(account_id)
         if row["tx_hash"] is None:
             raise _fail("TX_PASSWORD_NOT_SET", "set a transaction password first")
@@ -960,13 +1016,15 @@ class Venue:
             raise _fail("BAD_PIN", "a transaction password is a string of 6 digits")
         ok = bool(_PIN_RE.fullmatch(pin)) and _secret_matches(pin, row["tx_hash"])
         self._count_tx(account_id, ok, now, "TX_PASSWORD_WRONG",
-                       "wrong transaction password")
+                       "wrong transaction password", source)
 
     def _count_tx(self, account_id: str, ok: bool, now: float, code: str,
-                  message: str) -> None:
-        """Record one check against the transaction-password lock; raise if it failed."""
+                  message: str, source: str | None = None) -> None:
+        """Record one check against the transaction-password lock (and, failed,
+        against the source); raise if it failed."""
         refusal = None
         with _Txn(self.con):
+            self._refuse_if_throttled(source, now)    # again, under the write lock
             row = self._account_row(account_id)
             until = row["tx_locked_until"]
             if until is not None and now < until:
@@ -984,6 +1042,8 @@ class Venue:
                              "tx_last_failure_at = ?, tx_locked_until = ?, updated_at = ? "
                              "WHERE account_id = ?",
                              (streak, now, locked_until, now, account_id))
+            if source is not None:
+                self.throttle.fail(self.con, source, now)
             refusal = self._wrong(code, message, streak, locked_until)
         raise refusal
 
@@ -1272,7 +1332,7 @@ class Venue:
     @_db("cannot settle")
     def settle(self, cart_id: str, *, transaction_password: str, confirm_total_minor: int,
                pay: Callable[[str, int, str], Mapping], verification=None,
-               now: float | None = None) -> Settlement:
+               now: float | None = None, source: str | None = None) -> Settlement:
         """Pay for the cart and return the paid :class:`Settlement` (with its exit pass).
 
         In order: the cart (UNKNOWN_CART), the account's payment method
@@ -1284,7 +1344,10 @@ class Venue:
         ``confirmed_minor``, ``total_minor``, ``lines``); above
         ``extra_verification_over_minor``, ``verification=(verifier, sample)`` must
         pass (EXTRA_VERIFICATION_REQUIRED, EXTRA_VERIFICATION_FAILED — counted
-        against the transaction-password lock — VERIFIER_ERROR).
+        against the transaction-password lock — VERIFIER_ERROR). ``source``: as
+        :meth:`login`'s — a wrong transaction password or a failed verification
+        counts against it, and while it is in backoff the transaction password is
+        THROTTLED before it is checked.
 
         Then the settlement row is written ``paying`` under a new ``order_no`` and
         ``pay(order_no, amount_minor, payment_token)`` is called exactly once. Its
@@ -1303,6 +1366,7 @@ class Venue:
             raise _fail("BAD_REQUEST", "settle commits before it pays: call it outside "
                         "a transaction")
         confirmed = _money(confirm_total_minor, "confirm_total_minor")
+        source = _source(source)
         if not callable(pay):
             raise _fail("BAD_REQUEST", "pay must be a callable", field="pay")
         if verification is not None:
@@ -1315,7 +1379,7 @@ class Venue:
         account = self._account_row(account_id)
         if account["pay_method"] is None:
             raise _fail("NO_PAYMENT_METHOD", "bind a card or wallet first")
-        self._check_tx(account_id, transaction_password, now)
+        self._check_tx(account_id, transaction_password, now, source)
         if status == "settled":
             return self._settlement(self._settlement_row(self._live_order(cart_id)))
         if status == "settling":
@@ -1336,7 +1400,7 @@ class Venue:
             except Exception as exc:  # the vendor's matcher: any failure is its own
                 raise _fail("VERIFIER_ERROR", f"the verifier failed: {exc}") from exc
             self._count_tx(account_id, ok, now, "EXTRA_VERIFICATION_FAILED",
-                           "the extra verification did not match")
+                           "the extra verification did not match", source)
         order_no = self._new_order_no(now)
         with _Txn(self.con):
             # Again under the write lock: nothing may have changed since the checks.
@@ -1424,6 +1488,10 @@ class Venue:
                 and result["amount_minor"] != row["total_minor"]:
             doubt = (f"the gateway reports {result['amount_minor']!r} paid, not "
                      f"{row['total_minor']}")
+        elif status == "paid" and "currency" in result \
+                and result["currency"] != row["currency"]:
+            doubt = (f"the gateway reports a payment in {result['currency']!r}, not "
+                     f"{row['currency']}")
         elif status not in ("paid", "failed"):
             doubt = f"the payment is {status!r}"
         gateway = _gateway_json(result)

@@ -16,7 +16,13 @@ process that dies mid-update leaves the previous row.
 Errors are :class:`LearningError` with a stable ``code``: BAD_GTIN, BAD_WEIGHT,
 BAD_QUANTITY, BAD_Z, BAD_SCALE_ID, BAD_ARGUMENT, DB_BUSY, DB_ERROR. Whether a weighing
 was learned is not an error: :class:`LearnResult` says so with its own ``code``
-(LEARNED, OUTLIER, NOT_LEARNABLE, UNKNOWN_ITEM, MULTI_SKU, NO_WEIGHED_ITEM).
+(LEARNED, OUTLIER, NOT_LEARNABLE, UNKNOWN_ITEM, MULTI_SKU, NO_WEIGHED_ITEM, and for an
+attendant's confirmation beyond its bounds CONFIRM_TOO_FAR, CONFIRM_DAILY_LIMIT).
+
+Attendant confirmations are bounded (``docs/weigh/learning.md``, "Confirmations"):
+one moves the learned mean by at most ``confirm_max_step_sd`` (k = 1) standard
+deviations, an item takes at most ``confirm_daily_max`` (N = 5) of them per UTC day,
+and each one is recorded with who confirmed it in ``weight_confirmations``.
 Opening a database by path may also raise the
 :class:`~lanecore.core.errors.CatalogError` of :func:`~lanecore.core.scan.catalog.connect`.
 """
@@ -43,7 +49,7 @@ from lanecore.ext.lookup import FLAG_VARIABLE_MEASURE, FLAG_WEIGHT_EXEMPT, Catal
 __all__ = [
     "LearningError", "WeightStats", "LearnedWeight", "LearnResult", "WeightBook",
     "HealthState", "ScaleHealth", "cusum_update", "NOT_LEARNED_FLAGS",
-    "MAX_WEIGHT_G", "MAX_UNITS",
+    "MAX_WEIGHT_G", "MAX_UNITS", "CONFIRM_MAX_STEP_SD", "CONFIRM_DAILY_MAX",
 ]
 
 #: Items with any of these flags are never learned: an exempt item's weight is not
@@ -53,6 +59,11 @@ NOT_LEARNED_FLAGS = FLAG_WEIGHT_EXEMPT | FLAG_VARIABLE_MEASURE
 MAX_WEIGHT_G = 1_000_000.0
 #: Most identical units one observation may stand for.
 MAX_UNITS = 100_000
+#: k: one attendant confirmation moves an item's learned mean by at most k standard
+#: deviations (the item's learned sd, never more than its catalogue sd).
+CONFIRM_MAX_STEP_SD = 1.0
+#: N: confirmations one item accepts per UTC day.
+CONFIRM_DAILY_MAX = 5
 MAX_SCALE_ID_LEN = 100
 
 
@@ -312,7 +323,11 @@ class LearnResult:
     mean before the update in standard errors (None when the spread was unknown).
     ``mean_g``, ``sd_g``, ``n`` are the SKU's statistics afterwards. ``restarted``:
     the catalogue weight had changed since the SKU was last learned, so learning
-    began again from the new catalogue prior.
+    began again from the new catalogue prior. ``confirmation``: for a confirmed
+    weighing, its record (``confirmation_id``, ``confirmed_by``, ``at``, ``day``,
+    ``mean_before_g``, ``mean_after_g``, ``max_step_g``, ``n_today``,
+    ``max_per_day``); for CONFIRM_TOO_FAR / CONFIRM_DAILY_LIMIT the bounds it met
+    (nothing changed, nothing recorded).
     """
 
     code: str
@@ -326,6 +341,7 @@ class LearnResult:
     sd_g: float | None = None
     n: float | None = None
     restarted: bool = False
+    confirmation: dict | None = None
 
     @property
     def learned(self) -> bool:
@@ -376,6 +392,15 @@ class WeightBook:
     * ``prior_n`` (3): pseudo-observations the catalogue weight counts as.
     * ``sd_floor_g`` (0.5 g), ``sd_floor_rel`` (0.01): the standard deviation used
       for rejection and published is at least ``max(sd_floor_g, sd_floor_rel·mean)``.
+    * ``confirm_max_step_sd`` (k = 1): a confirmed weighing that would move the
+      learned mean by more than k·σ is refused (CONFIRM_TOO_FAR); σ is the item's
+      published sd (its floor while unknown), never more than the catalogue's
+      ``max(weight_sd_g, floor)``, so confirmations cannot widen their own bound.
+    * ``confirm_daily_max`` (N = 5): confirmations one item accepts per UTC day
+      (CONFIRM_DAILY_LIMIT past them). None for either: unbounded.
+
+    Every confirmation learned is recorded in ``weight_confirmations`` with who
+    confirmed it (``confirmed_by``): :meth:`confirmations` lists them.
     """
 
     _DDL = """CREATE TABLE IF NOT EXISTS weight_stats (
@@ -396,6 +421,21 @@ class WeightBook:
                 "n_rejected", "prior_mean_g", "prior_sd_g", "updated_at")
     _UPSERT = (f"INSERT OR REPLACE INTO weight_stats ({', '.join(_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(_COLUMNS))})")
+    _CONFIRM_DDL = """CREATE TABLE IF NOT EXISTS weight_confirmations (
+        confirmation_id INTEGER PRIMARY KEY,
+        gtin            TEXT NOT NULL,
+        at              REAL NOT NULL,
+        day             TEXT NOT NULL,
+        confirmed_by    TEXT,
+        observed_g      REAL NOT NULL,
+        units           INTEGER NOT NULL,
+        mean_before_g   REAL,
+        mean_after_g    REAL NOT NULL,
+        max_step_g      REAL
+    )"""
+    _CONFIRM_COLUMNS = ("confirmation_id", "gtin", "at", "day", "confirmed_by",
+                        "observed_g", "units", "mean_before_g", "mean_after_g",
+                        "max_step_g")
     # Learned rows still valid for the catalogue as it is now: the item is listed,
     # learnable, and its catalogue weight is the one learning started from (`IS`
     # compares NULLs as equal).
@@ -405,14 +445,34 @@ class WeightBook:
 
     def __init__(self, db, *, min_n: float = 5, reject_z: float = 4.0,
                  confirmed_weight: float = 3.0, prior_n: float = 3.0,
-                 sd_floor_g: float = 0.5, sd_floor_rel: float = 0.01):
+                 sd_floor_g: float = 0.5, sd_floor_rel: float = 0.01,
+                 confirm_max_step_sd: float | None = CONFIRM_MAX_STEP_SD,
+                 confirm_daily_max: int | None = CONFIRM_DAILY_MAX):
         self.min_n = _positive("min_n", min_n)
         self.reject_z = _positive("reject_z", reject_z)
         self.confirmed_weight = _positive("confirmed_weight", confirmed_weight)
         self.prior_n = _positive("prior_n", prior_n, minimum=1.0, inclusive=True)
         self.sd_floor_g = _positive("sd_floor_g", sd_floor_g, inclusive=True)
         self.sd_floor_rel = _positive("sd_floor_rel", sd_floor_rel, inclusive=True)
+        self.confirm_max_step_sd = None if confirm_max_step_sd is None else \
+            _positive("confirm_max_step_sd", confirm_max_step_sd)
+        if confirm_daily_max is not None and (
+                isinstance(confirm_daily_max, bool)
+                or not isinstance(confirm_daily_max, (int, np.integer))
+                or confirm_daily_max < 1):
+            raise _bad_argument("confirm_daily_max", confirm_daily_max,
+                                "must be a whole number >= 1 (or None)")
+        self.confirm_daily_max = None if confirm_daily_max is None else \
+            int(confirm_daily_max)
         self._store = _Store(db, "weight_stats", self._DDL)
+        try:
+            with self._store._write("cannot create table weight_confirmations") as con:
+                con.execute(self._CONFIRM_DDL)
+                con.execute("CREATE INDEX IF NOT EXISTS weight_confirmations_day "
+                            "ON weight_confirmations (gtin, day)")
+        except BaseException:
+            self._store.close()
+            raise
 
     @property
     def connection(self) -> sqlite3.Connection | None:
@@ -467,6 +527,25 @@ class WeightBook:
         out["sd_g"] = self._published(WeightStats(*rows[0][1:6])).sd_g
         return out
 
+    def confirmations(self, gtin=None, *, day: str | None = None) -> list[dict]:
+        """The recorded confirmations (oldest first), of ``gtin`` and of ``day``
+        (``YYYY-MM-DD``, UTC) when given: each ``{confirmation_id, gtin, at, day,
+        confirmed_by, observed_g, units, mean_before_g, mean_after_g, max_step_g}``.
+        Raises LearningError BAD_GTIN, DB_ERROR."""
+        where, params = [], []
+        if gtin is not None:
+            where.append("gtin = ?")
+            params.append(_gtin14(gtin))
+        if day is not None:
+            where.append("day = ?")
+            params.append(str(day))
+        rows = self._store._read(
+            "cannot read weight_confirmations",
+            f"SELECT {', '.join(self._CONFIRM_COLUMNS)} FROM weight_confirmations"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY confirmation_id", params)
+        return [dict(zip(self._CONFIRM_COLUMNS, row)) for row in rows]
+
     def forget(self, gtin) -> bool:
         """Drop what was learned for ``gtin`` (the next weighing starts again from the
         catalogue); True if there was something. Raises BAD_GTIN, DB_ERROR."""
@@ -478,22 +557,27 @@ class WeightBook:
     # learning ---------------------------------------------------------------------
 
     def learn(self, gtin, measured_g: float, *, units: int = 1,
-              confirmed: bool = False) -> LearnResult:
+              confirmed: bool = False, confirmed_by: str | None = None) -> LearnResult:
         """Learn from one accepted weighing of ``units`` identical units of ``gtin``
         weighing ``measured_g`` grams together (net of any tare): observes
         ``measured_g / units`` with weight ``units`` (times ``confirmed_weight``
-        when an attendant confirmed it). One transaction.
+        when an attendant confirmed it). One transaction. A confirmed weighing is
+        bounded (CONFIRM_TOO_FAR, CONFIRM_DAILY_LIMIT: see the class) and recorded
+        with ``confirmed_by``, who confirmed it.
 
         Raises LearningError BAD_GTIN, BAD_WEIGHT (not finite, <= 0, over
         MAX_WEIGHT_G), BAD_QUANTITY, DB_BUSY, DB_ERROR. An exempt, variable-measure,
         unknown item or an outlier is not an error: see the result's ``code``.
         """
-        return self.learn_many([(gtin, measured_g, units, confirmed)])[0]
+        return self.learn_many([(gtin, measured_g, units, confirmed)],
+                               confirmed_by=confirmed_by)[0]
 
-    def learn_many(self, observations: Iterable) -> list[LearnResult]:
+    def learn_many(self, observations: Iterable, *,
+                   confirmed_by: str | None = None) -> list[LearnResult]:
         """:meth:`learn` for each ``(gtin, measured_g[, units[, confirmed]])``, in
         order, in one transaction (all or nothing). Every observation is checked
-        before anything is written."""
+        before anything is written. ``confirmed_by``: who confirmed the confirmed
+        ones."""
         checked = []
         for obs in observations:
             if not isinstance(obs, (tuple, list)) or not 2 <= len(obs) <= 4:
@@ -507,10 +591,11 @@ class WeightBook:
             return []
         now = time.time()
         with self._store._write("cannot learn a weight") as con:
-            return [self._learn(con, *obs, now) for obs in checked]
+            return [self._learn(con, *obs, now, confirmed_by) for obs in checked]
 
     def learn_exit(self, lines, measured_g: float, tare_g: float = 0.0, *,
-                   confirmed: bool = False) -> LearnResult:
+                   confirmed: bool = False, confirmed_by: str | None = None
+                   ) -> LearnResult:
         """Learn from an ACCEPTED exit weighing, when it can be pinned on one SKU.
 
         ``lines``: the paid basket, as ``(gtin, qty)`` pairs, mappings with ``gtin``
@@ -558,10 +643,27 @@ class WeightBook:
                     "MULTI_SKU", f"the weight belongs to {len(weighed)} SKUs and "
                     "cannot be split between them honestly")
             key = weighed[0]
-            return self._learn(con, key, net, basket[key], confirmed, now)
+            return self._learn(con, key, net, basket[key], confirmed, now, confirmed_by)
+
+    def _confirm_bounds(self, con: sqlite3.Connection, key: str, s: WeightStats,
+                        cat_mean, cat_sd, now: float) -> tuple[str, int, float | None]:
+        """(UTC day, confirmations of ``key`` that day, the most one confirmation may
+        move the mean in grams — None: unbounded) for a confirmation now."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        n_today = con.execute("SELECT COUNT(*) FROM weight_confirmations WHERE gtin = ? "
+                              "AND day = ?", (key, day)).fetchone()[0]
+        if self.confirm_max_step_sd is None or s.n <= 0:
+            return day, n_today, None          # no distribution yet: nothing to bound
+        sd = self._published(s).sd_g
+        if sd is None:
+            sd = float(self._floor_g(s.mean_g))
+        if cat_mean:        # never wider than the catalogue's: no self-widening
+            sd = min(sd, max(float(cat_sd or 0.0), float(self._floor_g(cat_mean))))
+        return day, n_today, self.confirm_max_step_sd * sd
 
     def _learn(self, con: sqlite3.Connection, key: str, measured: float, units: int,
-               confirmed: bool, now: float) -> LearnResult:
+               confirmed: bool, now: float, confirmed_by: str | None = None
+               ) -> LearnResult:
         item = con.execute("SELECT unit_weight_g, weight_sd_g, flags FROM items "
                            "WHERE gtin = ?", (key,)).fetchone()
         if item is None:
@@ -588,6 +690,30 @@ class WeightBook:
 
         x = measured / units
         w = units * (self.confirmed_weight if confirmed else 1.0)
+        confirmation = None
+        if confirmed:
+            day, n_today, max_step = self._confirm_bounds(con, key, s, cat_mean, cat_sd,
+                                                          now)
+            confirmation = {"confirmed_by": confirmed_by, "day": day,
+                            "mean_before_g": s.mean_g if s.n > 0 else None,
+                            "max_step_g": max_step, "n_today": n_today,
+                            "max_per_day": self.confirm_daily_max}
+            step = abs(s.add(x, w, units).mean_g - s.mean_g) if s.n > 0 else 0.0
+            refused = None
+            if self.confirm_daily_max is not None and n_today >= self.confirm_daily_max:
+                refused = ("CONFIRM_DAILY_LIMIT",
+                           f"GTIN {key} had its {self.confirm_daily_max} confirmations "
+                           f"today ({day}, UTC); it takes more tomorrow")
+            elif max_step is not None and step > max_step * (1 + 1e-9):
+                refused = ("CONFIRM_TOO_FAR",
+                           f"{x:.6g} g per unit would move the learned {s.mean_g:.6g} g "
+                           f"by {step:.3g} g; one confirmation moves it at most "
+                           f"{max_step:.3g} g ({self.confirm_max_step_sd:g} sd)")
+            if refused is not None:
+                mean_g, sd_g, n = self._published(s) if s.n > 0 else (None, None, s.n)
+                return LearnResult(refused[0], refused[1], gtin=key, observed_g=x,
+                                   units=units, weight=w, mean_g=mean_g, sd_g=sd_g, n=n,
+                                   restarted=restarted, confirmation=confirmation)
         var = s.variance_g2
         z = None
         if var is not None and s.n > 0:
@@ -606,9 +732,20 @@ class WeightBook:
             code, message = "LEARNED", f"learned {x:.6g} g per unit (weight {w:g})"
         con.execute(self._UPSERT, (key, s.n, s.mean_g, s.m2, s.v1, s.v2, n_obs,
                                    n_confirmed, n_rejected, cat_mean, cat_sd, now))
+        if confirmation is not None:
+            cur = con.execute(
+                "INSERT INTO weight_confirmations (gtin, at, day, confirmed_by, "
+                "observed_g, units, mean_before_g, mean_after_g, max_step_g) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, now, confirmation["day"], confirmed_by, x, units,
+                 confirmation["mean_before_g"], s.mean_g, confirmation["max_step_g"]))
+            confirmation.update(confirmation_id=cur.lastrowid, at=now,
+                                mean_after_g=s.mean_g,
+                                n_today=confirmation["n_today"] + 1)
         mean_g, sd_g, n = self._published(s)
         return LearnResult(code, message, gtin=key, observed_g=x, units=units, weight=w,
-                           z=z, mean_g=mean_g, sd_g=sd_g, n=n, restarted=restarted)
+                           z=z, mean_g=mean_g, sd_g=sd_g, n=n, restarted=restarted,
+                           confirmation=confirmation)
 
     # publishing ------------------------------------------------------------------
 

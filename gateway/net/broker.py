@@ -22,10 +22,11 @@ import time
 import zlib
 from pathlib import Path
 
-import msgpack
 import zmq
 
 from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.security import SecurityError, is_loopback
+from lanecore.gateway.net.server import PEER_RCVHWM, PEER_SNDHWM, principal_frame
 
 log = logging.getLogger("lanecore.broker")
 
@@ -34,21 +35,30 @@ log = logging.getLogger("lanecore.broker")
 PIN_FIELDS = (("lane", "lane"), ("gate", "lane"), ("basket", "basket"),
               ("device", "device"), ("order_no", "order_no"))
 
+#: Bytes of requests the broker reads from its clients before it forwards replies again
+#: (pinning a request unpacks it: a flood of 1 MiB requests must not hold replies up).
+FRONT_READ_BYTES = 4 << 20
+
 
 def pin_of(payload: bytes) -> bytes | None:
     """The value a request is pinned by, or None (bounded, never raises)."""
     try:
-        req = msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                              **P.UNPACK_LIMITS)
-    except Exception:  # garbage: any worker will say so
-        return None
-    if not isinstance(req, dict):
+        req = P.unpack(payload)     # the service's limits, MAX_OBJECTS included
+    except P.ProtocolError:         # garbage: any worker will say so
         return None
     for name, space in PIN_FIELDS:
         v = req.get(name)
         if isinstance(v, str):
             return f"{space}:{v}".encode()
     return None
+
+
+def _unknown_key(payload: bytes) -> bytes:
+    try:
+        rid = P.request_id(P.unpack(payload))
+    except (P.ProtocolError, AttributeError):
+        rid = None
+    return P.pack(P.error(rid, "AUTH_FAILED", "this key is not enrolled (any more)"))
 
 
 class Worker:
@@ -115,11 +125,11 @@ class Broker:
               ready=None, ctx: zmq.Context | None = None) -> None:
         ctx = ctx or zmq.Context.instance()
         front = ctx.socket(zmq.ROUTER)
-        front.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        front.setsockopt(zmq.MAXMSGSIZE, P.max_wire_bytes(security))
         front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         front.setsockopt(zmq.LINGER, 0)
-        front.setsockopt(zmq.SNDHWM, 100_000)
-        front.setsockopt(zmq.RCVHWM, 100_000)
+        front.setsockopt(zmq.SNDHWM, PEER_SNDHWM)    # per client, as a single service's
+        front.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
         if security is not None:
             security.server_socket(front)
         front.bind(bind)
@@ -134,8 +144,13 @@ class Broker:
         sink.bind(self.event_sink)
         pub = None
         if events:
+            if security is None and not is_loopback(events):
+                raise SecurityError(f"{events} is not loopback: events in clear go only "
+                                    "to this machine; use --curve", code="PLAIN_NOT_ALLOWED")
             pub = ctx.socket(zmq.XPUB)
             pub.setsockopt(zmq.LINGER, 0)
+            if security is not None:
+                security.server_socket(pub)      # only enrolled keys subscribe
             pub.bind(events)
         for w in self.workers:
             self._spawn(w)
@@ -182,12 +197,18 @@ class Broker:
                         except zmq.ZMQError:
                             pass   # the client went away
                 if front in socks:
+                    recv = front.recv_multipart if security is None \
+                        else security.receiver(front)
+                    budget = FRONT_READ_BYTES    # then replies get their turn again
                     for _ in range(1000):
                         try:
-                            frames = front.recv_multipart(zmq.NOBLOCK)
+                            frames = recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._route(front, back, frames)
+                        self._route(front, back, frames, security)
+                        budget -= len(frames[-1])
+                        if budget < 0:
+                            break
                 if sink in socks:
                     while True:
                         try:
@@ -210,13 +231,24 @@ class Broker:
                 if s is not None:
                     s.close(0)
 
-    def _route(self, front, back, frames: list[bytes]) -> None:
+    def _route(self, front, back, frames: list[bytes], security=None) -> None:
         if len(frames) < 2:
             return
+        tag = []
+        if security is not None:       # the worker learns who sent it from us alone
+            principal = security.principal_of(frames)
+            if principal is None:
+                try:
+                    front.send_multipart(frames[:-1] + [_unknown_key(frames[-1])],
+                                         zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                return
+            tag = [principal_frame(principal)]
         w = self._slot_for(frames)
         if w.ready:
             try:
-                back.send_multipart([w.identity] + frames, zmq.NOBLOCK)
+                back.send_multipart([w.identity] + tag + list(frames), zmq.NOBLOCK)
                 self.forwarded += 1
                 return
             except zmq.ZMQError:

@@ -96,13 +96,17 @@ class CurveKeys:
     @classmethod
     def from_files(cls, server_key_path, client_secret_path) -> "CurveKeys":
         """From certificate files: the service's ``server.key`` (public) and the
-        device's ``NAME.key_secret`` (``lanecore keys gen --name NAME``)."""
+        device's ``NAME.key_secret`` (``lanecore keys gen --name NAME``), refused with
+        BAD_PERMISSIONS if the group or others may use it."""
         import zmq.auth
+
+        from lanecore.core.config import check_private
         server_public, _ = zmq.auth.load_certificate(str(server_key_path))
         client_public, client_secret = zmq.auth.load_certificate(str(client_secret_path))
         if client_secret is None:
             raise LanecoreError(f"{client_secret_path} holds no secret key (give the "
                                 "device's .key_secret file)", code="BAD_KEY")
+        check_private(client_secret_path, what="secret key file")
         return cls(server_public, client_public, client_secret)
 
     def apply(self, sock: zmq.Socket) -> None:
@@ -126,6 +130,10 @@ class TerminalKey:
         return cls(terminal, parse_key(key_text))
 
     def frames(self, payload: bytes) -> list[bytes]:
+        """``payload`` and a fresh authentication frame (``LCA2``: the current ``ts``
+        and a new random nonce). Called for every send, so a retry carries a new
+        frame around the same request bytes: the gateway never takes it for a
+        replay (``AUTH_REPLAYED``) and answers it from the record of the first."""
         from lanecore.gateway.net.auth import auth_frame
         return [payload, auth_frame(self.terminal, self.key, payload)]
 
@@ -427,7 +435,8 @@ class Client(_Base):
     UNAVAILABLE. ``curve``: CurveKeys for ``serve --curve``. ``ctx``: a zmq.Context
     (default the process's shared one; never terminated by the client).
     ``terminal_key``: a TerminalKey for a payment gateway that authenticates its
-    terminals (each send is signed afresh, so a retry carries a current ``ts``).
+    terminals (each send is signed afresh, so a retry carries a current ``ts`` and a
+    new nonce).
     """
 
     def __init__(self, endpoint: str, *, client_id: str | None = None,

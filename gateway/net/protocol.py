@@ -7,6 +7,7 @@ contract itself is written down in ``docs/protocol.md``.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import msgpack
@@ -16,10 +17,29 @@ PROTOCOL_VERSION = 1
 #: Largest message the service accepts (libzmq's MAXMSGSIZE on its socket: a peer
 #: that sends more is disconnected).
 MAX_MESSAGE_BYTES = 1 << 20
+#: What CurveZMQ adds to each message on the wire, which libzmq's MAXMSGSIZE counts:
+#: the MESSAGE command name (8), the short nonce (8), the flags byte and the box's
+#: MAC (16). A server with CURVE allows this much more, so the limit on a request
+#: stays MAX_MESSAGE_BYTES either way.
+CURVE_OVERHEAD = 33
+
+
+def max_wire_bytes(security) -> int:
+    """MAXMSGSIZE for a socket: the request limit, plus CURVE's envelope if any."""
+    return MAX_MESSAGE_BYTES + (CURVE_OVERHEAD if security is not None else 0)
 #: Limits when unpacking a request: no value may be larger than the message anyway,
 #: but lists and maps are bounded well below what would cost real memory.
 UNPACK_LIMITS = dict(max_str_len=64 * 1024, max_bin_len=MAX_MESSAGE_BYTES,
                      max_array_len=10_000, max_map_len=256, max_ext_len=0)
+#: Most values in one request, at every depth: maps, lists and scalars (a map's key
+#: and value count two). The largest legitimate request, a ``basket.add`` of 1,000
+#: scans, holds about 5,000; 1 MiB of empty maps would be a million (64 MiB and 80 ms
+#: to unpack). Past it: ``TOO_COMPLEX``. Every value takes at least one byte, so a
+#: message of at most this many bytes is never counted (the hot path pays nothing); a
+#: larger one is counted by a compiled walk over its bytes that stops at the bound
+#: (``ext/msgcount.py``: ~10 µs for a legitimate 55 KB basket.add, ~40 µs to refuse
+#: 1 MiB of empty maps) before anything is built.
+MAX_OBJECTS = 32_768
 #: Longest request id (as a string) and client name.
 MAX_ID_LEN = 128
 
@@ -38,6 +58,10 @@ ENVELOPE_ERRORS = {
     "NOT_MSGPACK": "the frame is not MessagePack",
     "NOT_A_MAP": "the request is not a MessagePack map",
     "TOO_LARGE": "a string, binary, list or map in the request is over its limit",
+    "TOO_COMPLEX": f"the request holds more than {MAX_OBJECTS:,} values in all (maps, "
+                   "lists and scalars at every depth)",
+    "BUSY": "this peer has too many requests or bytes waiting at the service; the "
+            "request was not read: retry with the same id after a pause",
     "BAD_FRAMES": "the message does not have the frames of a DEALER or REQ request",
     "MISSING_FIELD": "a required field is absent",
     "BAD_FIELD": "a field has the wrong type or an impossible value",
@@ -50,7 +74,13 @@ ENVELOPE_ERRORS = {
 def unpack(payload: bytes) -> dict:
     """A request map from its frame, or ProtocolError (id unknown)."""
     try:
+        if len(payload) > MAX_OBJECTS and _count_values(payload) > MAX_OBJECTS:
+            raise ProtocolError("TOO_COMPLEX", f"the request holds more than "
+                                               f"{MAX_OBJECTS:,} values (maps, lists and "
+                                               f"scalars at every depth)")
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, **UNPACK_LIMITS)
+    except ProtocolError:
+        raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             UnicodeDecodeError, TypeError) as exc:
         raise ProtocolError("NOT_MSGPACK", f"not one MessagePack value: {exc}") from None
@@ -64,6 +94,20 @@ def unpack(payload: bytes) -> dict:
     if not isinstance(obj, dict):
         raise ProtocolError("NOT_A_MAP", f"the request is a {type(obj).__name__}, not a map")
     return obj
+
+
+def _count_values(payload: bytes) -> int:
+    """The values of ``payload``, counted (without building them) until they pass
+    MAX_OBJECTS: ``ext/msgcount.py``, imported when a message first needs it."""
+    from lanecore.ext.msgcount import count_values
+    return count_values(payload, MAX_OBJECTS)
+
+
+def warm_up() -> None:
+    """Load the value counter now, in a process that has its compiler loaded anyway
+    (the service's kernels), so the first large request does not wait for it."""
+    if "numba" in sys.modules:
+        _count_values(bytes(MAX_OBJECTS + 1))
 
 
 def pack(obj: dict) -> bytes:

@@ -1,8 +1,9 @@
 """CurveZMQ for the services: a server keypair, the devices allowed in, and the rule that
 plain TCP stays on loopback.
 
-Key files are ZeroMQ certificates (``zmq.auth.create_certificates``): ``NAME.key``
-holds a public key, ``NAME.key_secret`` the public and secret keys. In a data
+Key files are ZeroMQ certificates (ZPL, the format of ``zmq.auth.create_certificates``
+and ``zmq.auth.load_certificate``): ``NAME.key`` holds a public key, ``NAME.key_secret``
+the public and secret keys, both with an optional ``metadata`` section. In a data
 directory:
 
     keys/server.key_secret      the service's keypair (created by ``lanecore keys gen``)
@@ -11,12 +12,20 @@ directory:
 
 A device whose key is not in ``keys/devices`` is refused by the ZAP authenticator
 during the handshake: it never gets a reply.
+
+Files (``docs/security.md``): :func:`generate` makes its directory mode 0700 and
+writes each certificate at mode 0600 under a temporary ``O_EXCL`` name, renamed into
+place, so no key is ever readable by others, whatever the umask. On start-up
+:class:`ServerSecurity` refuses (``BAD_PERMISSIONS``, naming the path) a ``keys/``
+or ``keys/devices/`` directory or a secret key file that the group or others may
+use; :func:`load_keypair` refuses such a secret key file.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
-import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,7 +33,10 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from lanecore.core.config import check_private, private_dir, write_private
 from lanecore.core.errors import LanecoreError
+from lanecore.gateway.net.identity import Principal
+from lanecore.gateway.net.keyring import KeyRing
 
 SERVER_NAME = "server"
 
@@ -37,19 +49,73 @@ def keys_dir(data_dir) -> Path:
     return Path(data_dir) / "keys"
 
 
-def generate(directory, name: str) -> tuple[Path, Path]:
-    """Write NAME.key and NAME.key_secret in ``directory`` (secret file mode 0600)."""
+_SECRET_BANNER = """#   ****  Generated on {0} by lanecore  ****
+#   ZeroMQ CURVE **Secret** Certificate
+#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
+
+"""
+
+_PUBLIC_BANNER = """#   ****  Generated on {0} by lanecore  ****
+#   ZeroMQ CURVE Public Certificate
+#   Exchange securely, or use a secure mechanism to verify the contents
+#   of this file after exchange.
+
+"""
+
+_META_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _certificate(banner: str, public: bytes, secret: bytes | None,
+                 metadata: dict[str, str] | None) -> bytes:
+    """A ZPL certificate, line for line what ``zmq.auth`` writes (and reads)."""
+    lines = [banner.format(datetime.datetime.now()), "metadata\n"]
+    for k, v in (metadata or {}).items():
+        lines.append(f"    {k} = {v}\n")
+    lines += ["curve\n", f'    public-key = "{public.decode("ascii")}"\n']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"\n')
+    return "".join(lines).encode("utf-8")
+
+
+def generate(directory, name: str, metadata: dict[str, str] | None = None
+             ) -> tuple[Path, Path]:
+    """Write a new keypair as NAME.key (public) and NAME.key_secret in ``directory``
+    (created mode 0700 if missing), both mode 0600, each written under a temporary
+    O_EXCL name and renamed into place. ``metadata``: name = value pairs written into
+    the certificates' ``metadata`` section (names letters, digits, ``_ . -``; values
+    one line)."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise SecurityError(f"a key name is letters, digits, - and _: {name!r}",
                             code="BAD_ARGUMENT")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = (Path(p) for p in zmq.auth.create_certificates(directory, name))
-    os.chmod(secret, 0o600)
+    metadata = dict(metadata or {})
+    for k, v in metadata.items():
+        if not (isinstance(k, str) and _META_NAME.fullmatch(k)) or not isinstance(v, str) \
+                or any(c in v for c in "\r\n\0"):
+            raise SecurityError(f"certificate metadata is name = one-line text: {k!r}",
+                                code="BAD_ARGUMENT")
+    try:
+        directory = private_dir(directory)
+    except OSError as exc:
+        raise SecurityError(f"cannot create {directory}: {exc.strerror}",
+                            code="BAD_ARGUMENT") from exc
+    public_key, secret_key = zmq.curve_keypair()
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    try:
+        write_private(secret, _certificate(_SECRET_BANNER, public_key, secret_key, metadata))
+        write_private(public, _certificate(_PUBLIC_BANNER, public_key, None, metadata))
+    except OSError as exc:
+        raise SecurityError(f"cannot write a key into {directory}: {exc.strerror}",
+                            code="BAD_KEY") from exc
     return public, secret
 
 
 def load_keypair(path) -> tuple[bytes, bytes]:
+    """The (public, secret) keys of a ``.key_secret`` certificate; BAD_PERMISSIONS
+    if the group or others may use the file, BAD_KEY if it holds no secret key."""
+    try:
+        check_private(path, what="secret key file", error=SecurityError)
+    except FileNotFoundError:
+        raise SecurityError(f"no key file at {path}", code="BAD_KEY") from None
     public, secret = zmq.auth.load_certificate(str(path))
     if secret is None:
         raise SecurityError(f"{path} holds no secret key", code="BAD_KEY")
@@ -86,14 +152,26 @@ class ServerSecurity:
         if not secret.exists():
             raise SecurityError(f"no server key at {secret}; run `lanecore keys gen "
                                 f"--server --data-dir {data_dir}`", code="NO_SERVER_KEY")
+        # Who may read keys/ may read the secret key; who may write keys/devices/
+        # may let any device in: both the owner's alone, or no start.
+        check_private(kdir, what="key directory", error=SecurityError)
         self.public, self.secret = load_keypair(secret)
         self.devices = kdir / "devices"
-        self.devices.mkdir(parents=True, exist_ok=True)
+        try:
+            private_dir(self.devices)
+        except OSError as exc:
+            raise SecurityError(f"cannot create {self.devices}: {exc.strerror}",
+                                code="BAD_KEY") from exc
+        check_private(self.devices, what="key directory", error=SecurityError)
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
         self.auth.configure_curve(domain="*", location=str(self.devices))
+        #: The enrolled identities and their roles, read again when devices/ changes.
+        self.keyring = KeyRing(self.devices, on_change=self.reload)
 
     def server_socket(self, sock: zmq.Socket) -> None:
+        """CURVE server side on ``sock`` — the ops ROUTER and the events PUB alike:
+        only enrolled keys connect, and everything on the wire is encrypted."""
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
@@ -102,8 +180,31 @@ class ServerSecurity:
         """Read devices/ again (a device added or removed)."""
         self.auth.configure_curve(domain="*", location=str(self.devices))
 
+    def receiver(self, sock: zmq.Socket):
+        """``recv(flags)`` for ``sock``: a request's frames (bytes) with the sender's
+        ZAP User-Id (its public key, Z85) as ``.user_id``."""
+        def recv(flags=0):
+            parts = sock.recv_multipart(flags, copy=False)
+            frames = _Frames(p.bytes for p in parts)
+            try:
+                frames.user_id = parts[-1].get("User-Id")
+            except (zmq.ZMQError, KeyError, UnicodeDecodeError):
+                frames.user_id = None
+            return frames
+        return recv
+
+    def principal_of(self, frames) -> Principal | None:
+        """The enrolled identity that sent ``frames`` (None: not, or no longer)."""
+        return self.keyring.principal(getattr(frames, "user_id", None))
+
     def stop(self) -> None:
         self.auth.stop()
+
+
+class _Frames(list):
+    """A request's frames and who sent them."""
+
+    user_id: str | None = None
 
 
 def check_plain(endpoints, allow_plain: bool) -> None:

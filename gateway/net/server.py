@@ -18,7 +18,16 @@ declare how a retry with the same id is answered (``kind``):
   is committed with the record (rolled back if the op fails).
 
 Final errors are remembered like replies; ``TRANSIENT`` ones are not (a retry may
-pass). The verification service (``gateway/service.py``) and the payment gateway
+pass).
+
+Who may call what: every op declares the roles allowed to call it (the 5th element
+of an ``_ops()`` entry, ``gateway/net/identity.py``); a process refuses to start with
+an op that declares none. The caller is a :class:`~lanecore.gateway.net.identity.
+Principal` the transport proved (a CurveZMQ key, a terminal's HMAC); without
+authentication it is the development principal ``DEV``. Retries are bound to that
+identity: a reply is recorded under (identity, request id) with a digest of the op
+and body, and the same id with another op or body is ``IDEMPOTENCY_MISMATCH``. Only
+the development principal's requests may name their ``client``. The verification service (``gateway/service.py``) and the payment gateway
 (``gateway/payments/gateway.py``) are OpServers.
 """
 
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import hashlib
 import logging
 import signal
 import sqlite3
@@ -34,8 +44,8 @@ import time
 import zmq
 
 from lanecore.core.errors import LanecoreError
-
 from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.identity import DEV, ROLES, Principal, forbidden
 from lanecore.gateway.net.protocol import ProtocolError
 
 log = logging.getLogger("lanecore.service")
@@ -55,14 +65,98 @@ PURE, STATEFUL, DURABLE, RECORDED = "pure", "stateful", "durable", "recorded"
 
 REQUESTS_SQL = """CREATE TABLE IF NOT EXISTS service_requests (
     client TEXT NOT NULL, id TEXT NOT NULL, op TEXT NOT NULL, reply BLOB NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (client, id))"""
+    at REAL NOT NULL, digest BLOB, PRIMARY KEY (client, id))"""
+
+#: Fields that are the envelope, not the body, of a request (left out of its digest).
+_ENVELOPE = frozenset({"id", "client"})
+
+
+def request_digest(op: str, req: dict) -> bytes:
+    """What identifies a request's content for idempotency: the op and every field
+    but the envelope, canonically packed (keys sorted at the top level)."""
+    body = sorted((k, v) for k, v in req.items() if k not in _ENVELOPE and k != "op")
+    return hashlib.blake2b(P.pack([op, body]), digest_size=16).digest()
+
+
+#: The first bytes of the frame a broker puts before a request it forwards to a worker
+#: to say who sent it (no client routing id can start with a zero byte and be longer
+#: than 5 bytes: libzmq's own are 5 bytes, a client's may not start with zero).
+PRINCIPAL_TAG = b"\x00LCP"
+
+
+def principal_frame(principal: Principal) -> bytes:
+    return PRINCIPAL_TAG + P.pack({"id": principal.id, "roles": sorted(principal.roles),
+                                   "via": principal.via})
+
+
+def _principal_from_frame(frame: bytes) -> Principal | None:
+    try:
+        m = P.unpack(frame[len(PRINCIPAL_TAG):])
+        return Principal(m["id"], frozenset(m["roles"]), m["via"])
+    except Exception:  # a broker of ours wrote it; anything else is nobody
+        return None
+
+
+def memory_digest(op: str, req: dict) -> int:
+    """The digest of a STATEFUL request, whose reply is kept in memory only (a weighing
+    frame): Python's hash of its fields, cheaper than :func:`request_digest` on the
+    hottest path; a field that cannot be hashed falls back to the canonical digest."""
+    try:
+        return hash((op, tuple(sorted((k, v) for k, v in req.items() if k not in _ENVELOPE))))
+    except TypeError:
+        return hash(request_digest(op, req))
+
+
+def _mismatch(op: str, rid) -> bytes:
+    return P.pack(P.error(rid, "IDEMPOTENCY_MISMATCH",
+                          f"request id {str(rid)[:64]!r} was already used for another "
+                          f"request (op or fields differ); use a new id for a new "
+                          f"{op[:64]} request"))
+
+
+#: Per-peer resources of the socket loop (docs/security.md, "Resources"). A peer is
+#: one connection: its ROUTER identity (behind a broker, the client's connection to
+#: the broker). Each drain reads up to MAX_READ messages (MAX_READ_BYTES) into
+#: per-peer queues and answers a batch taking from each peer in turn at most
+#: PEER_DRAIN requests and PEER_DRAIN_BYTES (deficit round robin: a larger request
+#: waits for the credit of later drains, so a peer sending 1 MiB requests gets one
+#: every 16th drain); a peer whose queue already holds PEER_INFLIGHT requests or
+#: PEER_QUEUE_BYTES is answered BUSY without being read (and without being kept:
+#: memory stays bounded however fast it sends).
+PEER_DRAIN = 64
+PEER_DRAIN_BYTES = 64 << 10
+PEER_INFLIGHT = 1024
+PEER_QUEUE_BYTES = 8 << 20
+MAX_READ = 2 * MAX_DRAIN
+MAX_READ_BYTES = 1 << 20
+#: Messages ZeroMQ queues per peer on a ROUTER (its high-water marks count messages).
+#: Requests: 64 of at most 1 MiB, then the peer's connection is pushed back (TCP or
+#: ipc flow control; nothing is lost). Replies: 128; replies past that wait in the
+#: loop (PEER_REPLY_BYTES of them per peer, sent as the peer reads), and past those a
+#: reply to a peer that does not read is dropped (``UNDELIVERED``).
+PEER_RCVHWM = 64
+PEER_SNDHWM = 128
+PEER_REPLY_BYTES = 8 << 20
+#: Peers whose whole share of a drain is this small are answered before the others
+#: (a hello is not kept waiting behind another peer's 64 requests or 1 MiB).
+LIGHT_REQUESTS = 4
+LIGHT_BYTES = 32 << 10
+#: The most credit a peer saves up: room for any one message (its frames).
+_MAX_CREDIT = P.MAX_MESSAGE_BYTES + PEER_DRAIN_BYTES
+#: A BUSY reply carries the request's id when the request is this small (reading it
+#: is cheap); a larger one is answered with id null.
+BUSY_PEEK_BYTES = 512
 
 
 def _set_queues(sock: zmq.Socket) -> None:
-    """No linger at exit; deep queues, so a burst of lanes is queued, not dropped."""
+    """No linger at exit. A ROUTER's pipes are per peer: PEER_RCVHWM requests and
+    PEER_SNDHWM replies each (the loop's per-peer queues hold what it has read,
+    counted in bytes). A worker's DEALER has one pipe, to its broker, carrying every
+    client: deep, so a burst of lanes is queued, not dropped."""
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.setsockopt(zmq.RCVHWM, 100_000)
+    router = sock.getsockopt(zmq.TYPE) == zmq.ROUTER
+    sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM if router else 100_000)
+    sock.setsockopt(zmq.RCVHWM, PEER_RCVHWM if router else 100_000)
 
 
 class OpServer:
@@ -72,7 +166,9 @@ class OpServer:
     def __init__(self, con: sqlite3.Connection, *, publish=None) -> None:
         self.con = con
         con.execute(REQUESTS_SQL)
-        self._replies: collections.OrderedDict[tuple, tuple[float, bytes]] = \
+        if "digest" not in {row[1] for row in con.execute("PRAGMA table_info(service_requests)")}:
+            con.execute("ALTER TABLE service_requests ADD COLUMN digest BLOB")  # older files
+        self._replies: collections.OrderedDict[tuple, tuple[float, bytes, bytes]] = \
             collections.OrderedDict()
         self.publish = publish or (lambda topic, event: None)
         self.started = time.monotonic()
@@ -80,12 +176,26 @@ class OpServer:
         self.errors: collections.Counter = collections.Counter()
         self.replays = 0
         self._running = False
-        self.ops = {name: (fn, schema, kind) for name, fn, schema, kind in self._ops()}
+        self.ops: dict[str, tuple] = {}
+        #: The roles allowed to call each op (``docs/security.md`` has the table).
+        self.op_roles: dict[str, frozenset[str]] = {}
+        for entry in self._ops():
+            if len(entry) != 5 or not isinstance(entry[4], frozenset) or not entry[4] \
+                    or not entry[4] <= set(ROLES):
+                raise TypeError(f"{type(self).__name__}: op {entry[0]!r} declares no roles "
+                                "(each _ops() entry ends with the roles allowed to call it)")
+            name, fn, schema, kind, allowed = entry
+            self.ops[name] = (fn, schema, kind)
+            self.op_roles[name] = allowed
+        #: The caller of the request being answered (ops consult it for finer rules).
+        self.principal: Principal = DEV
+        #: Set when serving behind a broker, which names each request's caller.
+        self.behind_broker = False
 
     def _ops(self) -> list:
-        """``[(name, fn, schema, kind)]``: ``fn(fields)`` for PURE/STATEFUL ops,
+        """``[(name, fn, schema, kind, roles)]``: ``fn(fields)`` for PURE/STATEFUL ops,
         ``fn(fields, after)`` for DURABLE ones (``after``: callables to run once the
-        change is committed)."""
+        change is committed); ``roles``: who may call it (``identity.roles(...)``)."""
         return []
 
     def fast_path(self, op: str, req: dict, rid) -> bytes | None:
@@ -95,20 +205,23 @@ class OpServer:
     # ------------------------------------------------------------------------------
     # The one entry point
     # ------------------------------------------------------------------------------
-    def handle_bytes(self, payload: bytes, client: str) -> bytes:
-        """A reply frame for a request frame; never raises."""
+    def handle_bytes(self, payload: bytes, client: str,
+                     principal: Principal | None = None) -> bytes:
+        """A reply frame for a request frame; never raises. ``principal``: the caller
+        the transport authenticated (None: the development principal, whose request
+        may name its ``client``)."""
         try:
             req = P.unpack(payload)
         except ProtocolError as exc:
             self.errors[exc.code] += 1
             return P.pack(P.error(None, exc.code, exc.message))
-        return self._answer(req, client)
+        return self._answer(req, client, principal)
 
-    def handle(self, req: dict, client: str) -> dict:
+    def handle(self, req: dict, client: str, principal: Principal | None = None) -> dict:
         """The reply map for a request map; never raises (tests and tools)."""
-        return P.unpack(self._answer(req, client))
+        return P.unpack(self._answer(req, client, principal))
 
-    def _answer(self, req: dict, client: str) -> bytes:
+    def _answer(self, req: dict, client: str, principal: Principal | None = None) -> bytes:
         rid = P.request_id(req)
         key = None
         kind = PURE
@@ -130,11 +243,19 @@ class OpServer:
                                                   "the ops")
             fn, schema, kind = entry
             who = req.get("client")
-            if who is not None:
-                if not (isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN):
-                    raise ProtocolError("BAD_FIELD", f"field 'client' must be a str of 1.."
-                                                     f"{P.MAX_ID_LEN} characters")
-                client = who
+            if who is not None and not (isinstance(who, str) and 0 < len(who) <= P.MAX_ID_LEN):
+                raise ProtocolError("BAD_FIELD", f"field 'client' must be a str of "
+                                                 f"1..{P.MAX_ID_LEN} characters")
+            if principal is None:
+                principal = DEV
+                if who is not None:
+                    client = who
+            else:
+                client = principal.id      # its own retries only, whatever it says
+            self.principal = principal
+            allowed = self.op_roles[op]
+            if not principal.may(allowed):
+                raise forbidden(principal, op, allowed)
             key = (client, str(rid))
             self.counts[op] += 1
             fast = self.fast_path(op, req, rid)
@@ -144,14 +265,19 @@ class OpServer:
                 return self._durable(key, op, rid, fn, schema, req)
             if kind is RECORDED:
                 return self._recorded(key, op, rid, fn, schema, req)
+            digest = None
             if kind is STATEFUL:
+                digest = memory_digest(op, req)
                 hit = self._replies.get(key)
                 if hit is not None and time.monotonic() - hit[0] < REPLAY_WINDOW_S:
+                    if hit[2] != digest:
+                        self.errors["IDEMPOTENCY_MISMATCH"] += 1
+                        return _mismatch(op, rid)
                     self.replays += 1
                     return hit[1]
             out = P.pack(P.ok(rid, **fn(P.check(req, schema))))
             if kind is STATEFUL:
-                self._remember(key, out)
+                self._remember(key, out, digest)
             return out
         except ProtocolError as exc:
             self.errors[exc.code] += 1
@@ -169,41 +295,55 @@ class OpServer:
         out = P.pack(reply)
         # A retry of a request that failed for good gets the same answer; a failure
         # that may pass (a busy database, a worker restarting) is tried again.
-        if key is not None and reply["error"]["code"] not in TRANSIENT:
+        if key is not None and reply["error"]["code"] not in TRANSIENT \
+                and reply["error"]["code"] != "FORBIDDEN":
             if kind is DURABLE or kind is RECORDED:
-                self._record_failure(key, op, out)
+                self._record_failure(key, op, out, request_digest(op, req))
             elif kind is STATEFUL:
-                self._remember(key, out)
+                self._remember(key, out, memory_digest(op, req))
         return out
 
-    def _record_failure(self, key, op, out: bytes) -> None:
+    def _record_failure(self, key, op, out: bytes, digest: bytes) -> None:
         try:
             self.con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, reply, "
-                             "at) VALUES (?, ?, ?, ?, ?)", (*key, op, out, time.time()))
+                             "at, digest) VALUES (?, ?, ?, ?, ?, ?)",
+                             (*key, op, out, time.time(), digest))
         except sqlite3.Error:
             log.exception("could not record a failed request")
 
-    def _remember(self, key, out: bytes) -> None:
-        self._replies[key] = (time.monotonic(), out)
+    def _remember(self, key, out: bytes, digest: int) -> None:
+        self._replies[key] = (time.monotonic(), out, digest)
         if len(self._replies) > REPLAY_MEMORY:
             self._replies.popitem(last=False)
+
+    def _recorded_reply(self, key, op, rid, digest: bytes) -> bytes | None:
+        """The recorded reply of ``key`` (a retry), IDEMPOTENCY_MISMATCH when the id was
+        used for another request, None when there is none."""
+        row = self.con.execute("SELECT reply, op, digest FROM service_requests WHERE "
+                               "client = ? AND id = ?", key).fetchone()
+        if row is None:
+            return None
+        if row[1] != op or (row[2] is not None and row[2] != digest):
+            self.errors["IDEMPOTENCY_MISMATCH"] += 1
+            return _mismatch(op, rid)
+        self.replays += 1
+        return row[0]
 
     def _durable(self, key, op, rid, fn, schema, req) -> bytes:
         """Do a mutating request and record its reply in one transaction."""
         con = self.con
         fields = P.check(req, schema)
+        digest = request_digest(op, req)
         after = []
         con.execute("BEGIN IMMEDIATE")
         try:
-            row = con.execute("SELECT reply FROM service_requests WHERE client = ? AND id = ?",
-                              key).fetchone()
-            if row is not None:
+            recorded = self._recorded_reply(key, op, rid, digest)
+            if recorded is not None:
                 con.execute("COMMIT")
-                self.replays += 1
-                return row[0]
+                return recorded
             out = P.pack(P.ok(rid, **fn(fields, after)))
-            con.execute("INSERT INTO service_requests (client, id, op, reply, at) "
-                        "VALUES (?, ?, ?, ?, ?)", (*key, op, out, time.time()))
+            con.execute("INSERT INTO service_requests (client, id, op, reply, at, digest) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (*key, op, out, time.time(), digest))
             con.execute("COMMIT")
         except BaseException:
             try:
@@ -217,11 +357,10 @@ class OpServer:
 
     def _recorded(self, key, op, rid, fn, schema, req) -> bytes:
         """Run an op that keeps its own transactions; record its reply once final."""
-        row = self.con.execute("SELECT reply FROM service_requests WHERE client = ? AND "
-                               "id = ?", key).fetchone()
-        if row is not None:
-            self.replays += 1
-            return row[0]
+        digest = request_digest(op, req)
+        recorded = self._recorded_reply(key, op, rid, digest)
+        if recorded is not None:
+            return recorded
         con = self.con
         try:
             result = fn(P.check(req, schema))
@@ -237,7 +376,8 @@ class OpServer:
             if not con.in_transaction:
                 con.execute("BEGIN IMMEDIATE")
             con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, reply, "
-                        "at) VALUES (?, ?, ?, ?, ?)", (*key, op, out, time.time()))
+                        "at, digest) VALUES (?, ?, ?, ?, ?, ?)",
+                        (*key, op, out, time.time(), digest))
         if con.in_transaction:
             con.execute("COMMIT")
         return out
@@ -266,22 +406,32 @@ class OpServer:
         """Answer requests on ``bind`` until SIGTERM/SIGINT (or ``stop()``)."""
         ctx = ctx or zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, P.max_wire_bytes(security))
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         _set_queues(sock)
         if security is not None:
             security.server_socket(sock)
         sock.bind(bind)
-        pub = self._open_events(ctx, events, bind=True)
+        pub = self._open_events(ctx, events, bind=True, security=security)
         self._loop(sock, pub, security, ready=ready)
 
-    def _open_events(self, ctx: zmq.Context, address: str | None, *, bind: bool):
+    def _open_events(self, ctx: zmq.Context, address: str | None, *, bind: bool,
+                     security=None):
         """The PUB socket events go out on (bound, or connected to a broker's), and
-        ``self.publish`` sending through it; None when there is no address."""
+        ``self.publish`` sending through it; None when there is no address. A server
+        with CurveZMQ publishes with CURVE too (only enrolled keys subscribe); a plain
+        PUB binds only to loopback or ipc (PLAIN_NOT_ALLOWED otherwise)."""
         if not address:
             return None
+        if bind and security is None:
+            from lanecore.gateway.net.security import SecurityError, is_loopback
+            if not is_loopback(address):
+                raise SecurityError(f"{address} is not loopback: events in clear go only "
+                                    "to this machine; use --curve", code="PLAIN_NOT_ALLOWED")
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            security.server_socket(pub)
         (pub.bind if bind else pub.connect)(address)
 
         def publish(topic, event, _pub=pub):
@@ -293,7 +443,9 @@ class OpServer:
         return pub
 
     def _loop(self, sock, pub, security, *, ready=None, hello: bytes | None = None) -> None:
-        """Poll and drain ``sock`` until stopped; prune the replay memory when idle."""
+        """Poll and drain ``sock`` until stopped (at once again while requests wait in
+        the per-peer queues, every 10 ms while replies are held); prune the replay
+        memory every minute."""
         self._running = True
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -301,6 +453,7 @@ class OpServer:
                 installed.append((sig, signal.signal(sig, lambda *_: self.stop())))
             except ValueError:   # not the main thread
                 pass
+        P.warm_up()
         self._settle_memory()
         if hello is not None:
             sock.send_multipart([hello])
@@ -310,13 +463,18 @@ class OpServer:
         poller.register(sock, zmq.POLLIN)
         last_prune = time.time()
         last_idle = time.monotonic()
+        #: peer identity -> [deque of (frames, bytes) read and not yet answered, bytes]
+        self._peers: dict[bytes, list] = {}
+        #: peer identity -> [deque of reply frames its full pipe did not take, bytes]
+        self._held: dict[bytes, list] = {}
+        waiting, held = self._peers, self._held
         try:
             while self._running:
-                if poller.poll(200):
+                if poller.poll(0 if waiting else 10 if held else 200) or waiting or held:
                     self._drain(sock, security)
                     if time.monotonic() - last_idle < 0.2:
                         continue           # under load, background work every 0.2 s
-                elif time.time() - last_prune > 60:
+                if time.time() - last_prune > 60:
                     self.prune()
                     last_prune = time.time()
                 self.on_idle()
@@ -332,18 +490,143 @@ class OpServer:
         self._running = False
 
     def _drain(self, sock, security) -> None:
-        """Take what is waiting (up to MAX_DRAIN requests), answer it, send."""
-        batch = []
-        recv = sock.recv_multipart
+        """Read what is waiting (MAX_READ messages, MAX_READ_BYTES) into per-peer
+        queues, BUSY past a peer's bounds; take up to MAX_DRAIN requests, each waiting
+        peer's oldest in turn (PEER_DRAIN, and PEER_DRAIN_BYTES of credit a turn);
+        answer the peers that asked little first, then the rest; send. A peer served
+        and still waiting goes to the back of the line."""
+        peers = self._peers
+        if self._held:
+            self._flush(sock)
+        # with CurveZMQ, frames that carry who sent them (the ZAP User-Id)
+        recv = sock.recv_multipart if security is None else security.receiver(sock)
         events = sock.getsockopt
-        # ZMQ_EVENTS says whether more is waiting: no exception ends the drain
-        while len(batch) < MAX_DRAIN and events(zmq.EVENTS) & zmq.POLLIN:
-            batch.append(recv(zmq.NOBLOCK))
-        for out in self.on_batch(batch, security):
+        tagged = getattr(self, "behind_broker", False)
+        busy = None
+        n = 0
+        unread = MAX_READ_BYTES
+        # ZMQ_EVENTS says whether more is waiting: no exception ends the reading
+        while n < MAX_READ and unread > 0 and events(zmq.EVENTS) & zmq.POLLIN:
+            frames = recv(zmq.NOBLOCK)
+            n += 1
+            size = sum(map(len, frames))
+            unread -= size
+            ident = frames[0]
+            if tagged and ident[:4] == PRINCIPAL_TAG and len(frames) > 2:
+                ident = frames[1]      # after the broker's principal frame: the client
+            peer = peers.get(ident)
+            if peer is None:
+                peers[ident] = [collections.deque(((frames, size),)), size, 0]
+            elif len(peer[0]) < PEER_INFLIGHT and peer[1] + size <= PEER_QUEUE_BYTES:
+                peer[0].append((frames, size))
+                peer[1] += size
+            elif busy is None:                   # its reply only: the request goes
+                busy = [self._busy(frames)]
+            else:
+                busy.append(self._busy(frames))
+        if busy is not None:
+            self._send_all(sock, busy)
+        light: list = []     # peers that asked little: answered first
+        heavy: list = []
+        room = MAX_DRAIN
+        for ident in list(peers):
+            if room <= 0:
+                break                      # the peers not reached stay at the front
+            peer = peers.pop(ident)
+            queue = peer[0]
+            if len(queue) == 1 and peer[1] <= LIGHT_BYTES:   # the common case (a lane)
+                light.append(queue[0][0])
+                room -= 1
+                continue
+            credit = start = min(peer[2] + PEER_DRAIN_BYTES, _MAX_CREDIT)
+            mine = []
+            for _ in range(min(len(queue), PEER_DRAIN, room)):
+                frames, size = queue[0]
+                if size > credit:
+                    break                  # it waits for the credit of later drains
+                queue.popleft()
+                credit -= size
+                mine.append(frames)
+            peer[1] -= start - credit
+            room -= len(mine)
+            if queue:
+                peer[2] = credit
+                peers[ident] = peer        # to the back of the line
+                heavy += mine
+            elif len(mine) <= LIGHT_REQUESTS and start - credit <= LIGHT_BYTES:
+                light += mine
+            else:
+                heavy += mine
+        if light:
+            self._send_all(sock, self.on_batch(light, security))
+        if heavy:
+            self._send_all(sock, self.on_batch(heavy, security))
+
+    def _send_all(self, sock, replies) -> None:
+        """Send reply frames; a reply whose peer's pipe is full waits in ``_held``
+        (in order: behind it, that peer's later replies too)."""
+        held = self._held
+        for out in replies:
+            if held and out[0] in held:
+                self._hold(out)
+                continue
             try:
                 sock.send_multipart(out, zmq.NOBLOCK)
+            except zmq.Again:
+                self._hold(out)                   # the peer reads slower than it asks
             except zmq.ZMQError:
-                self.errors["UNDELIVERED"] += 1   # the client went away
+                self.errors["UNDELIVERED"] += 1   # the peer went away
+
+    def _hold(self, out: list) -> None:
+        size = sum(map(len, out))
+        h = self._held.get(out[0])
+        if h is None:
+            self._held[out[0]] = [collections.deque((out,)), size]
+        elif h[1] + size <= PEER_REPLY_BYTES:
+            h[0].append(out)
+            h[1] += size
+        else:
+            self.errors["UNDELIVERED"] += 1       # it reads none of its replies
+
+    def _flush(self, sock) -> None:
+        """Send the held replies their peers' pipes take now."""
+        held = self._held
+        for ident in list(held):
+            h = held[ident]
+            queue = h[0]
+            while queue:
+                try:
+                    sock.send_multipart(queue[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:              # the peer went away
+                    self.errors["UNDELIVERED"] += len(queue)
+                    queue.clear()
+                    break
+                h[1] -= sum(map(len, queue.popleft()))
+            if not queue:
+                del held[ident]
+
+    def _busy(self, frames: list) -> list:
+        """The reply to a request not read because its peer is over its bounds."""
+        self.errors["BUSY"] += 1
+        if getattr(self, "behind_broker", False) and frames[0][:4] == PRINCIPAL_TAG \
+                and len(frames) > 2:
+            frames = frames[1:]                          # the broker's principal frame
+        if len(frames) >= 3 and frames[1] == b"":     # REQ: [identity, "", request]
+            head, payload = frames[:2], frames[2]
+        else:
+            head, payload = frames[:1], frames[1] if len(frames) > 1 else b""
+        rid = None
+        if len(payload) <= BUSY_PEEK_BYTES:
+            try:
+                rid = P.request_id(P.unpack(payload))
+            except ProtocolError:
+                pass
+        return head + [P.pack(P.error(rid, "BUSY", (
+            f"this connection has {PEER_INFLIGHT:,} requests or {PEER_QUEUE_BYTES >> 20} "
+            f"MiB waiting at the service; this one was not read: retry with the same id "
+            f"after a pause")))]
 
     @staticmethod
     def _settle_memory() -> None:
@@ -363,10 +646,25 @@ class OpServer:
         sock.connect(connect)
         pub = self._open_events(ctx, events_connect, bind=False)
         self.worker_slot = slot
+        self.behind_broker = True        # the broker says who sent each request
         self._loop(sock, pub, None, hello=b"READY")
+
+    def caller_of(self, frames: list[bytes], security):
+        """``(frames, principal, known)``: the request's frames without the broker's
+        principal frame, its caller (None: the development principal) and whether the
+        caller is known (False: an unenrolled or removed key — refuse it)."""
+        if self.behind_broker and frames and frames[0][:4] == PRINCIPAL_TAG \
+                and len(frames[0]) > 5:
+            principal = _principal_from_frame(frames[0])
+            return frames[1:], principal, principal is not None
+        if security is None:
+            return frames, None, True
+        principal = security.principal_of(frames)
+        return frames, principal, principal is not None
 
     def on_frames(self, frames: list[bytes], security=None) -> list[bytes] | None:
         """Reply frames for the frames of one request (ROUTER side)."""
+        frames, principal, known = self.caller_of(frames, security)
         if len(frames) == 2:                          # DEALER: [identity, request]
             head, payload = frames[:1], frames[1]
         elif len(frames) == 3 and frames[1] == b"":   # REQ: [identity, "", request]
@@ -379,8 +677,19 @@ class OpServer:
                                               f"a request is one frame; got {len(frames) - 1}"))]
         else:
             return None
-        client = frames[0].hex()
-        return head + [self.handle_bytes(payload, client)]
+        if not known:
+            return head + [self.unknown_caller(payload)]
+        return head + [self.handle_bytes(payload, frames[0].hex(), principal)]
+
+    def unknown_caller(self, payload: bytes) -> bytes:
+        """The reply to a request from a key that is no longer enrolled (removed while
+        its connection was open): AUTH_FAILED, nothing done."""
+        self.errors["AUTH_FAILED"] += 1
+        try:
+            rid = P.request_id(P.unpack(payload))
+        except (ProtocolError, AttributeError):
+            rid = None
+        return P.pack(P.error(rid, "AUTH_FAILED", "this key is not enrolled (any more)"))
 
     def on_batch(self, batch: list[list[bytes]], security=None) -> list[list[bytes]]:
         """Reply frames for a batch of request frames, in arrival order."""

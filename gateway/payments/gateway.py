@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -42,9 +43,10 @@ from lanecore.core.pay.routing import (ConfigError, Decline, NoEligibleChannel,
 from lanecore.core.pay.storedvalue import StoredValue, StoredValueError
 
 from lanecore.gateway.net import protocol as P
+from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import NAME, Field
 from lanecore.gateway.payments.providers import Card, Connector, ProviderError, connector
-from lanecore.gateway.net.server import PURE, RECORDED, OpServer
+from lanecore.gateway.net.server import PURE, RECORDED, REPLAY_WINDOW_S, OpServer
 from lanecore.gateway.payments.terminals import MAX_SKEW_S, AuthError, Terminal, Terminals
 
 log = logging.getLogger("lanecore.payments")
@@ -54,7 +56,34 @@ LEDGER_FILE = "payments.db"
 #: Card-kind channels call the bank provider.
 PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
                  "card": "bank"}
-_PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor")
+_PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor",
+                    "server_key", "client_key")
+#: The gateway's own CurveZMQ keypair for provider links (``client_key`` of a channel
+#: names another), made on first use; its public half goes to the providers.
+PROVIDER_CLIENT_KEY = "keys/provider_client.key_secret"
+#: Where the providers' bills are fetched to, and the only place ``recon.run`` reads.
+BILLS_DIR = "bills"
+#: SMS receipts (``pay.receipt`` with ``sms_to``): most per order, and most per
+#: terminal in any hour (``[receipt] sms_per_order``, ``sms_per_terminal_hour``).
+SMS_PER_ORDER = 3
+SMS_PER_TERMINAL_HOUR = 120
+#: Roles that may text a receipt to a number they are given (a staffed till); any
+#: other caller only to the member's number on file.
+SMS_ANY_NUMBER_ROLES = ("till", "pos")
+#: The gateway's own records beside the ledger: SMS receipts queued (for their rate
+#: limits) and stored-value top-ups per terminal (for its day limit).
+_TRUST_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS sms_receipts (
+        msg_ref TEXT PRIMARY KEY, merchant_ref TEXT NOT NULL, scope TEXT NOT NULL,
+        order_no TEXT NOT NULL, sender TEXT NOT NULL, phone TEXT NOT NULL,
+        at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sms_receipts_order ON sms_receipts (scope, order_no)",
+    "CREATE INDEX IF NOT EXISTS sms_receipts_sender ON sms_receipts (sender, at)",
+    """CREATE TABLE IF NOT EXISTS sv_topup_terminals (
+        ref TEXT PRIMARY KEY, terminal TEXT NOT NULL, amount_minor INTEGER NOT NULL,
+        at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sv_topup_terminals_at ON sv_topup_terminals (terminal, at)",
+)
 ENTRY_MODES = ("magstripe", "chip", "nfc")
 #: Channel kinds the gateway settles itself, in its own database.
 LOCAL_KINDS = ("cash", "stored_value")
@@ -89,6 +118,28 @@ def _crash_plan() -> tuple[dict[str, float], random.Random]:
             raise PaymentConfigError(f"LANECORE_PAY_CRASH: no point {point!r}")
         plan[point] = float(p or 1.0)
     return plan, random.Random(os.environ.get("LANECORE_PAY_CRASH_SEED"))
+
+
+
+#: Who may call each op (``docs/security.md``; ``admin`` may call every op). A
+#: terminal registered without ``--role`` is ``pos``; ``--admin`` is ``admin``.
+_PAYING = roles("handheld", "kiosk", "till", "pos", "coupons")
+OP_ROLES = {
+    "hello": ANY,
+    "pay.quote": _PAYING,
+    "pay.charge": _PAYING,
+    "pay.status": _PAYING | roles("attendant"),
+    "pay.reverse": _PAYING | roles("attendant"),
+    "pay.refund": roles("till", "pos", "coupons", "manager"),
+    "recon.run": roles("manager", "hq"),
+    "pay.qr": roles("handheld", "kiosk", "till", "pos"),
+    "pay.list": _PAYING | roles("attendant", "manager", "hq"),
+    "pay.receipt": _PAYING,
+    "sv.open": roles("till", "pos", "manager"),
+    "sv.topup": roles("manager"),
+    "sv.balance": roles("handheld", "kiosk", "till", "pos", "attendant", "manager"),
+    "stats": roles("manager", "hq"),
+}
 
 
 class PaymentGateway(OpServer):
@@ -129,7 +180,8 @@ class PaymentGateway(OpServer):
                 raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name} needs the "
                                          "provider's endpoint")
             self.connectors[ch.name] = connector(table["endpoint"], kind,
-                                                 timeout_s=float(table.get("timeout_s", 5.0)))
+                                                 timeout_s=float(table.get("timeout_s", 5.0)),
+                                                 curve=self._provider_curve(ch.name, table))
         try:
             self.policy = UnknownPolicy(**config.get("policy", {}))
         except TypeError as exc:
@@ -141,8 +193,18 @@ class PaymentGateway(OpServer):
             raise PaymentConfigError(f"{CONFIG_FILE} [pos]: auth is \"off\" or \"hmac\", "
                                      f"max_skew_s seconds; got {pos}")
         self.auth = pos.get("auth", "off") == "hmac"
-        self.max_skew_s = float(pos.get("max_skew_s", MAX_SKEW_S))
+        skew = pos.get("max_skew_s", MAX_SKEW_S)
+        # A signed frame is good for ±max_skew_s; retries are answered from the reply
+        # record for REPLAY_WINDOW_S: the window must end first.
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) \
+                or not 0 < skew < REPLAY_WINDOW_S:
+            raise PaymentConfigError(f"{CONFIG_FILE} [pos]: max_skew_s is seconds, > 0 and "
+                                     f"below the reply retention of {REPLAY_WINDOW_S:g} s; "
+                                     f"got {skew!r}")
+        self.max_skew_s = float(skew)
         self.terminals = Terminals(self.ledger.con, clock=clock)
+        for stmt in _TRUST_SCHEMA:
+            self.ledger.con.execute(stmt)
         self.receipt_cfg = self._receipt_config(config.get("receipt", {}))
         self._signer = None
         from lanecore.gateway.payments.outbox import Outbox, OutboxError, sink_from_url
@@ -159,11 +221,56 @@ class PaymentGateway(OpServer):
         super().__init__(self.ledger.con, publish=publish)
         self.recover()
 
+    def _provider_curve(self, name: str, table: dict):
+        """The CurveZMQ keys of a channel's provider link: ``server_key`` (the
+        provider's public key, 40 Z85 characters) and the gateway's keypair
+        (``client_key``: a ``.key_secret`` file, relative to the data directory;
+        default :data:`PROVIDER_CLIENT_KEY`, made on first use). None without
+        ``server_key``: plain, which only a loopback or ipc endpoint may be
+        (PLAIN_NOT_ALLOWED otherwise: card data and answers would cross the network
+        in clear and unauthenticated)."""
+        from lanecore.gateway.net.client import CurveKeys
+        from lanecore.gateway.net.security import (SecurityError, generate, is_loopback,
+                                                   load_keypair)
+        where = f"{CONFIG_FILE}: channels.{name}"
+        server = table.get("server_key")
+        if server is None:
+            if "client_key" in table:
+                raise PaymentConfigError(f"{where}: client_key needs server_key (the "
+                                         "provider's public key)")
+            if not is_loopback(str(table["endpoint"])):
+                raise PaymentConfigError(
+                    f"{where}: {table['endpoint']} is not loopback: a provider link beyond "
+                    "this machine needs CurveZMQ (server_key = the provider's public key)",
+                    code="PLAIN_NOT_ALLOWED")
+            return None
+        try:
+            import zmq.utils.z85
+            ok = isinstance(server, str) and len(server) == 40 and \
+                len(zmq.utils.z85.decode(server.encode("ascii"))) == 32
+        except (ValueError, UnicodeError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise PaymentConfigError(f"{where}.server_key: the provider's public key, 40 Z85 "
+                                     "characters (its keys/server.key)")
+        path = Path(table.get("client_key", PROVIDER_CLIENT_KEY))
+        if not path.is_absolute():
+            path = self.data_dir / path
+        try:
+            if "client_key" not in table and not path.exists():
+                generate(path.parent, path.name.removesuffix(".key_secret"),
+                         {"name": "payments"})
+            public, secret = load_keypair(path)
+        except SecurityError as exc:
+            raise PaymentConfigError(f"{where}.client_key: {exc.message}",
+                                     code=exc.code) from exc
+        return CurveKeys(server.encode("ascii"), public, secret)
+
     # ------------------------------------------------------------------------------
     def _ops(self):
         money = Field("int", min=1, max=10 ** 12)
         ccy = Field("str", min=3, max=3)
-        return [
+        return declare([
             ("hello", self.op_hello, {}, PURE),
             ("pay.quote", self.op_quote,
              {"amount_minor": money, "currency": ccy, "method": Field("str", max=16),
@@ -176,7 +283,8 @@ class PaymentGateway(OpServer):
               "auth_code": Field("str", required=False, max=32),
               "card": Field("map", required=False), "cash": Field("map", required=False),
               "sv_pin": Field("str", required=False, max=32),
-              "coupons": Field("list", required=False, max=20)},
+              "coupons": Field("list", required=False, max=20),
+              "lines": Field("list", required=False, max=200)},
              RECORDED),
             ("pay.status", self.op_status, {"order_no": Field("str", min=1, max=56)}, PURE),
             ("pay.reverse", self.op_reverse, {"order_no": Field("str", min=1, max=56)},
@@ -204,7 +312,7 @@ class PaymentGateway(OpServer):
             ("sv.balance", self.op_sv_balance,
              {"member": Field("str", min=1, max=64), "currency": ccy}, PURE),
             ("stats", self.op_stats, {}, PURE),
-        ]
+        ], OP_ROLES)
 
     def op_hello(self, f) -> dict:
         import lanecore
@@ -256,7 +364,7 @@ class PaymentGateway(OpServer):
             req.setdefault("terminal", terminal.id)   # a payment op: this terminal's
         self.caller = terminal
         try:
-            return self._answer(req, f"pos:{terminal.id}")
+            return self._answer(req, f"pos:{terminal.id}", terminal.principal())
         finally:
             self.caller = None
 
@@ -268,9 +376,18 @@ class PaymentGateway(OpServer):
             return attempts
         return [] if any(c.terminal != caller.id for c in attempts) else attempts
 
-    def _admin_only(self, op: str) -> None:
-        if self.caller is not None and not self.caller.admin:
-            raise LanecoreError(f"{op} is for admin terminals", code="FORBIDDEN")
+    def _scope(self) -> str:
+        """Whose order numbers the caller's are (``core/pay/ledger.py``, namespaces):
+        its proven identity — ``pos:ID`` for a terminal's HMAC, ``key:NAME`` over
+        CurveZMQ — or ``''`` for the development principal (one shared namespace)."""
+        return "" if self.principal.dev else self.principal.id
+
+    def _attempts(self, order_no: str) -> list[L.Charge]:
+        """An order's charges as the caller sees them: its own namespace's (an admin,
+        and the development principal, see every namespace's)."""
+        if self.principal.has("admin"):
+            return self.ledger.attempts(order_no)
+        return self._own(self.ledger.attempts(order_no, scope=self._scope()))
 
     def _terminal_for(self, f) -> Terminal | None:
         """The registered terminal a payment request is for (its limits apply), or
@@ -324,15 +441,24 @@ class PaymentGateway(OpServer):
     # Receipts
     # ------------------------------------------------------------------------------
     def _receipt_config(self, table) -> dict:
-        unknown = set(table) - {"store_name", "store_id", "footer", "sms_sink"}
+        unknown = set(table) - {"store_name", "store_id", "footer", "sms_sink",
+                                "sms_per_order", "sms_per_terminal_hour"}
         if unknown:
             raise PaymentConfigError(f"{CONFIG_FILE} [receipt]: unknown {sorted(unknown)}")
+        limits = {"sms_per_order": table.get("sms_per_order", SMS_PER_ORDER),
+                  "sms_per_terminal_hour": table.get("sms_per_terminal_hour",
+                                                     SMS_PER_TERMINAL_HOUR)}
+        for name, v in limits.items():
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1_000_000:
+                raise PaymentConfigError(f"{CONFIG_FILE} [receipt] {name}: a count >= 0, "
+                                         f"got {v!r}")
         return {"store_name": table.get("store_name",
                                         self.qr.get("merchant_name", "lanecore store")),
                 "store_id": table.get("store_id", "store"),
                 "footer": table.get("footer"),
                 "sms_sink": table.get("sms_sink",
-                                      f"file:{self.data_dir / 'sms-outbox.jsonl'}")}
+                                      f"file:{self.data_dir / 'sms-outbox.jsonl'}"),
+                **limits}
 
     @property
     def signer(self):
@@ -345,10 +471,14 @@ class PaymentGateway(OpServer):
 
     def op_receipt(self, f) -> dict:
         """The signed receipt of an order's payment: as data, text, ESC/POS bytes and
-        SMS text; with ``sms_to``, the SMS queued once per order and number."""
+        SMS text; with ``sms_to``, the SMS queued once per order and number. Every
+        line and amount comes from the ledger — the paid charge and the lines kept
+        with it at charge time — never from this request (a ``lines`` field is
+        ignored). The SMS goes only to the member's number on file, or to a number a
+        till or POS gives, within the rate limits (:meth:`_queue_sms`)."""
         from lanecore.core.pay import receipt as R
         from lanecore.drivers.receipt_print import render_escpos
-        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        attempts = self._attempts(f["order_no"])
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
         paid = [c for c in attempts if c.state == L.PAID]
@@ -356,10 +486,7 @@ class PaymentGateway(OpServer):
             raise LanecoreError(f"order {f['order_no']} has no paid charge", code="NOT_PAID")
         c = paid[-1]
         cash = self._cash_record(c) if self._is_cash(c) else None
-        lines = f.get("lines") or []
-        if not all(isinstance(ln, dict) for ln in lines):
-            raise P.ProtocolError("BAD_FIELD", "lines are maps {name, qty, unit_minor, "
-                                               "amount_minor}")
+        lines = self.ledger.lines(c.merchant_ref)      # never the request's
         try:
             payment = R.ReceiptPayment(
                 c.channel, c.method, c.amount_minor, c.merchant_ref, c.provider_ref,
@@ -382,15 +509,83 @@ class PaymentGateway(OpServer):
         sms = R.render_sms(rec, signed=signed)
         queued = None
         if f.get("sms_to"):
-            from lanecore.gateway.payments.outbox import normalise_phone
-            phone = normalise_phone(f["sms_to"])
-            queued = f"receipt-{c.order_no}-{phone.lstrip('+')}"
-            self.outbox.enqueue(queued, phone, sms)
+            queued = self._queue_sms(c, f["sms_to"], sms)
         encoding, segments = R.sms_segments(sms)
         return {"receipt": signed, "verify_code": R.verify_code(signed),
                 "text": R.render_text(rec, signed=signed),
                 "escpos": render_escpos(rec, signed), "sms": sms,
                 "sms_encoding": encoding, "sms_segments": segments, "sms_queued": queued}
+
+    def _number_on_file(self, charge: L.Charge) -> str | None:
+        """The member's phone number the gateway holds for a charge: the member id of
+        a stored-value payment, when that id is a phone number (E.164); else None."""
+        from lanecore.gateway.payments.outbox import OutboxError, normalise_phone
+        if self._kind(charge) != "stored_value" or not charge.payer:
+            return None
+        try:
+            return normalise_phone(charge.payer)
+        except OutboxError:
+            return None
+
+    def _queue_sms(self, charge: L.Charge, sms_to: str, text: str) -> str:
+        """Queue the receipt SMS of ``charge`` for ``sms_to``; returns its outbox
+        reference. SMS_NOT_ALLOWED: the number is not the member's on file and the
+        caller is no till or POS (``SMS_ANY_NUMBER_ROLES``). SMS_RATE_LIMITED: the
+        order has had ``sms_per_order`` numbers, or the terminal ``sms_per_terminal_hour``
+        receipts in the last hour. Asking again for a number already queued is
+        answered with that message (never a second one, never refused)."""
+        import hashlib
+
+        from lanecore.gateway.payments.outbox import normalise_phone
+        phone = normalise_phone(sms_to)
+        on_file = self._number_on_file(charge)
+        if phone != on_file and not self.principal.has(*SMS_ANY_NUMBER_ROLES):
+            raise LanecoreError(
+                f"{self.principal.id} may text a receipt only to the member's number on "
+                "file; another number is given at a till", code="SMS_NOT_ALLOWED",
+                details={"roles": list(SMS_ANY_NUMBER_ROLES),
+                         "number_on_file": on_file is not None})
+        ref = f"receipt-{charge.merchant_ref}-{phone.lstrip('+')}"
+        if len(ref) > 64:
+            ref = "receipt-" + hashlib.blake2b(ref.encode(), digest_size=20).hexdigest()
+        con = self.con
+        known = con.execute("SELECT 1 FROM sms_receipts WHERE msg_ref = ?",
+                            (ref,)).fetchone()
+        if known or self.outbox.get(ref) is not None:
+            self.outbox.enqueue(ref, phone, text)         # the same message again
+            return ref
+        now = self.clock()
+        sender = self.caller.id if self.caller is not None else charge.terminal
+        cfg = self.receipt_cfg
+        (per_order,) = con.execute("SELECT COUNT(*) FROM sms_receipts WHERE scope = ? AND "
+                                   "order_no = ?", (charge.scope, charge.order_no)).fetchone()
+        if per_order >= cfg["sms_per_order"]:
+            raise LanecoreError(f"order {charge.order_no}'s receipt was texted to "
+                                f"{per_order} numbers already", code="SMS_RATE_LIMITED",
+                                details={"limit": "sms_per_order",
+                                         "most": cfg["sms_per_order"]})
+        hour = con.execute("SELECT COUNT(*), MIN(at) FROM sms_receipts WHERE sender = ? AND "
+                           "at > ?", (sender, now - 3600)).fetchone()
+        if hour[0] >= cfg["sms_per_terminal_hour"]:
+            raise LanecoreError(f"terminal {sender} texted {hour[0]} receipts in the last "
+                                "hour", code="SMS_RATE_LIMITED",
+                                details={"limit": "sms_per_terminal_hour",
+                                         "most": cfg["sms_per_terminal_hour"],
+                                         "retry_after_s": max(1, int(hour[1] + 3600 - now
+                                                                     + 0.999))})
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.outbox.enqueue(ref, phone, text)
+            con.execute("INSERT INTO sms_receipts (msg_ref, merchant_ref, scope, order_no, "
+                        "sender, phone, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (ref, charge.merchant_ref, charge.scope, charge.order_no, sender,
+                         phone, now))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return ref
 
     def op_sv_open(self, f) -> dict:
         """Open a member's stored-value account (again: unchanged)."""
@@ -398,16 +593,46 @@ class PaymentGateway(OpServer):
             f["member"], pin=f.get("pin")).to_dict()}
 
     def op_sv_topup(self, f) -> dict:
-        """Money onto a member's account, once per ``ref`` (the till's slip)."""
+        """Money onto a member's account, once per ``ref`` (the till's slip). From an
+        authenticated terminal, within its limits (TERMINAL_LIMIT): ``max_payment_minor``
+        per top-up, ``max_day_minor`` over its charges and top-ups of the UTC day. A
+        top-up already made (the same ``ref``) is answered without the limits."""
         sv = self._sv(f["currency"])
-        move = sv.topup(f["member"], f["amount_minor"], ref=f"topup:{f['ref']}")
+        ref = f"topup:{f['ref']}"
+        terminal = self.caller
+        if terminal is None or sv.find(ref) is not None:
+            move = sv.topup(f["member"], f["amount_minor"], ref=ref)
+            return {"move": move.to_dict(), "balance_minor": sv.balance(f["member"])}
+        (topped,) = self.con.execute(
+            "SELECT COALESCE(SUM(amount_minor), 0) FROM sv_topup_terminals WHERE "
+            "terminal = ? AND at >= ?", (terminal.id, self._day_start())).fetchone()
+        terminal.check_limits(f["amount_minor"], None,
+                              self._used_today(terminal.id) + topped)
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            move = sv.topup(f["member"], f["amount_minor"], ref=ref)
+            con.execute("INSERT OR IGNORE INTO sv_topup_terminals (ref, terminal, "
+                        "amount_minor, at) VALUES (?, ?, ?, ?)",
+                        (ref, terminal.id, f["amount_minor"], self.clock()))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
         return {"move": move.to_dict(), "balance_minor": sv.balance(f["member"])}
 
+    #: What of a stored-value account only an admin sees (the rest see the balance).
+    _SV_PRIVATE = ("frozen", "has_pin", "pin_failures")
+
     def op_sv_balance(self, f) -> dict:
-        return {"account": self._sv(f["currency"]).account(f["member"]).to_dict()}
+        account = self._sv(f["currency"]).account(f["member"]).to_dict()
+        if not self.principal.has("admin"):
+            for name in self._SV_PRIVATE:
+                account.pop(name, None)
+        return {"account": account}
 
     def op_stats(self, f) -> dict:
-        self._admin_only("stats")
         states: dict[str, int] = {}
         for (state, n) in self.con.execute("SELECT state, COUNT(*) FROM charges GROUP BY state"):
             states[state] = n
@@ -514,28 +739,34 @@ class PaymentGateway(OpServer):
         again; otherwise a new attempt goes to the first eligible channel, and to the
         next on a decline that may fall back."""
         order_no = f["order_no"]
-        attempts = self.ledger.attempts(order_no)
-        if attempts and not self._own(attempts):
-            raise LanecoreError(f"order {order_no} is another terminal's", code="FORBIDDEN")
+        if self.caller is not None:
+            self._terminal_for(f)        # FORBIDDEN: paying in another terminal's name
+        scope = self._scope()
+        # this caller's order number: another terminal's same number is another order
+        attempts = self.ledger.attempts(order_no, scope=scope)
         paid = [c for c in attempts if c.state == L.PAID]
         if paid:
+            self._same_terms(order_no, paid[-1], f)
             return self._reply(order_no, paid[-1])
         open_ = [c for c in attempts if not c.final]
         if open_:
+            self._same_terms(order_no, open_[-1], f)
             charge = self.drive(open_[-1], force=True)
             return self._reply(order_no, charge)
         self._check_terminal_limits(f)
         req = self._request(f)
         means = self._means(f)
+        lines = self._charge_lines(f)
         usage = self._usage()
         tried: list[str] = []
-        attempt = len(attempts)
+        attempt = self.ledger.last_attempt(order_no)   # over every namespace
         channels = self.router.route_request(req, usage)
         channel = channels[0]
         try:
             while True:
                 attempt += 1
-                charge = self._attempt(order_no, attempt, req, channel, means)
+                charge = self._attempt(order_no, attempt, req, channel, means,
+                                       scope=scope, lines=lines)
                 if charge.state != L.FAILED or not charge.reason:
                     return self._reply(order_no, charge)
                 decline = Decline(req, usage, channel.name, charge.reason, tuple(tried))
@@ -554,6 +785,43 @@ class PaymentGateway(OpServer):
                 self.con.execute("ROLLBACK")
                 self._usage_day = None
             raise
+
+    @staticmethod
+    def _same_terms(order_no: str, charge: L.Charge, f) -> None:
+        """ORDER_MISMATCH unless a request for an order that has a paid (or open)
+        charge asks for that very payment: amount, currency, method and terminal. A
+        cheap payment must never answer for a dearer one."""
+        differs = {name: {"charged": getattr(charge, name), "asked": f[name]}
+                   for name in ("amount_minor", "currency", "method", "terminal")
+                   if getattr(charge, name) != f[name]}
+        if differs:
+            state = "paid" if charge.state == L.PAID else "pending"
+            raise LanecoreError(
+                f"order {order_no} already has a {state} charge that differs from this "
+                f"request in {', '.join(differs)}; nothing was charged (a new payment "
+                "needs a new order number)", code="ORDER_MISMATCH",
+                details={"order_no": order_no, "status": state, "differs": differs})
+
+    @staticmethod
+    def _charge_lines(f) -> list[dict] | None:
+        """``lines`` of a charge: what was sold, each ``{name, qty, unit_minor,
+        amount_minor}`` (``core/pay/receipt.py``'s line), adding up to the amount.
+        Kept with the charge; the receipt prints them (BAD_FIELD otherwise)."""
+        lines = f.get("lines")
+        if not lines:
+            return None
+        from lanecore.core.pay import receipt as R
+        try:
+            out = [R.ReceiptLine(**ln).to_dict() for ln in lines]
+        except (TypeError, R.ReceiptError) as exc:
+            why = exc.message if isinstance(exc, R.ReceiptError) else "unknown fields"
+            raise P.ProtocolError("BAD_FIELD", f"lines are maps {{name, qty, unit_minor, "
+                                               f"amount_minor}}: {why}") from None
+        total = sum(ln["amount_minor"] for ln in out)
+        if total != f["amount_minor"]:
+            raise P.ProtocolError("BAD_FIELD", f"the lines add up to {total}, the charge "
+                                               f"is {f['amount_minor']}")
+        return out
 
     def _means(self, f) -> dict:
         method = f["method"]
@@ -608,7 +876,8 @@ class PaymentGateway(OpServer):
             return {"member": f["payer"], "pin": pin}
         return {}
 
-    def _attempt(self, order_no, attempt, req, channel, means) -> L.Charge:
+    def _attempt(self, order_no, attempt, req, channel, means, *, scope: str = "",
+                 lines: list | None = None) -> L.Charge:
         """One attempt on one channel. Two flushes to disk for a provider charge: the
         charge written and marked ``sent`` in one transaction before the provider is
         called (write-ahead), and its outcome, left open here, committed with the
@@ -616,13 +885,15 @@ class PaymentGateway(OpServer):
         if channel.kind == "cash":
             charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
                                            req.currency, req.method, channel.name,
-                                           req.terminal, payer=req.payer)
+                                           req.terminal, payer=req.payer,
+                                           scope=scope, lines=lines)
             self._maybe_crash("after_ledger")
             return self._cash(charge, means["tendered"])
         if channel.kind == "stored_value":
             charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
                                            req.currency, req.method, channel.name,
-                                           req.terminal, payer=req.payer)
+                                           req.terminal, payer=req.payer,
+                                           scope=scope, lines=lines)
             self._maybe_crash("after_ledger")
             return self._stored_value(charge, means["member"], means.get("pin"))
         conn = self.connectors[channel.name]
@@ -632,7 +903,8 @@ class PaymentGateway(OpServer):
         try:
             charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
                                            req.currency, req.method, channel.name,
-                                           req.terminal, payer=req.payer)
+                                           req.terminal, payer=req.payer,
+                                           scope=scope, lines=lines)
             ref = charge.merchant_ref
             self.ledger.move(ref, L.SENT)      # write-ahead: from here it may be charged
             con.execute("COMMIT")
@@ -683,7 +955,10 @@ class PaymentGateway(OpServer):
         try:
             self.ledger.move(ref, L.SENT)
             try:
-                self._sv(charge.currency).debit(member, charge.amount_minor, ref=ref, pin=pin)
+                # wrong PINs count per terminal too (THROTTLED: core/pay/throttle.py)
+                who = self.caller.id if self.caller is not None else charge.terminal
+                self._sv(charge.currency).debit(member, charge.amount_minor, ref=ref, pin=pin,
+                                                source=f"terminal:{who}")
             except StoredValueError as exc:
                 self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
                 con.execute("COMMIT")
@@ -846,7 +1121,7 @@ class PaymentGateway(OpServer):
 
     # ------------------------------------------------------------------------------
     def op_status(self, f) -> dict:
-        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        attempts = self._attempts(f["order_no"])
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
         paid = [c for c in attempts if c.state == L.PAID]
@@ -859,7 +1134,7 @@ class PaymentGateway(OpServer):
 
     def op_reverse(self, f) -> dict:
         """Cancel an order's payment (same day): the paid charge is given back."""
-        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        attempts = self._attempts(f["order_no"])
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
         last = attempts[-1]
@@ -893,7 +1168,7 @@ class PaymentGateway(OpServer):
 
     def op_refund(self, f) -> dict:
         """Give back part or all of an order's paid charge, once per ``refund_ref``."""
-        attempts = self._own(self.ledger.attempts(f["order_no"]))
+        attempts = self._attempts(f["order_no"])
         paid = [c for c in attempts if c.state == L.PAID]
         if not attempts:
             raise LanecoreError(f"no payment for order {f['order_no']}", code="UNKNOWN_ORDER")
@@ -962,20 +1237,25 @@ class PaymentGateway(OpServer):
                 "_final": status != "pending"}
 
     def op_recon(self, f) -> dict:
-        """Reconcile one UTC day: the ledger against every provider channel's bill."""
+        """Reconcile one UTC day: the ledger against every provider channel's bill.
+        Each bill's text comes over the provider link (``Connector.bill``: in the
+        reply, or in parts) and is written to ``DATA_DIR/bills/CHANNEL-DATE.csv``;
+        the bill read is that file. A path the provider names is never opened."""
+        from lanecore.core.config import private_dir, write_private
         from lanecore.core.pay import recon
-        self._admin_only("recon.run")
         date = recon.check_date(f["date"])
         bills, channels, missing = [], [], []
+        bill_dir = private_dir(self.data_dir / BILLS_DIR)
         for name, conn in self.connectors.items():
             try:
                 bill = conn.bill(date)
             except ProviderError as exc:
                 missing.append({"channel": name, "code": exc.code, "message": exc.message})
                 continue
-            text = bill.csv_text
-            if text is None:
-                text = Path(bill.path).read_text(encoding="utf-8")
+            # named by the channel (routing's names: A-Z a-z 0-9 _ . -, never a '/')
+            own = bill_dir / f"{name}-{date}.csv"
+            write_private(own, bill.csv_text.encode("utf-8"))
+            text = own.read_text(encoding="utf-8")
             channels.append(name)
             bills.extend(recon.parse_bill(csv.DictReader(io.StringIO(text)), name))
         rows = [r for r in self.ledger.day_rows(date) if r["channel"] in channels]
@@ -994,13 +1274,26 @@ class PaymentGateway(OpServer):
         return {"payload": payload}
 
 
-def serve(data_dir, bind: str, *, curve: bool = False) -> int:
+def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False) -> int:
     """Run the gateway until SIGTERM/SIGINT (``curve``: CurveZMQ with the keys of the
-    data directory, ``gateway/net/security.py``)."""
+    data directory, ``gateway/net/security.py``). Callers must prove who they are —
+    terminals' HMAC (``[pos] auth = "hmac"``) or enrolled Curve keys — unless
+    ``dev_open`` (loopback or ipc only, checked by the command line)."""
     import zmq
 
     from lanecore.gateway.net.security import ServerSecurity
     gw = PaymentGateway(data_dir)
+    if not (gw.auth or curve or dev_open):
+        gw.ledger.close()
+        raise PaymentConfigError(
+            "the payment gateway authenticates its callers: set [pos] auth = \"hmac\" in "
+            f"{CONFIG_FILE} and register terminals (lanecore terminal add), or start it with "
+            "--curve, or with --dev-open on loopback or ipc for development",
+            code="AUTH_REQUIRED")
+    if dev_open and not (gw.auth or curve):
+        print("lanecore: WARNING: the payment gateway runs with --dev-open: every caller on "
+              "this machine is the development principal, with every role "
+              "(docs/security.md)", file=sys.stderr, flush=True)
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
     try:
         gw.serve(bind, security=guard)

@@ -19,14 +19,18 @@ A full card number is never logged, stored or put in a result: :func:`mask_pan`
 keeps the first 6 and last 4 digits, :class:`Card`'s repr shows only that.
 
 The wire protocol (ZeroMQ DEALER → ROUTER, one MessagePack map each way, ids echoed)
-is in ``docs/pay/providers.md``. A connector is not thread-safe (one ZeroMQ socket): use
-one per thread.
+is in ``docs/pay/providers.md``. With ``curve`` (:class:`~lanecore.gateway.net.client.
+CurveKeys`: the provider's public key and ours) the link is CurveZMQ — encrypted, and
+only the provider holding that key can answer; the payment gateway refuses a plain
+link to a provider beyond loopback. A connector is not thread-safe (one ZeroMQ
+socket): use one per thread.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -39,7 +43,7 @@ from lanecore.core.errors import LanecoreError
 
 __all__ = ["KINDS", "WALLET_KINDS", "DECLINES", "ProviderResult", "ProviderError", "Card",
            "BillFile", "Connector", "WalletConnector", "BankConnector", "connector",
-           "mask_pan", "luhn_ok"]
+           "mask_pan", "luhn_ok", "pan_digits"]
 
 log = logging.getLogger("lanecore.providers")
 
@@ -49,6 +53,8 @@ STATUSES = ("paid", "failed", "unknown", "reversed", "refunded", "not_found")
 ENTRY_MODES = ("magstripe", "chip", "nfc")
 #: Largest reply accepted (a bill's CSV text is the largest thing that comes back).
 MAX_REPLY_BYTES = 1 << 20
+#: Largest bill fetched in parts (``bill.part``) when it does not fit in one reply.
+MAX_BILL_BYTES = 64 << 20
 
 #: Every code a provider answers with: code → (outcome, meaning). ``outcome`` is what
 #: the connector reports (``failed`` is final; ``unknown`` means query later). Whether
@@ -105,9 +111,30 @@ class ProviderError(LanecoreError):
     code = "BAD_REQUEST"
 
 
+#: A card number as a terminal may send it: 12–19 ASCII digits, plain or in groups
+#: split by single spaces or by single hyphens (one kind throughout): a first group of
+#: 4–6 digits (the issuer's prefix), middle groups of 3–6, a last group of 1–6 —
+#: "4111 1111 1111 1111", "3782-822463-10005", "6212 3456 7890 1234 567". Anything
+#: else ("4111.1111.1111.1111", letters, non-ASCII digits, two separators in a row,
+#: mixed separators, junk before or after) is no card number.
+_PAN_TEXT_RE = re.compile(r"[0-9]{12,19}|[0-9]{4,6}([ -])(?:[0-9]{3,6}\1)*[0-9]{1,6}")
+_PAN_TEXT_MAX = 24        # 19 digits and 5 separators
+
+
+def pan_digits(text) -> str | None:
+    """The digits of a card number written as :data:`_PAN_TEXT_RE` allows, or None
+    for anything else. The one check of a PAN's form: the connector's :class:`Card`
+    and the provider simulator both use it."""
+    if not isinstance(text, str) or len(text) > _PAN_TEXT_MAX \
+            or not _PAN_TEXT_RE.fullmatch(text):
+        return None
+    digits = text.replace(" ", "").replace("-", "")
+    return digits if 12 <= len(digits) <= 19 else None
+
+
 def luhn_ok(digits: str) -> bool:
-    """The Luhn (mod 10) check of a card number."""
-    if not digits.isdigit():
+    """The Luhn (mod 10) check of a card number (ASCII digits only)."""
+    if not (isinstance(digits, str) and digits.isascii() and digits.isdigit()):
         return False
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -129,9 +156,11 @@ def mask_pan(pan: str) -> str:
 
 @dataclass(frozen=True)
 class Card:
-    """A card as the terminal read it: a network ``token`` or the ``pan`` (digits),
-    the ``entry`` mode (``magstripe``, ``chip``, ``nfc``) and an optional ISO 9564
-    ``pin_block`` (16 hex digits). ``repr`` never shows the PAN or the PIN block."""
+    """A card as the terminal read it: a network ``token`` or the ``pan`` (12–19
+    digits, as :func:`pan_digits` reads them: spaces or hyphens between groups are
+    dropped, anything else is refused), the ``entry`` mode (``magstripe``, ``chip``,
+    ``nfc``) and an optional ISO 9564 ``pin_block`` (16 hex digits). ``repr`` never
+    shows the PAN or the PIN block."""
 
     entry: str
     pan: str | None = field(default=None, repr=False)
@@ -143,8 +172,12 @@ class Card:
             raise ProviderError(f"card entry must be one of {', '.join(ENTRY_MODES)}")
         if (self.pan is None) == (self.token is None):
             raise ProviderError("a card needs exactly one of pan or token")
-        if self.pan is not None and not (self.pan.isdigit() and 12 <= len(self.pan) <= 19):
-            raise ProviderError(f"a PAN is 12–19 digits, got {mask_pan(self.pan)!r}")
+        if self.pan is not None:
+            digits = pan_digits(self.pan)
+            if digits is None:
+                raise ProviderError("a PAN is 12–19 digits, plain or grouped by single "
+                                    "spaces or single hyphens")
+            object.__setattr__(self, "pan", digits)
 
     @property
     def masked(self) -> str:
@@ -192,9 +225,10 @@ class ProviderResult:
 
 @dataclass(frozen=True)
 class BillFile:
-    """A day's bill as the provider wrote it: the CSV ``path`` on the provider's side,
-    the CSV text (``None`` when too large to send: read ``path``), the number of
-    lines, and the injection record (``None`` without injection)."""
+    """A day's bill: the CSV ``path`` on the provider's side (for information only:
+    nobody on our side opens it), the CSV text — always, fetched in parts when too
+    large for one reply — the number of lines, and the injection record (``None``
+    without injection)."""
 
     date: str
     kind: str
@@ -218,7 +252,7 @@ class Connector:
     kind = ""
 
     def __init__(self, endpoint: str, kind: str, *, timeout_s: float = 5.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve=None) -> None:
         if kind not in KINDS:
             raise ProviderError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if not timeout_s > 0:
@@ -230,6 +264,8 @@ class Connector:
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         self._sock: zmq.Socket | None = None
+        #: CurveKeys for a CurveZMQ link (None: plain).
+        self.curve = curve
 
     # -- transport -----------------------------------------------------------------
     def _socket(self) -> zmq.Socket:
@@ -237,6 +273,8 @@ class Connector:
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+            if self.curve is not None:
+                self.curve.apply(s)     # before connect: the handshake is CURVE
             s.connect(self.endpoint)
             self._sock = s
         return self._sock
@@ -352,9 +390,12 @@ class Connector:
                             amount_minor=amount_minor)
 
     def bill(self, date: str, inject: Mapping | None = None) -> BillFile:
-        """The provider's bill for ``date`` (YYYY-MM-DD, UTC), written on its side;
-        ``inject`` corrupts it on purpose (``core.pay.recon.inject``). Raises
-        ProviderError ``TIMEOUT`` when the provider does not answer."""
+        """The provider's bill for ``date`` (YYYY-MM-DD, UTC), its text over this link:
+        in the reply, or — too large for one — in ``bill.part`` pieces of the ``size``
+        the reply gives. ``inject`` corrupts it on purpose (``core.pay.recon.inject``).
+        Raises ProviderError ``TIMEOUT`` when the provider does not answer,
+        ``BAD_BILL`` when the text does not come (a reply naming only a file on the
+        provider's side is no bill: that path is never opened here)."""
         fields = {"date": date}
         if inject is not None:
             fields["inject"] = dict(inject)
@@ -362,8 +403,39 @@ class Connector:
         if reply is None:
             raise ProviderError(f"no bill from {self.endpoint} in {self.timeout_s:g} s",
                                 code="TIMEOUT")
-        return BillFile(date, self.kind, reply["path"], reply["rows"], reply.get("csv"),
-                        reply.get("injected"))
+        text = reply.get("csv")
+        if text is None:
+            text = self._bill_parts(date, reply.get("size"))
+        if not isinstance(text, str):
+            raise ProviderError(f"the {self.kind} bill of {date} came without its text",
+                                code="BAD_BILL")
+        rows = reply.get("rows")
+        return BillFile(date, self.kind, str(reply.get("path") or ""),
+                        rows if isinstance(rows, int) else 0, text, reply.get("injected"))
+
+    def _bill_parts(self, date: str, size) -> str:
+        """A bill too large for one reply, fetched in ``bill.part`` pieces."""
+        if isinstance(size, bool) or not isinstance(size, int) or \
+                not 0 <= size <= MAX_BILL_BYTES:
+            raise ProviderError(f"the {self.kind} bill of {date} came without its text "
+                                f"or its size", code="BAD_BILL")
+        parts, got = [], 0
+        while got < size:
+            reply = self._checked("bill.part", date=date, offset=got)
+            if reply is None:
+                raise ProviderError(f"no bill part from {self.endpoint} in "
+                                    f"{self.timeout_s:g} s", code="TIMEOUT")
+            part = reply.get("part")
+            if not isinstance(part, bytes) or not part or got + len(part) > size:
+                raise ProviderError(f"a bad part of the {self.kind} bill of {date} at "
+                                    f"{got}", code="BAD_BILL")
+            parts.append(part)
+            got += len(part)
+        try:
+            return b"".join(parts).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProviderError(f"the {self.kind} bill of {date} is not UTF-8",
+                                code="BAD_BILL") from None
 
     def stats(self) -> dict | None:
         """The provider's counters (``docs/pay/providers.md``), or None on a timeout."""
@@ -405,10 +477,11 @@ class BankConnector(Connector):
 
 
 def connector(endpoint: str, kind: str, *, timeout_s: float = 5.0,
-              context: zmq.Context | None = None) -> Connector:
-    """The connector class for ``kind``, connected to ``endpoint``."""
+              context: zmq.Context | None = None, curve=None) -> Connector:
+    """The connector class for ``kind``, connected to ``endpoint`` (``curve``: the
+    CurveKeys of a CurveZMQ link)."""
     cls = BankConnector if kind == "bank" else WalletConnector
-    return cls(endpoint, kind, timeout_s=timeout_s, context=context)
+    return cls(endpoint, kind, timeout_s=timeout_s, context=context, curve=curve)
 
 
 def _check_amount(amount_minor) -> None:

@@ -5,16 +5,22 @@ terminal add``). With ``[pos] auth = "hmac"`` in ``payments.toml`` every request
 to the gateway is one MessagePack frame followed by an *authentication frame*::
 
     frame 1  the request, exactly as without authentication
-    frame 2  MessagePack map {"t": terminal id, "ts": unix seconds (int), "mac": 32 bytes}
+    frame 2  MessagePack map {"t": terminal id, "ts": unix seconds (int),
+                              "n": 16 random bytes, "mac": 32 bytes}
 
-    mac = HMAC-SHA256(key, b"LCA1\\n" + t + b"\\n" + decimal(ts) + b"\\n" + frame 1)
+    mac = HMAC-SHA256(key, b"LCA2\\n" + t + b"\\n" + decimal(ts) + b"\\n"
+                           + hex(n) + b"\\n" + frame 1)
 
 The MAC covers the request's bytes as sent, so no language has to reproduce our
-MessagePack encoding. ``ts`` must be within ``max_skew_s`` (default 300 s) of the
-gateway's clock; a request captured and sent again later is refused, and inside the
-window a replay is answered from the record of the first one (the request id), never
-done twice. The authenticated terminal id is the client for retries (a ``client``
-field in the request is ignored), so one terminal can never read another's replies.
+MessagePack encoding. ``ts`` must be within ``max_skew_s`` (default 300 s, always
+below the gateway's reply retention) of the gateway's clock, and the nonce ``n`` is
+used once: ``(t, n)`` is kept in table ``pos_nonces`` (surviving a restart) for
+2 × ``max_skew_s``, and a second use is ``AUTH_REPLAYED`` — a captured frame is
+refused inside the window as well as after it. A retry is a fresh frame around the
+same request (same id): it meets the recorded reply. ``LCA1`` frames (no nonce) are
+``AUTH_OLD_FRAME``. The authenticated terminal id is the client for retries (a
+``client`` field in the request is ignored), so one terminal can never read
+another's replies.
 
 Per-terminal limits (any of them may be absent): ``max_payment_minor`` (one
 payment), ``max_day_minor`` (the terminal's paid and open charges of the UTC day,
@@ -37,8 +43,9 @@ from lanecore.core.errors import LanecoreError
 from lanecore.core.pay.ledger import METHODS
 # The request signature every client computes lives with the clients (gateway.net);
 # re-exported here beside the registry that holds the keys.
+from lanecore.gateway.net.identity import Principal, parse_roles
 from lanecore.gateway.net.auth import (  # noqa: F401 - re-exported
-    AUTH_TAG, KEY_BYTES, MAX_SKEW_S, TerminalError,
+    AUTH_TAG, KEY_BYTES, MAX_SKEW_S, NONCE_BYTES, TerminalError,
     auth_frame, key_text, mac, parse_key)
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
@@ -46,7 +53,18 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 SCHEMA = """CREATE TABLE IF NOT EXISTS pos_terminals (
     id TEXT PRIMARY KEY, key BLOB NOT NULL, admin INTEGER NOT NULL DEFAULT 0,
     max_payment_minor INTEGER, max_day_minor INTEGER, methods TEXT,
-    created_at REAL NOT NULL, disabled_at REAL)"""
+    created_at REAL NOT NULL, disabled_at REAL, roles TEXT)"""
+#: A terminal registered without roles: a POS terminal (``admin`` with ``--admin``).
+DEFAULT_ROLES = frozenset({"pos"})
+#: The nonces of authentication frames already seen (``authenticate``), per terminal.
+NONCES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS pos_nonces (
+        terminal TEXT NOT NULL, nonce BLOB NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (terminal, nonce)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS pos_nonces_at ON pos_nonces (at)",
+)
+#: How often (seconds) nonces older than the window are deleted.
+NONCE_PRUNE_EVERY_S = 30.0
 
 
 class AuthError(LanecoreError):
@@ -65,18 +83,26 @@ class Terminal:
     methods: tuple[str, ...] | None = None
     created_at: float = 0.0
     disabled_at: float | None = None
+    #: What it may do (``gateway/net/identity.py``); ``admin`` is one of them.
+    roles: frozenset[str] = DEFAULT_ROLES
+
+    def principal(self) -> Principal:
+        """The identity this terminal proves with its HMAC."""
+        return Principal(f"pos:{self.id}", self.roles, "hmac")
 
     def to_dict(self) -> dict:
         """Everything but the key."""
-        return {"id": self.id, "admin": self.admin,
+        return {"id": self.id, "admin": self.admin, "roles": sorted(self.roles),
                 "max_payment_minor": self.max_payment_minor,
                 "max_day_minor": self.max_day_minor,
                 "methods": list(self.methods) if self.methods is not None else None,
                 "created_at": self.created_at, "disabled_at": self.disabled_at}
 
     def check_limits(self, amount_minor: int, method: str, used_today_minor: int) -> None:
-        """Raise TERMINAL_LIMIT when this payment is beyond one of the terminal's limits."""
-        if self.methods is not None and method not in self.methods:
+        """Raise TERMINAL_LIMIT when this payment is beyond one of the terminal's limits
+        (``method`` None: money taken in without a payment method, a stored-value
+        top-up — the amount limits only)."""
+        if method is not None and self.methods is not None and method not in self.methods:
             raise LimitError(self.id, "methods", f"terminal {self.id} does not take "
                              f"{method} payments (it takes {', '.join(self.methods)})")
         if self.max_payment_minor is not None and amount_minor > self.max_payment_minor:
@@ -139,40 +165,56 @@ class Terminals:
         self.con = con
         self.clock = clock
         con.execute(SCHEMA)
+        if "roles" not in {r[1] for r in con.execute("PRAGMA table_info(pos_terminals)")}:
+            con.execute("ALTER TABLE pos_terminals ADD COLUMN roles TEXT")   # older files
+        for stmt in NONCES_SCHEMA:
+            con.execute(stmt)
+        self._nonces_pruned = 0.0
 
     @staticmethod
     def _row(row) -> Terminal:
-        tid, key, admin, maxp, maxd, methods, created, disabled = row
-        return Terminal(tid, bytes(key), bool(admin), maxp, maxd,
-                        tuple(methods.split(",")) if methods else None, created, disabled)
+        tid, key, admin, maxp, maxd, methods, created, disabled, roles = row
+        if roles:
+            held = parse_roles(roles)
+        else:                          # registered before roles: admin or a POS
+            held = frozenset({"admin"}) if admin else DEFAULT_ROLES
+        return Terminal(tid, bytes(key), "admin" in held, maxp, maxd,
+                        tuple(methods.split(",")) if methods else None, created, disabled,
+                        held)
+
+    _COLUMNS = ("id, key, admin, max_payment_minor, max_day_minor, methods, created_at, "
+                "disabled_at, roles")
 
     def get(self, terminal_id: str) -> Terminal | None:
-        row = self.con.execute("SELECT id, key, admin, max_payment_minor, max_day_minor, "
-                               "methods, created_at, disabled_at FROM pos_terminals "
-                               "WHERE id = ?", (terminal_id,)).fetchone()
+        row = self.con.execute(f"SELECT {self._COLUMNS} FROM pos_terminals WHERE id = ?",
+                               (terminal_id,)).fetchone()
         return None if row is None else self._row(row)
 
     def list(self) -> list[Terminal]:
         return [self._row(r) for r in self.con.execute(
-            "SELECT id, key, admin, max_payment_minor, max_day_minor, methods, created_at, "
-            "disabled_at FROM pos_terminals ORDER BY id")]
+            f"SELECT {self._COLUMNS} FROM pos_terminals ORDER BY id")]
 
     def register(self, terminal_id: str, *, admin: bool = False,
                  max_payment_minor: int | None = None, max_day_minor: int | None = None,
                  methods=None, key: bytes | None = None,
-                 rotate: bool = False) -> tuple[Terminal, bytes]:
+                 rotate: bool = False, roles=None) -> tuple[Terminal, bytes]:
         """Add a terminal (or, with ``rotate``, give an existing one a new key and
         these limits, enabling it again); returns it and its key. A terminal that
-        exists is TERMINAL_EXISTS unless ``rotate``."""
+        exists is TERMINAL_EXISTS unless ``rotate``. ``roles``: what it may do
+        (``"kiosk"``, ``["till", "attendant"]``; default ``pos``); ``admin=True`` adds
+        ``admin``."""
         _check_id(terminal_id)
+        held = DEFAULT_ROLES if roles is None else parse_roles(roles)
+        if admin:
+            held = (held - DEFAULT_ROLES if roles is None else held) | {"admin"}
         maxp = _check_limit("max_payment_minor", max_payment_minor)
         maxd = _check_limit("max_day_minor", max_day_minor)
         methods = _check_methods(methods)
         key = secrets.token_bytes(KEY_BYTES) if key is None else key
         if len(key) != KEY_BYTES:
             raise TerminalError("a terminal key is 32 bytes", code="BAD_KEY")
-        row = (terminal_id, key, int(bool(admin)), maxp, maxd,
-               ",".join(methods) if methods else None, self.clock())
+        row = (terminal_id, key, int("admin" in held), maxp, maxd,
+               ",".join(methods) if methods else None, self.clock(), ",".join(sorted(held)))
         with self.con:
             if self.get(terminal_id) is not None:
                 if not rotate:
@@ -181,8 +223,8 @@ class Terminals:
                                         code="TERMINAL_EXISTS")
                 self.con.execute("DELETE FROM pos_terminals WHERE id = ?", (terminal_id,))
             self.con.execute("INSERT INTO pos_terminals (id, key, admin, max_payment_minor, "
-                             "max_day_minor, methods, created_at) VALUES (?, ?, ?, ?, ?, ?, "
-                             "?)", row)
+                             "max_day_minor, methods, created_at, roles) VALUES (?, ?, ?, ?, "
+                             "?, ?, ?, ?)", row)
         return self.get(terminal_id), key
 
     def disable(self, terminal_id: str) -> Terminal:
@@ -197,10 +239,13 @@ class Terminals:
     def authenticate(self, frame: bytes | None, payload: bytes, *,
                      max_skew_s: float = MAX_SKEW_S) -> Terminal:
         """The terminal that sent ``payload`` with authentication ``frame``; raises
-        AuthError: AUTH_REQUIRED (no frame), AUTH_BAD_FRAME (not the documented map),
-        AUTH_EXPIRED (``ts`` too far from our clock), AUTH_FAILED (unknown or
-        disabled terminal, or a wrong MAC — one code, so a caller cannot learn which
-        terminal ids exist)."""
+        AuthError: AUTH_REQUIRED (no frame), AUTH_OLD_FRAME (an ``LCA1`` frame, without
+        a nonce), AUTH_BAD_FRAME (not the documented map), AUTH_EXPIRED (``ts`` too far
+        from our clock), AUTH_FAILED (unknown or disabled terminal, or a wrong MAC —
+        one code, so a caller cannot learn which terminal ids exist), AUTH_REPLAYED
+        (a good frame whose nonce this terminal used before). The nonce of a good
+        frame is recorded (committed) before this returns; only frames with a valid
+        MAC are recorded, so nobody else can fill the table."""
         if frame is None:
             raise AuthError("this gateway authenticates every request: send the "
                             "authentication frame after the request (docs/protocol.md)",
@@ -209,18 +254,41 @@ class Terminals:
             auth = msgpack.unpackb(frame, raw=False)
         except Exception:
             auth = None
-        if not (isinstance(auth, dict) and isinstance(auth.get("t"), str)
-                and isinstance(auth.get("ts"), int) and not isinstance(auth.get("ts"), bool)
-                and isinstance(auth.get("mac"), bytes) and len(auth["mac"]) == 32):
+        well_formed = isinstance(auth, dict) and isinstance(auth.get("t"), str) \
+            and isinstance(auth.get("ts"), int) and not isinstance(auth.get("ts"), bool) \
+            and isinstance(auth.get("mac"), bytes) and len(auth["mac"]) == 32
+        if well_formed and set(auth) == {"t", "ts", "mac"}:
+            raise AuthError("LCA1 authentication frames (without a nonce) are no longer "
+                            "accepted: sign with LCA2 {t, ts, n, mac} (docs/protocol.md)",
+                            code="AUTH_OLD_FRAME")
+        if not (well_formed and isinstance(auth.get("n"), bytes)
+                and len(auth["n"]) == NONCE_BYTES):
             raise AuthError("the authentication frame is a map {t: str, ts: int, "
-                            "mac: 32 bytes}", code="AUTH_BAD_FRAME")
-        if abs(self.clock() - auth["ts"]) > max_skew_s:
+                            "n: 16 bytes, mac: 32 bytes}", code="AUTH_BAD_FRAME")
+        now = self.clock()
+        if abs(now - auth["ts"]) > max_skew_s:
             raise AuthError(f"ts {auth['ts']} is more than {max_skew_s:g} s from the "
-                            f"gateway's clock ({int(self.clock())})", code="AUTH_EXPIRED")
+                            f"gateway's clock ({int(now)})", code="AUTH_EXPIRED")
         terminal = self.get(auth["t"]) if _ID.match(auth["t"]) else None
         expected = mac(terminal.key if terminal else b"\0" * KEY_BYTES, auth["t"],
-                       auth["ts"], payload)
+                       auth["ts"], auth["n"], payload)
         if not hmac.compare_digest(expected, auth["mac"]) or terminal is None \
                 or terminal.disabled_at is not None:
             raise AuthError("authentication failed", code="AUTH_FAILED")
+        self._use_nonce(terminal.id, auth["n"], now, max_skew_s)
         return terminal
+
+    def _use_nonce(self, terminal_id: str, nonce: bytes, now: float,
+                   max_skew_s: float) -> None:
+        """Record ``(terminal, nonce)``, AUTH_REPLAYED when it is there already. Kept
+        for 2 × ``max_skew_s``: a frame older than that is AUTH_EXPIRED anyway."""
+        if now - self._nonces_pruned >= NONCE_PRUNE_EVERY_S or now < self._nonces_pruned:
+            self.con.execute("DELETE FROM pos_nonces WHERE at < ?", (now - 2 * max_skew_s,))
+            self._nonces_pruned = now
+        try:
+            self.con.execute("INSERT INTO pos_nonces (terminal, nonce, at) VALUES (?, ?, ?)",
+                             (terminal_id, nonce, now))
+        except sqlite3.IntegrityError:
+            raise AuthError("this authentication frame was used before (a replay): "
+                            "every request, a retry too, needs a fresh nonce",
+                            code="AUTH_REPLAYED") from None

@@ -6,7 +6,14 @@ Every trade is kept in ``D/<kind>.sqlite`` (WAL, ``synchronous=FULL``), written
 before the answer leaves, so the process can be killed and restarted without
 forgetting a trade, and a test can count what it really charged. Bills are written
 to ``D/bills/<kind>-<date>.csv`` (with ``.inject.json`` beside them when
-discrepancies were injected).
+discrepancies were injected); their text goes back in the ``bill`` reply, or in
+``bill.part`` pieces when too large for one.
+
+``--curve``: the link is CurveZMQ. The simulator's keypair is
+``D/keys/server.key_secret`` (made on first start; its public key is printed in the
+ready line as ``server_key``, for the gateway's ``payments.toml``), and only clients
+whose public certificates are in ``D/keys/clients/`` get in (the gateway's
+``keys/provider_client.key``); a plain or unknown client gets nothing at all.
 
 One thread, one ROUTER socket: a request is handled (and its trade committed) as
 soon as it arrives; its answer leaves after the configured latency from a queue of
@@ -38,11 +45,13 @@ from pathlib import Path
 
 import zmq
 
+from lanecore.core.config import private_dir
 from lanecore.core.pay import recon
+from lanecore.core.sqltxn import private_database
 from lanecore.gateway.net import protocol
 from lanecore.gateway.net.protocol import Field, ProtocolError
 from lanecore.gateway.payments.providers import (
-    KINDS, OTHER_CODES, WALLET_KINDS, luhn_ok, mask_pan, table)
+    KINDS, OTHER_CODES, WALLET_KINDS, luhn_ok, mask_pan, pan_digits, table)
 
 #: The shopper's payment code per wallet (REFERENCE §3): pattern, description.
 AUTH_CODES = {
@@ -57,6 +66,8 @@ FEE_BPS = {"wechat": 60, "alipay": 60, "unionpay": 38, "bank": 50}
 REF_PREFIX = {"wechat": "42", "alipay": "20", "unionpay": "62", "bank": "BK"}
 #: Bill CSV text is sent back only up to this size (the rest: read the file).
 MAX_BILL_REPLY = 900_000
+#: Bytes of a bill in one ``bill.part`` answer.
+MAX_BILL_PART = 512 << 10
 #: Special outcomes a ``next`` script may hold besides the kind's decline codes.
 OUTCOMES = ("paid", "userpaying", "usercancel", "systemerror", "timeout", "drop")
 
@@ -140,6 +151,8 @@ _SCHEMAS = {
     "reverse": {"merchant_ref": _REF},
     "refund": {"merchant_ref": _REF, "refund_ref": _REF, "amount_minor": _MONEY},
     "bill": {"date": Field("str", min=10, max=10), "inject": Field("map", False, 0, 8)},
+    "bill.part": {"date": Field("str", min=10, max=10),
+                  "offset": Field("int", min=0, max=2 ** 40)},
     "stats": {}, "ping": {}, "configure": _KNOBS,
 }
 #: Ops whose answers are subject to latency and timeouts (the trade ops).
@@ -201,13 +214,15 @@ class Provider:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         behaviour.check(kind)
         self.kind = kind
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = private_dir(data_dir)
         self.behaviour = behaviour
+        #: Bills up to this many bytes go in the ``bill`` reply; larger, in parts.
+        self.max_bill_reply = MAX_BILL_REPLY
         self.rng = random.Random(behaviour.seed)
         self.clock = clock
         self.counts = {op: 0 for op in _SCHEMAS}
         self.unanswered = 0
+        private_database(self.data_dir / f"{kind}.sqlite")
         self.con = sqlite3.connect(self.data_dir / f"{kind}.sqlite", isolation_level=None)
         self.con.execute("PRAGMA journal_mode = WAL")
         self.con.execute(f"PRAGMA synchronous = {synchronous}")
@@ -233,6 +248,8 @@ class Provider:
             return {"behaviour": self.configure(f)}, "reply"
         if op == "bill":
             return self.bill(f["date"], f.get("inject")), "reply"
+        if op == "bill.part":
+            return self.bill_part(f["date"], f["offset"]), "reply"
         b = self.behaviour
         if op == "charge":
             outcome = b.next.pop(0) if b.next else None
@@ -377,7 +394,7 @@ class Provider:
         card = f.get("card")
         if card is None or "auth_code" in f:
             raise ProtocolError("MISSING_FIELD", "a bank charge takes card")
-        card = protocol.check(card, {"pan": Field("str", False, 12, 19),
+        card = protocol.check(card, {"pan": Field("str", False, 12, 24),
                                      "token": Field("str", False, 1, 64),
                                      "entry": Field("str", choices=("magstripe", "chip", "nfc")),
                                      "pin_block": Field("str", False, 16, 16)})
@@ -385,8 +402,10 @@ class Provider:
         if (pan is None) == (token is None):
             raise ProtocolError("BAD_FIELD", "a card has exactly one of pan or token")
         if pan is not None:
-            if not pan.isdigit():
-                raise ProtocolError("BAD_FIELD", "a pan is digits")
+            pan = pan_digits(pan)      # the connector's rule: digits, spaces or hyphens
+            if pan is None:
+                raise ProtocolError("BAD_FIELD", "a pan is 12-19 digits, plain or grouped "
+                                                 "by single spaces or single hyphens")
             masked, ok = mask_pan(pan), luhn_ok(pan)
         else:
             masked, ok = token, bool(_TOKEN.match(token))
@@ -554,10 +573,30 @@ class Provider:
             _write_atomic(sidecar, json.dumps(record, indent=2) + "\n")
         elif sidecar.exists():
             sidecar.unlink()   # a stale record would describe another version of the bill
-        out = {"date": date, "path": str(path), "rows": len(rows), "injected": record}
-        if len(text) <= MAX_BILL_REPLY:
+        data = text.encode("utf-8")
+        out = {"date": date, "path": str(path), "rows": len(rows), "injected": record,
+               "size": len(data)}
+        if len(data) <= self.max_bill_reply:
             out["csv"] = text
         return out
+
+    def bill_part(self, date: str, offset: int) -> dict:
+        """Bytes ``offset`` … of the bill last written for ``date`` (``bill`` first)."""
+        try:
+            recon.check_date(date)
+        except recon.ReconError:
+            raise ProtocolError("BAD_FIELD", f"date must be YYYY-MM-DD, got {date!r}")
+        path = self.data_dir / "bills" / f"{self.kind}-{date}.csv"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ProtocolError("NO_BILL", f"no bill of {date} yet: ask for it (bill) "
+                                           "first") from None
+        if offset >= len(data):
+            raise ProtocolError("BAD_FIELD", f"offset {offset} is past the bill's "
+                                             f"{len(data)} bytes")
+        return {"date": date, "offset": offset, "size": len(data),
+                "part": data[offset:offset + MAX_BILL_PART]}
 
     def stats(self) -> dict:
         by_status = dict(self.con.execute("SELECT status, COUNT(*) FROM trades GROUP BY status"))
@@ -590,13 +629,57 @@ def _write_atomic(path: Path, text: str) -> None:
 # The process
 # ----------------------------------------------------------------------------------
 
-def serve(provider: Provider, bind: str, *, stop=None, ready=None) -> None:
+class ProviderCurve:
+    """The simulator's CurveZMQ side (``--curve``): its keypair
+    ``D/keys/server.key_secret`` (made on first start) and a ZAP authenticator that
+    lets in only the client certificates in ``D/keys/clients/`` (read again when
+    that directory changes)."""
+
+    def __init__(self, data_dir, ctx: zmq.Context) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from lanecore.gateway.net.security import generate, load_keypair
+        kdir = private_dir(Path(data_dir) / "keys")
+        secret = kdir / "server.key_secret"
+        if not secret.exists():
+            generate(kdir, "server", {"name": "provider"})
+        self.public, self.secret = load_keypair(secret)
+        self.clients = private_dir(kdir / "clients")
+        self.auth = ThreadAuthenticator(ctx)
+        self.auth.start()
+        self._seen = None
+        self.reload()
+
+    def reload(self) -> None:
+        """Read ``keys/clients/`` again if it changed."""
+        try:
+            seen = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(self.clients))
+        except OSError:
+            seen = []
+        if seen != self._seen:
+            self.auth.configure_curve(domain="*", location=str(self.clients))
+            self._seen = seen
+
+    def server_socket(self, sock: zmq.Socket) -> None:
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+    def stop(self) -> None:
+        self.auth.stop()
+
+
+def serve(provider: Provider, bind: str, *, stop=None, ready=None,
+          security: ProviderCurve | None = None) -> None:
     """Answer requests on a ROUTER bound at ``bind`` until ``stop()`` is true (checked
-    at least every 100 ms). ``ready(endpoint)`` is called once bound."""
+    at least every 100 ms). ``ready(endpoint)`` is called once bound. ``security``:
+    CurveZMQ (``--curve``)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    if security is not None:
+        security.server_socket(sock)
     sock.bind(bind)
     if ready:
         ready(sock.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -611,6 +694,8 @@ def serve(provider: Provider, bind: str, *, stop=None, ready=None) -> None:
                 sock.send_multipart(heapq.heappop(pending)[2])
             wait_ms = 100 if not pending else max(0, min(100, int((pending[0][0] - now) * 1000)))
             if not poller.poll(wait_ms):
+                if security is not None:
+                    security.reload()
                 continue
             while True:
                 try:
@@ -685,6 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="no delays and no random failures (benchmarks); knobs given "
                         "explicitly still apply")
+    p.add_argument("--curve", action="store_true",
+                   help="CurveZMQ: the keypair in D/keys/server.key_secret (made if missing; "
+                        "its public key is printed as server_key), clients only from "
+                        "D/keys/clients/")
+    p.add_argument("--max-bill-reply", type=int, default=MAX_BILL_REPLY, metavar="BYTES",
+                   help=f"bills up to this size go in the bill reply, larger ones in "
+                        f"bill.part pieces (default {MAX_BILL_REPLY})")
     p.add_argument("--synchronous", choices=["full", "normal"], default="full",
                    help="SQLite synchronous mode of the trade database (default full: "
                         "a trade survives a power cut once answered)")
@@ -728,16 +820,32 @@ def main(argv: list[str] | None = None) -> int:
     except ProtocolError as exc:
         print(f"lanecore: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
+    provider.max_bill_reply = max(0, opts.max_bill_reply)
+    security = None
+    if opts.curve:
+        from lanecore.core.errors import LanecoreError
+        try:
+            security = ProviderCurve(provider.data_dir, zmq.Context.instance())
+        except LanecoreError as exc:
+            provider.close()
+            print(f"lanecore: {exc.code}: {exc.message}", file=sys.stderr)
+            return 2
     stopping = []
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stopping.append(True))
 
     def ready(endpoint: str) -> None:
-        print(json.dumps({"provider": opts.kind, "endpoint": endpoint, "pid": os.getpid(),
-                          "data_dir": str(provider.data_dir)}), flush=True)
+        line = {"provider": opts.kind, "endpoint": endpoint, "pid": os.getpid(),
+                "data_dir": str(provider.data_dir)}
+        if security is not None:
+            line["server_key"] = security.public.decode("ascii")
+        print(json.dumps(line), flush=True)
 
     try:
-        serve(provider, opts.bind, stop=lambda: bool(stopping), ready=ready)
+        serve(provider, opts.bind, stop=lambda: bool(stopping), ready=ready,
+              security=security)
     finally:
+        if security is not None:
+            security.stop()
         provider.close()
     return 0

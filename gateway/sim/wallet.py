@@ -8,6 +8,10 @@ and the coupons, signed with the wallet provider's Ed25519 key
 trusts the key under ``[wallet_keys]`` in its ``coupons.toml``: ``--print-key``
 prints the line to put there.
 
+A coupon gateway started with ``--curve`` takes only enrolled keys: give its public
+key (``--server-key D/keys/server.key``) and the wallet's keypair (``--key
+NAME.key_secret``, enrolled with a role that may call ``wallet.coupons``).
+
 Output: one JSON line ``{key_id, public_key, customer, token_kind, coupons, mqr,
 png?, svg?}`` (the token is inside the QR only), and with ``--show`` the QR drawn
 on the terminal.
@@ -38,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coupons", metavar="ENDPOINT",
                    help="the coupon gateway (lanecore gateway coupons) to download from")
     p.add_argument("--customer", metavar="ID", help="the wallet's customer id")
+    p.add_argument("--server-key", metavar="FILE",
+                   help="the coupon gateway's public key (server.key), when it runs --curve")
+    p.add_argument("--key", metavar="FILE",
+                   help="this wallet's enrolled keypair (NAME.key_secret), with --server-key")
     p.add_argument("--data-dir", metavar="D", default=".",
                    help="where the wallet provider's key lives (default: .)")
     p.add_argument("--key-id", default="w1", help="the key id in the QR (default w1)")
@@ -67,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             print("lanecore: USAGE: give --coupons ENDPOINT and --customer ID (or "
                   "--print-key)", file=sys.stderr)
             return 2
-        from lanecore.gateway.net.client import Client
-        with Client(args.coupons, timeout_s=5.0, retries=2) as c:
+        from lanecore.gateway.net.client import Client, CurveKeys
+        if bool(args.server_key) != bool(args.key):
+            print("lanecore: USAGE: give both --server-key and --key (a --curve coupon "
+                  "gateway), or neither", file=sys.stderr)
+            return 2
+        curve = CurveKeys.from_files(args.server_key, args.key) if args.key else None
+        with Client(args.coupons, timeout_s=5.0, retries=2, curve=curve) as c:
             wallet = c.call("wallet.coupons", customer_id=args.customer)["coupons"]
         only = set(args.only.split(",")) if args.only else None
         coupons = [w for w in wallet if w.get("gtin") and w.get("amount_minor")

@@ -18,6 +18,7 @@ import msgpack
 import pytest
 import zmq
 
+from curvefix import enrol
 from payfix import providers  # noqa: F401  (provider simulator processes, a fixture)
 
 
@@ -43,11 +44,20 @@ class Served:
     proc: subprocess.Popen
     log: Path
     rows: list = field(default_factory=list)
+    #: With ``--curve``: (server public, client public, client secret) of an enrolled
+    #: test identity, for plain pyzmq sockets (``secure(sock)``).
+    curve: tuple[bytes, bytes, bytes] | None = None
+
+    def secure(self, sock: zmq.Socket) -> zmq.Socket:
+        """Give ``sock`` the test identity's CurveZMQ keys when the service uses them."""
+        if self.curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
+        return sock
 
     def call(self, req: dict, timeout_ms: int = 10_000) -> dict:
         """One request over a fresh DEALER (plain pyzmq: no lanecore client)."""
         ctx = zmq.Context.instance()
-        s = ctx.socket(zmq.DEALER)
+        s = self.secure(ctx.socket(zmq.DEALER))
         s.setsockopt(zmq.LINGER, 0)
         s.connect(self.endpoint)
         try:
@@ -95,11 +105,16 @@ def serve(tmp_path, store_template):
     """serve(*args) starts `lanecore serve` on a copy of the store; stopped after the test."""
     started: list[Served] = []
 
-    def start(*args, data_dir: Path | None = None) -> Served:
+    def start(*args, data_dir: Path | None = None, curve_roles: str | None = None) -> Served:
+        """``curve_roles``: run ``--curve`` with a test identity holding these roles."""
         src, rows = store_template
         d = data_dir or tmp_path / f"data{len(started)}"
         if data_dir is None:
             shutil.copytree(src, d)
+        curve = None
+        if curve_roles is not None:
+            curve = enrol(d, tmp_path / f"client{len(started)}", "tests", curve_roles)
+            args = (*args, "--curve")
         sock = tmp_path / f"s{len(started)}"
         endpoint, events = f"ipc://{sock}.ipc", f"ipc://{sock}-events.ipc"
         log = tmp_path / f"serve{len(started)}.log"
@@ -108,7 +123,7 @@ def serve(tmp_path, store_template):
              events, "--data-dir", str(d), *map(str, args)],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        served = Served(endpoint, events, d, proc, log, rows)
+        served = Served(endpoint, events, d, proc, log, rows, curve)
         started.append(served)
         _wait_ready(served)
         return served

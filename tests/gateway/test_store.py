@@ -67,8 +67,9 @@ def test_the_books_balance_and_receipts_went_out(run):
         "cash": b["ledger_paid_minor"].get("cash", 0)}
     sms = [json.loads(x) for x in (store.dir / "sms.jsonl").read_text().splitlines()]
     assert len(sms) == s["sms_receipts"] > 0
-    for m in sms:                           # one per paid handheld order, to its phone
-        order_no = m["msg_ref"].split("-", 1)[1].rsplit("-", 1)[0]
+    for m in sms:                           # one per paid POS order, to its phone
+        # receipt-<merchant_ref>-<phone digits>; merchant_ref = <order_no>-<attempt>
+        order_no = m["msg_ref"].split("-", 1)[1].rsplit("-", 2)[0]
         assert f"Order {order_no}" in m["text"] and m["phone"].startswith("+4477009")
         assert m["segments"] == 1 and "Verify " in m["text"]
     assert s["receipts_printed"] >= s["journeys"]["kiosk"]

@@ -18,18 +18,45 @@ ALIPAY_CODE = "2812345678901234"       # 16 digits, prefix 28
 
 
 class Provider:
-    def __init__(self, kind: str, data_dir: Path, sock_dir: Path, *extra: str):
+    """A `lanecore sim provider` process. ``curve``: with `--curve`; the test's own
+    connector (``conn``) has a keypair enrolled in the provider's `keys/clients/`,
+    ``server_key`` is the provider's public key, and :meth:`enrol` lets another client
+    key (a gateway's) in."""
+
+    def __init__(self, kind: str, data_dir: Path, sock_dir: Path, *extra: str,
+                 curve: bool = False):
         self.kind = kind
         self.data_dir = data_dir
+        self.server_key = None
         endpoint = f"ipc://{sock_dir}/{kind}-{data_dir.name}.ipc"
+        keys = None
+        if curve:
+            from lanecore.gateway.net.security import generate, load_keypair
+            pub, sec = generate(data_dir.parent / f"{data_dir.name}-tester", "tester")
+            self.enrol(pub)
+            keys = load_keypair(sec)
+            extra = ("--curve", *extra)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lanecore", "sim", "provider", "--kind", kind,
              "--bind", endpoint, "--data-dir", str(data_dir), "--fast", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert line, self.proc.stderr.read()
-        self.endpoint = json.loads(line)["endpoint"]
-        self.conn = connector(self.endpoint, kind, timeout_s=5.0)
+        ready = json.loads(line)
+        self.endpoint = ready["endpoint"]
+        curve_keys = None
+        if curve:
+            from lanecore.gateway.net.client import CurveKeys
+            self.server_key = ready["server_key"]
+            curve_keys = CurveKeys(self.server_key.encode(), *keys)
+        self.conn = connector(self.endpoint, kind, timeout_s=5.0, curve=curve_keys)
+
+    def enrol(self, public_key_path: Path) -> None:
+        """Let the client whose public certificate this is in (`--curve`)."""
+        from lanecore.core.config import private_dir, write_private
+        clients = private_dir(self.data_dir / "keys" / "clients")
+        write_private(clients / Path(public_key_path).name,
+                      Path(public_key_path).read_bytes())
 
     def paid(self) -> dict[str, int]:
         """merchant_ref → amount of every trade the provider holds as paid."""
@@ -50,10 +77,10 @@ class Provider:
 def providers(tmp_path):
     made = {}
 
-    def start(name: str, kind: str, *extra: str) -> Provider:
+    def start(name: str, kind: str, *extra: str, curve: bool = False) -> Provider:
         d = tmp_path / f"prov-{name}"
         d.mkdir()
-        made[name] = Provider(kind, d, tmp_path, *extra)
+        made[name] = Provider(kind, d, tmp_path, *extra, curve=curve)
         return made[name]
     yield start
     for p in made.values():
@@ -85,17 +112,23 @@ def wallet(name, endpoint, priority, kind="wechat", **limits):
     return t
 
 
-def start_gateway(kind: str, data_dir: Path, endpoint: str, env=None) -> subprocess.Popen:
-    """`lanecore gateway KIND` in a process, answering `hello` before this returns."""
+def start_gateway(kind: str, data_dir: Path, endpoint: str, env=None,
+                  curve=None) -> subprocess.Popen:
+    """`lanecore gateway KIND` in a process, answering `hello` before this returns.
+    ``curve``: the CurveKeys of an identity enrolled in ``data_dir`` — the gateway then
+    runs ``--curve`` and is asked hello as that identity."""
     import time
 
     from lanecore.gateway.net.client import Client, ServiceError
+    # --dev-open: tests that do not configure authentication talk to it as the
+    # development principal (loopback/ipc only); configured HMAC still applies
+    mode = "--curve" if curve is not None else "--dev-open"
     proc = subprocess.Popen([sys.executable, "-m", "lanecore", "gateway", kind, "--bind",
-                             endpoint, "--data-dir", str(data_dir)],
+                             endpoint, "--data-dir", str(data_dir), mode],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
     deadline = time.monotonic() + 30
-    with Client(endpoint, timeout_s=1.0, retries=0) as c:
+    with Client(endpoint, timeout_s=1.0, retries=0, curve=curve) as c:
         while True:
             try:
                 c.call("hello")

@@ -228,12 +228,16 @@ def test_racing_creators_agree_on_one_key(tmp_path):
     assert os.listdir(tmp_path / KEY_DIR) == [KEY_FILE]
 
 
-@pytest.mark.parametrize("spoil", ["mode", "short", "long", "directory", "symlink"])
-def test_an_unusable_key_file_is_refused_not_replaced(tmp_path, spoil):
+@pytest.mark.parametrize("spoil, code", [
+    ("mode", "BAD_PERMISSIONS"), ("dir_mode", "BAD_PERMISSIONS"), ("short", "KEY_ERROR"),
+    ("long", "KEY_ERROR"), ("directory", "KEY_ERROR"), ("symlink", "KEY_ERROR")])
+def test_an_unusable_key_file_is_refused_not_replaced(tmp_path, spoil, code):
     Signer.load_or_create(tmp_path)
     path = tmp_path / KEY_DIR / KEY_FILE
     if spoil == "mode":
         os.chmod(path, 0o640)
+    elif spoil == "dir_mode":
+        os.chmod(path.parent, 0o750)
     elif spoil == "short":
         path.write_bytes(b"x" * 31)
     elif spoil == "long":
@@ -248,7 +252,10 @@ def test_an_unusable_key_file_is_refused_not_replaced(tmp_path, spoil):
     before = path.lstat()
     with pytest.raises(SigningError) as info:
         Signer.load_or_create(tmp_path)
-    assert info.value.code == "KEY_ERROR"
+    assert info.value.code == code
+    if code == "BAD_PERMISSIONS":       # the message names what to fix
+        assert str(path.parent) in info.value.message
+        assert (KEY_FILE in info.value.message) == (spoil == "mode")
     assert path.lstat() == before
 
 

@@ -183,13 +183,56 @@ def test_outliers_are_rejected_and_counted_unless_confirmed(book):
     assert book.record(SOAP)["n_rejected"] == 1
     assert book.learn(SOAP, 105.0).learned  # 2.5 sd: kept
 
-    r = book.learn(SOAP, 130.0, confirmed=True)  # the attendant saw the soap
+    # A confirmation moves the mean at most 1 sd (the catalogue's 2 g): 130 g would
+    # move it 9.7 g, refused and nothing changed (docs/weigh/learning.md).
+    r = book.learn(SOAP, 130.0, confirmed=True, confirmed_by="key:att")
+    assert r.code == "CONFIRM_TOO_FAR" and not r.learned
+    assert r.confirmation["max_step_g"] == pytest.approx(2.0)
+    assert book.record(SOAP)["n_confirmed"] == 0 and book.confirmations(SOAP) == []
+    # Without the bound, a confirmed weighing is never rejected as an outlier.
+    unbounded = WeightBook(book.connection, confirm_max_step_sd=None,
+                           confirm_daily_max=None)
+    r = unbounded.learn(SOAP, 130.0, confirmed=True)  # the attendant saw the soap
     assert r.learned and r.weight == 3.0
     rec = book.record(SOAP)
     assert (rec["n_obs"], rec["n_confirmed"], rec["n_rejected"]) == (4, 1, 1)
     expected = replay([99.0, 101.0, 105.0, 130.0], prior=(100.0, 2.0),
                       weights=[1, 1, 1, 3], units=[1, 1, 1, 1])
     assert book.stats(SOAP).mean_g == pytest.approx(expected.mean_g, rel=1e-13)
+
+
+def test_confirmations_are_bounded_per_step_and_per_day_and_recorded(book):
+    # BEANS: catalogue 432.5 g, sd 4 g -> sigma for the bound min(learned, 4.325 g
+    # floor or 4 g sd) = 4.325 g (1 % of the weight is the floor).
+    step = book.confirm_max_step_sd * max(4.0, 0.01 * 432.5)
+    start = 432.5
+    means = [start]
+    codes = []
+    for i in range(12):      # the attack: each as far as the bound allows, and further
+        r = book.learn(BEANS, means[-1] + 40.0, confirmed=True, confirmed_by="key:att-1")
+        codes.append(r.code)
+        if r.code == "CONFIRM_TOO_FAR":   # then exactly at the bound
+            s = book.stats(BEANS)
+            n = s.n if s else 3.0
+            x = means[-1] + 0.999 * step * (n + 3.0) / 3.0
+            r = book.learn(BEANS, x, confirmed=True, confirmed_by="key:att-1")
+            codes[-1] = r.code
+        if r.learned:
+            assert abs(r.mean_g - means[-1]) <= step * (1 + 1e-9)
+            assert r.confirmation["confirmed_by"] == "key:att-1"
+            means.append(r.mean_g)
+    assert codes[:5] == ["LEARNED"] * 5
+    assert codes[5:] == ["CONFIRM_DAILY_LIMIT"] * 7
+    assert means[-1] - start <= 5 * step * (1 + 1e-9)        # 21.6 g at most in a day
+    rows = book.confirmations(BEANS)
+    assert len(rows) == 5 and {r["confirmed_by"] for r in rows} == {"key:att-1"}
+    assert [r["mean_after_g"] for r in rows] == pytest.approx(means[1:])
+    assert book.record(BEANS)["n_confirmed"] == 5
+    # another item has its own day; a far confirmation is refused, nothing recorded
+    r = book.learn(SOAP, 300.0, confirmed=True, confirmed_by="key:att-2")
+    assert r.code == "CONFIRM_TOO_FAR" and book.confirmations(SOAP) == []
+    assert book.learn(SOAP, 100.5, confirmed=True, confirmed_by="key:att-2").learned
+    assert [r["confirmed_by"] for r in book.confirmations(SOAP)] == ["key:att-2"]
 
 
 def test_units_weighed_together(book):

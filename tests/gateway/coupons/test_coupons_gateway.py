@@ -4,7 +4,9 @@
 Seed 001's example; forged, expired, replayed and altered QRs each with their own
 code; 50 tills racing for one coupon across two gateway processes; a failed payment
 leaving every coupon and point unspent; a kill -9 between charging and redeeming;
-reversal; members with their prices, points and history."""
+reversal; members with their prices, points and history. The till sends codes and
+quantities; the prices are the store catalogue's (here in the gateway's own data
+directory: 30.00 shampoo, 4.50 soap)."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import zlib
 import pytest
 
 from lanecore.core.promo.mqr import make_mqr
+from lanecore.core.scan.catalog import import_csv
 from lanecore.core.store.orderqr import Signer
-from lanecore.gateway.net.client import Client, ServiceError
+from lanecore.gateway.net.client import Client, CurveKeys, ServiceError
 from lanecore.gateway.coupons import CouponGateway
 
 from payfix import start_gateway, wallet, write_config
@@ -28,6 +31,14 @@ SHAMPOO = "06901234567892"          # GTIN-14 with a good check digit
 SOAP = "06901234567809"
 CUSTOMER = "C-1001"
 DAY = 86_400
+CATALOGUE = ("gtin,name,price_minor,unit_weight_g,weight_sd_g,flags\n"
+             f"{SHAMPOO},Shampoo 400 ml,3000,420,4,\n{SOAP},Soap,450,100,2,\n")
+
+
+def stock_catalogue(data_dir, text: str = CATALOGUE) -> None:
+    """The store catalogue the coupon gateway prices lines from (its own data dir)."""
+    (data_dir / "catalog.csv").write_text(text)
+    assert import_csv(data_dir, data_dir / "catalog.csv").rows_bad == 0
 
 
 @pytest.fixture
@@ -45,6 +56,7 @@ def stack(tmp_path, providers):
     signer = Signer.load_or_create(wallet_dir)
     cdir = tmp_path / "coupons"
     cdir.mkdir()
+    stock_catalogue(cdir)
     (cdir / "coupons.toml").write_text(f'''store_id = "RM-01"
 currency = "CNY"
 [payments]
@@ -57,10 +69,11 @@ w1 = "{signer.public_key_b64()}"
 earn_per_minor = 100
 ''')
     state = {"provider": p, "pay_dir": pay_dir, "pay_ep": pay_ep, "cdir": cdir,
-             "wallet_dir": wallet_dir, "signer": signer, "tmp": tmp_path}
+             "wallet_dir": wallet_dir, "signer": signer, "tmp": tmp_path, "procs": [pay]}
     yield state
-    pay.terminate()
-    pay.wait(10)
+    for proc in state["procs"]:
+        proc.terminate()
+        proc.wait(10)
 
 
 def setup_coupons(gw_call, n=1, amount=500, gtin=SHAMPOO, customer=CUSTOMER):
@@ -113,8 +126,7 @@ def redemptions(stack) -> list:
         con.close()
 
 
-LINES = [{"gtin": SHAMPOO, "qty": 1, "unit_price_minor": 3000, "manufacturer": "ACME"},
-         {"gtin": SOAP, "qty": 2, "unit_price_minor": 450}]
+LINES = [{"code": SHAMPOO, "qty": 1}, {"code": SOAP, "qty": 2}]
 
 
 # --------------------------------------------------------------------------------------
@@ -138,7 +150,7 @@ def test_seed_001_one_scan_pays_the_rest_and_the_manufacturer_owes_the_coupon(st
             assert (stack["tmp"] / "mqr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             # the cashier scanned a 30.00 shampoo; one scan of the QR
             r = c.call("checkout.mqr", order_no="ORD-001", till="TILL-1", mqr=shown["mqr"],
-                       lines=[{"gtin": SHAMPOO, "qty": 1, "unit_price_minor": 3000}])
+                       lines=[{"code": SHAMPOO, "qty": 1}])
             assert r["status"] == "paid", r
             assert (r["gross_minor"], r["discount_minor"], r["total_minor"]) == \
                 (3000, 500, 2500)
@@ -155,8 +167,7 @@ def test_seed_001_one_scan_pays_the_rest_and_the_manufacturer_owes_the_coupon(st
             # the wallet no longer offers it; a retry of the scan is the same answer
             assert c.call("wallet.coupons", customer_id=CUSTOMER)["coupons"] == []
             again = c.call("checkout.mqr", order_no="ORD-001", till="TILL-1",
-                           mqr=shown["mqr"], lines=[{"gtin": SHAMPOO, "qty": 1,
-                                                     "unit_price_minor": 3000}])
+                           mqr=shown["mqr"], lines=[{"code": SHAMPOO, "qty": 1}])
             assert again["status"] == "paid" and trades(stack) == {"ORD-001-1": 2500}
     finally:
         proc.terminate()
@@ -190,17 +201,48 @@ def test_forged_expired_replayed_and_altered_qrs_each_have_their_code(stack):
     gw.close()
 
 
-def test_fifty_tills_racing_for_one_coupon_across_two_gateways(stack):
+def _authenticated(stack) -> CurveKeys:
+    """The stack under authentication: a payment gateway that takes only signed
+    requests (the coupon gateway its terminal COUPONS, role coupons, key in
+    coupons.toml), and the coupon gateway's callers enrolled CurveZMQ keys — here a
+    till identity; its CurveKeys."""
+    from curvefix import enrol
+    pay_dir = stack["tmp"] / "pay-auth"
+    pay_dir.mkdir()
+    write_config(pay_dir, {"wx": wallet("wx", stack["provider"].endpoint, 1)},
+                 pos={"auth": "hmac"})
+    out = subprocess.run([sys.executable, "-m", "lanecore", "terminal", "add", "COUPONS",
+                          "--role", "coupons", "--data-dir", str(pay_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    key = json.loads(out)["key"]
+    pay_ep = f"ipc://{stack['tmp']}/pay-auth.ipc"
+    stack["procs"].append(start_gateway("payments", pay_dir, pay_ep))
+    toml = stack["cdir"] / "coupons.toml"
+    text = toml.read_text().replace(f'endpoint = "{stack["pay_ep"]}"\nterminal = "TILL-1"',
+                                    f'endpoint = "{pay_ep}"\nterminal = "COUPONS"\n'
+                                    f'key = "{key}"')
+    assert 'terminal = "COUPONS"' in text
+    toml.write_text(text)
+    toml.chmod(0o600)                      # it holds a terminal key
+    stack["pay_dir"] = pay_dir
+    return CurveKeys(*enrol(stack["cdir"], stack["tmp"] / "till-key", "till-1", "till"))
+
+
+@pytest.mark.parametrize("auth", ["dev", "signed"])
+def test_fifty_tills_racing_for_one_coupon_across_two_gateways(stack, auth):
+    """In development mode, and again with every caller authenticated: tills by their
+    CurveZMQ keys at two coupon gateways, which sign every payment request."""
+    curve = _authenticated(stack) if auth == "signed" else None
     _, call = in_process(stack)
     (cid,) = setup_coupons(call)
     eps = [f"ipc://{stack['tmp']}/c{i}.ipc" for i in range(2)]
-    procs = [start_gateway("coupons", stack["cdir"], ep) for ep in eps]
+    procs = [start_gateway("coupons", stack["cdir"], ep, curve=curve) for ep in eps]
     results, go = [], threading.Barrier(50)
 
     def till(i):
         text = mqr(stack, [(cid, SHAMPOO, 500)], qr_id=f"RACE-{i}",
                    token=f"13{i:016d}")
-        with Client(eps[i % 2], timeout_s=30, retries=0) as c:
+        with Client(eps[i % 2], timeout_s=30, retries=0, curve=curve) as c:
             go.wait()
             results.append(c.call("checkout.mqr", order_no=f"R-{i:02d}", till=f"T{i}",
                                   mqr=text, lines=LINES[:1]))
@@ -233,7 +275,7 @@ def test_a_failed_payment_leaves_every_coupon_and_point_unspent(stack):
                       now=gw.clock())
     stack["provider"].conn.configure(next=["NOTENOUGH"])
     text = mqr(stack, [(cids[0], SHAMPOO, 500), (cids[1], SHAMPOO, 500)], qr_id="F-1")
-    lines = [{"gtin": SHAMPOO, "qty": 2, "unit_price_minor": 3000}]
+    lines = [{"code": SHAMPOO, "qty": 2}]
     r = call("checkout.mqr", order_no="F-1", till="TILL-1", mqr=text, lines=lines,
              member="88880001", points=300)
     assert r["status"] == "failed" and r["payment"]["decline_code"] == "NOTENOUGH", r

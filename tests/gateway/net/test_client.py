@@ -584,8 +584,8 @@ def test_curve_allowed_device_gets_replies_unknown_key_gets_none(tmp_path, launc
     shutil.copytree(store_template[0], data)
     keys = data / "keys"
     generate(keys, "server")
-    till_public, till_secret = generate(tmp_path / "till", "till1")
-    (keys / "devices").mkdir()
+    till_public, till_secret = generate(tmp_path / "till", "till1", {"roles": "till"})
+    (keys / "devices").mkdir(mode=0o700)     # the owner's alone, or serve refuses it
     shutil.copy(till_public, keys / "devices" / till_public.name)
     _, stranger_secret = generate(tmp_path / "stranger", "stranger")
     p = launch("--curve", data_dir=data)

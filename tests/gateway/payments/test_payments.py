@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,9 @@ import msgpack
 import pytest
 import zmq
 
+from lanecore.gateway.net.auth import auth_frame
 from lanecore.gateway.payments.gateway import PaymentGateway
+from lanecore.gateway.payments.terminals import Terminals
 
 from payfix import ALIPAY_CODE, WECHAT_CODE, wallet, write_config
 
@@ -253,9 +256,14 @@ def test_pay_qr_is_a_dynamic_emv_payload(tmp_path):
 # ----------------------------------------------------------------------------------
 # kill -9 at random steps
 
-def _call_sock(sock, req: dict, timeout_s: float, dead):
-    """One request; None when no reply came in time or the gateway died meanwhile."""
-    sock.send(msgpack.packb(req))
+def _call_sock(sock, req: dict, timeout_s: float, dead, sign=None):
+    """One request; None when no reply came in time or the gateway died meanwhile.
+    ``sign``: (terminal, key) to send it with a fresh authentication frame."""
+    payload = msgpack.packb(req)
+    if sign is None:
+        sock.send(payload)
+    else:
+        sock.send_multipart([payload, auth_frame(*sign, payload)])
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if sock.poll(50):
@@ -265,14 +273,24 @@ def _call_sock(sock, req: dict, timeout_s: float, dead):
     return None
 
 
+@pytest.mark.parametrize("auth", ["dev", "hmac"])
 def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path,
-                                                                        providers):
+                                                                        providers, auth):
+    """Development mode, and again with the till a terminal signing every request (each
+    retry a fresh authentication frame around the same request)."""
     n = int(os.environ.get("LANECORE_PAY_CRASH_N", "200"))
     p = providers("wx", "wechat")
     d = tmp_path / "gw"
     d.mkdir()
     write_config(d, {"wx": wallet("wx", p.endpoint, 1)},
-                 policy={"poll_every_s": 0.2, "give_up_after_s": 30})
+                 policy={"poll_every_s": 0.2, "give_up_after_s": 30},
+                 pos={"auth": "hmac"} if auth == "hmac" else None)
+    sign = None
+    if auth == "hmac":
+        con = sqlite3.connect(d / "payments.db", isolation_level=None)
+        _, key = Terminals(con).register("T1", roles="kiosk")
+        con.close()
+        sign = ("T1", key)
     endpoint = f"ipc://{tmp_path}/pay.ipc"
     env = dict(os.environ, LANECORE_PAY_CRASH="after_ledger:0.04,after_provider:0.04,"
                "before_reply:0.04")
@@ -288,7 +306,7 @@ def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path
         state["starts"] += 1
         env["LANECORE_PAY_CRASH_SEED"] = str(state["starts"])
         state["proc"] = subprocess.Popen(
-            [sys.executable, "-m", "lanecore", "gateway", "payments", "--bind", endpoint,
+            [sys.executable, "-m", "lanecore", "gateway", "payments", "--dev-open", "--bind", endpoint,
              "--data-dir", str(d)], stdout=log, stderr=log, env=env)
 
     ctx = zmq.Context.instance()
@@ -306,7 +324,7 @@ def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.connect(endpoint)
                 reply = _call_sock(sock, req, 5.0,
-                                   lambda: state["proc"].poll() is not None)
+                                   lambda: state["proc"].poll() is not None, sign)
                 if reply is None:                         # lost: a fresh socket, again
                     sock.close(0)
                     sock = None
@@ -441,7 +459,7 @@ def test_member_stored_value_pays_falls_back_refunds_and_reverses(tmp_path, prov
     con = sqlite3.connect(d / "payments.db")
     con.execute("INSERT INTO charges SELECT 'SV-9-1', 'SV-9', 1, 300, currency, method, "
                 "channel, terminal, payer, 'sent', NULL, NULL, created_at, created_at, NULL, "
-                "updated_at, 0, 0 FROM charges WHERE merchant_ref = 'SV-1-1'")
+                "updated_at, 0, 0, scope FROM charges WHERE merchant_ref = 'SV-1-1'")
     con.commit()
     con.close()
     gw = PaymentGateway(d)
@@ -462,14 +480,18 @@ def test_signed_receipts_text_escpos_and_sms_once(tmp_path, providers):
                               "currency": "CNY"}})
     gw = PaymentGateway(d)
     Drawer(gw.con, drawer_id="T1", currency="CNY").float_in({100: 5, 500: 2}, ref="open")
-    assert charge(gw, "1", "RC-1", 1500)["status"] == "paid"
+    lines = [{"name": "Shampoo 400 ml", "qty": 1, "unit_minor": 1000, "amount_minor": 1000},
+             {"name": "Apples", "qty": 2, "unit_minor": 250, "amount_minor": 500}]
+    # the lines go with the charge (the ledger keeps them); lines that do not add up
+    # to the amount are refused before anything is charged
+    bad = charge(gw, "0", "RC-1", 1500, lines=lines[:1])
+    assert bad["error"]["code"] == "BAD_FIELD"
+    assert charge(gw, "1", "RC-1", 1500, lines=lines)["status"] == "paid"
     cash = call(gw, "pay.charge", "2", order_no="RC-2", amount_minor=1300, currency="CNY",
                 method="cash", terminal="T1", cash={"tendered": {"2000": 1}})
     assert cash["status"] == "paid" and cash["change"]["change_minor"] == 700
     key = call(gw, "hello", "h")["receipt_key"]
-    lines = [{"name": "Shampoo 400 ml", "qty": 1, "unit_minor": 1000, "amount_minor": 1000},
-             {"name": "Apples", "qty": 2, "unit_minor": 250, "amount_minor": 500}]
-    r = call(gw, "pay.receipt", "r1", order_no="RC-1", lines=lines, sms_to="+8613800138000")
+    r = call(gw, "pay.receipt", "r1", order_no="RC-1", sms_to="+8613800138000")
     assert r["ok"], r
     rec = verify_receipt(r["receipt"], Verifier(key))           # the hello key checks it
     assert rec.total_minor == 1500 and [ln.name for ln in rec.lines] == [
@@ -482,17 +504,17 @@ def test_signed_receipts_text_escpos_and_sms_once(tmp_path, providers):
         verify_receipt(tampered, Verifier(key))
     assert e.value.code in ("RECEIPT_SIGNATURE", "BAD_RECEIPT")
     # the same receipt asked again: the same signature, the SMS queued once
-    again = call(gw, "pay.receipt", "r2", order_no="RC-1", lines=lines,
-                 sms_to="+86 138 0013 8000")
+    again = call(gw, "pay.receipt", "r2", order_no="RC-1", sms_to="+86 138 0013 8000")
     assert again["receipt"] == r["receipt"] and again["sms_queued"] == r["sms_queued"]
     gw.on_idle()
     sent = [json.loads(x) for x in (d / "sms-outbox.jsonl").read_text().splitlines()]
     assert [m["phone"] for m in sent] == ["+8613800138000"] and "RC-1" in sent[0]["text"]
-    # cash: tendered and change on the receipt; lines that do not add up are refused
+    # cash: tendered and change on the receipt; lines sent with the receipt request are
+    # never read (the receipt is the ledger's)
     c = call(gw, "pay.receipt", "r3", order_no="RC-2")
     assert c["receipt"]["receipt"]["payments"][0]["change_minor"] == 700
-    bad = call(gw, "pay.receipt", "r4", order_no="RC-1", lines=lines[:1])
-    assert bad["error"]["code"] == "BAD_RECEIPT"
+    forged = call(gw, "pay.receipt", "r4", order_no="RC-1", lines=lines[:1])
+    assert forged["receipt"] == r["receipt"]
     assert call(gw, "pay.receipt", "r5", order_no="NOPE")["error"]["code"] == \
         "UNKNOWN_ORDER"
     gw.ledger.close()

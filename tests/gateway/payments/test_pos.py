@@ -100,17 +100,33 @@ def test_register_rotate_disable_and_bad_input(tmp_path):
 
 
 def test_the_mac_is_the_documented_recipe():
-    key = bytes(range(32))
-    payload = msgpack.packb({"op": "hello", "id": 1})
+    """The LCA2 recipe and the worked example of docs/protocol.md ("Terminal
+    authentication"), hex strings read from the page itself."""
     import hashlib
     import hmac
-    by_hand = hmac.new(key, b"LCA1\nPOS-1\n1790000000\n" + payload, hashlib.sha256).digest()
-    assert T.mac(key, "POS-1", 1_790_000_000, payload) == by_hand
-    assert payload.hex() == "82a26f70a568656c6c6fa2696401"          # docs/protocol.md
-    assert by_hand.hex() == \
-        "c334790245f8a589bd3e9f7e745ded7325ff1c9369aa8dd4d1736c540fae64f3"
-    frame = msgpack.unpackb(T.auth_frame("POS-1", key, payload, ts=1_790_000_000))
-    assert frame == {"t": "POS-1", "ts": 1_790_000_000, "mac": by_hand}
+    import re
+
+    from repo import REPO
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("Worked example: key = bytes 0x00"):]
+    section = section[:section.index("Rules:")]
+    payload_hex, prefix_hex, mac_hex, frame_hex = re.findall(r"`([0-9a-f]{28,})`", section)
+    key, nonce = bytes(range(32)), bytes(range(16, 32))
+    payload = msgpack.packb({"op": "hello", "id": 1})
+    assert payload.hex() == payload_hex
+    prefix = bytes.fromhex(prefix_hex)
+    assert prefix == b"LCA2\nPOS-1\n1790000000\n" + nonce.hex().encode() + b"\n"
+    by_hand = hmac.new(key, prefix + payload, hashlib.sha256).digest()
+    assert by_hand.hex() == mac_hex
+    assert T.mac(key, "POS-1", 1_790_000_000, nonce, payload) == by_hand
+    assert T.auth_frame("POS-1", key, payload, ts=1_790_000_000, nonce=nonce).hex() == \
+        frame_hex
+    assert msgpack.unpackb(bytes.fromhex(frame_hex)) == {
+        "t": "POS-1", "ts": 1_790_000_000, "n": nonce, "mac": by_hand}
+    # every frame the library makes has a fresh nonce, and a valid MAC over it
+    a, b = (msgpack.unpackb(T.auth_frame("POS-1", key, payload)) for _ in range(2))
+    assert a["n"] != b["n"] and len(a["n"]) == 16
+    assert a["mac"] == T.mac(key, "POS-1", a["ts"], a["n"], payload)
 
 
 # --------------------------------------------------------------------------------------
@@ -158,9 +174,10 @@ def test_a_terminal_sees_and_touches_only_its_own_transactions(gw):
                       ("pay.refund", {"refund_ref": "R1", "amount_minor": 1})):
         r = ask(gw, {"op": op, "id": f"x-{op}", "order_no": "B-1", **extra}, "POS-2", k2)
         assert r["error"]["code"] == "UNKNOWN_ORDER", (op, r)
-    # nor may it charge that order again, or pay in another terminal's name
+    # its own "B-1" is its own order (order numbers are per terminal): charged as a new
+    # trade, never answered with POS-1's payment; nor may it pay in another's name
     r = ask(gw, charge_req("c2", "B-1", 300), "POS-2", k2)
-    assert r["error"]["code"] == "FORBIDDEN"
+    assert r["status"] == "paid" and r["merchant_ref"] == "B-1-2", r
     r = ask(gw, charge_req("c3", "B-3", 300, terminal="POS-1"), "POS-2", k2)
     assert r["error"]["code"] == "FORBIDDEN"
     # a request id is the terminal's own: POS-2 re-using POS-1's id (and naming POS-1's
@@ -168,7 +185,7 @@ def test_a_terminal_sees_and_touches_only_its_own_transactions(gw):
     r = ask(gw, {**charge_req("c1", "B-2", 400), "client": "pos:POS-1"}, "POS-2", k2)
     assert r["order_no"] == "B-2"
     listed = ask(gw, {"op": "pay.list", "id": "l"}, "POS-2", k2)["charges"]
-    assert [c["order_no"] for c in listed] == ["B-2"]
+    assert [c["merchant_ref"] for c in listed] == ["B-2-1", "B-1-2"]
     assert ask(gw, {"op": "pay.list", "id": "l2", "terminal": "POS-1"}, "POS-2",
                k2)["error"]["code"] == "FORBIDDEN"
     assert {c["order_no"] for c in ask(gw, {"op": "pay.list", "id": "l"}, "HQ",
@@ -180,7 +197,7 @@ def test_a_terminal_sees_and_touches_only_its_own_transactions(gw):
         assert ask(gw, {"op": op, "id": f"a-{op}", **extra}, "POS-1",
                    k1)["error"]["code"] == "FORBIDDEN"
     assert ask(gw, {"op": "stats", "id": "st"}, "HQ", ka)["ok"]
-    assert gw.provider.paid() == {"B-1-1": 300, "B-2-1": 400}
+    assert gw.provider.paid() == {"B-1-1": 300, "B-2-1": 400, "B-1-2": 300}
 
 
 def test_per_terminal_limits(gw):

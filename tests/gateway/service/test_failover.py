@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lanecore.gateway.net.client import Client
+from lanecore.gateway.net.client import Client, CurveKeys
 
 
 def _children(pid: int) -> list[int]:
@@ -42,8 +42,12 @@ def _wait_for_workers(pid: int, n: int, timeout_s: float = 60) -> list[int]:
 
 
 @pytest.mark.slow
-def test_kill_9_workers_under_load(serve):
-    served = serve("--workers", "2")
+@pytest.mark.parametrize("mode", ["plain", "curve"])
+def test_kill_9_workers_under_load(serve, mode):
+    """Plain, and under CurveZMQ, where the broker tells each worker who sent each
+    request (an enrolled admin identity here): retries still meet their replies."""
+    served = serve("--workers", "2", curve_roles="admin" if mode == "curve" else None)
+    curve = CurveKeys(*served.curve) if served.curve else None
     items = served.items(400)
     codes = [it["gtin"] for it in items]
     weights = {it["gtin"].rjust(14, "0"): float(it["unit_weight_g"]) for it in items}
@@ -54,7 +58,7 @@ def test_kill_9_workers_under_load(serve):
     retried: dict[str, int] = {}
 
     # an order to verify again and again at two gates
-    with Client(served.endpoint, client_id="setup", retries=40, timeout_s=1.0) as c:
+    with Client(served.endpoint, client_id="setup", curve=curve, retries=40, timeout_s=1.0) as c:
         basket = c.basket_open("HH-1")["basket"]["basket_id"]
         c.basket_add(basket, codes[:3])
         order = c.basket_submit(basket)
@@ -62,7 +66,7 @@ def test_kill_9_workers_under_load(serve):
 
     def adder():
         try:
-            with Client(served.endpoint, client_id="adder", retries=60, timeout_s=0.5,
+            with Client(served.endpoint, client_id="adder", curve=curve, retries=60, timeout_s=0.5,
                         backoff_s=0.05) as c:
                 b = c.basket_open("HH-2")["basket"]["basket_id"]
                 acked_adds.append(b)
@@ -77,7 +81,7 @@ def test_kill_9_workers_under_load(serve):
 
     def verifier():
         try:
-            with Client(served.endpoint, client_id="gate", retries=60, timeout_s=0.5,
+            with Client(served.endpoint, client_id="gate", curve=curve, retries=60, timeout_s=0.5,
                         backoff_s=0.05) as c:
                 k = 0
                 while not stop.is_set():
@@ -120,7 +124,7 @@ def test_kill_9_workers_under_load(serve):
 
     basket_id, added = acked_adds[0], acked_adds[1:]
     assert len(added) > 20 and len(acked_verdicts) > 20
-    with Client(served.endpoint, client_id="check", retries=40, timeout_s=1.0) as c:
+    with Client(served.endpoint, client_id="check", curve=curve, retries=40, timeout_s=1.0) as c:
         lines = c.basket_get(basket_id)["basket"]["lines"]
     # every acknowledged item exactly once; at most the one in flight at the end beyond
     got = [line["gtin"] for line in lines]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import msgpack
 import pytest
 import zmq
+from curvefix import enrol
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -51,7 +52,7 @@ BAD_CHECK_DIGIT BAD_NUMBER_SYSTEM BAD_PRICE_CHECK_DIGIT UNKNOWN_AI TRUNCATED_AI
 BAD_AI_VALUE BAD_DATE DUPLICATE_AI INEXACT_AMOUNT UNKNOWN_SYMBOLOGY UNKNOWN_REGION
 UNKNOWN_ITEM
 NOT_MSGPACK NOT_A_MAP TOO_LARGE BAD_FRAMES MISSING_FIELD BAD_FIELD UNKNOWN_OP INTERNAL
-UNAVAILABLE
+UNAVAILABLE TOO_COMPLEX BUSY
 LANE_NOT_CONFIGURED TOO_MANY_LANES NO_SETTLED_WEIGHT PLAIN_NOT_ALLOWED NO_SERVER_KEY
 BAD_KEY CANNOT_BIND
 UNKNOWN_BASKET BASKET_CLOSED EMPTY_BASKET BAD_SCAN NEEDS_WEIGHING BAD_LINE BAD_REQUEST
@@ -62,6 +63,7 @@ BAD_FLAGS BAD_WEIGHT DB_BUSY DB_ERROR SCHEMA_TOO_NEW NOT_A_CATALOG
 BAD_SAMPLE_RATE BAD_SCALE_INTERVAL BAD_FILTER BAD_WEIGH_CONFIG BAD_TRACE CANNOT_WRITE
 EMPTY_ORDER BAD_ORDER BAD_QUANTITY BAD_MEASUREMENT OVER_CAPACITY BAD_POLICY
 ORDER_NOT_FOUND ORDER_UNREADABLE BAD_Z BAD_SCALE_ID
+PROOF_INVALID PROOF_MISMATCH LANE_QUOTA CONFIRM_TOO_FAR CONFIRM_DAILY_LIMIT
 """.split())
 # A service bug, not a malformed request: never acceptable as an answer to fuzz.
 NEVER = frozenset({"INTERNAL"})
@@ -148,6 +150,8 @@ class Fuzz:
     proc: subprocess.Popen
     log: str
     pools: dict
+    #: With ``--curve``: the enrolled test identity's keys (server public, public, secret).
+    curve: tuple | None = None
     sent: int = 0                # every message sent, oversized ones included
     replies: int = 0
     dropped: int = 0             # over 1 MiB: no reply, reconnected
@@ -163,9 +167,16 @@ class Fuzz:
     _dumps: int = 0
 
     # -- sockets ------------------------------------------------------------------
+    def socket(self, kind: int) -> zmq.Socket:
+        """A socket of ``kind`` with the test identity's CurveZMQ keys, if any."""
+        s = zmq.Context.instance().socket(kind)
+        if self.curve is not None:
+            s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self.curve
+        return s
+
     def dealer(self) -> zmq.Socket:
         if self._sock is None:
-            s = zmq.Context.instance().socket(zmq.DEALER)
+            s = self.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.connect(self.endpoint)
             self._sock = s
@@ -275,7 +286,7 @@ class Fuzz:
         path = f"{self.log}.unanswered-{self._dumps}.msgpack"
         with open(path, "wb") as f:
             f.write(pack(frames))
-        s = zmq.Context.instance().socket(zmq.DEALER)
+        s = self.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(self.endpoint)
         try:
@@ -298,7 +309,7 @@ class Fuzz:
 
     def oversized(self, frames: list[bytes]) -> None:
         """A frame over 1 MiB: the transport drops the peer, no reply. Reconnect."""
-        s = zmq.Context.instance().socket(zmq.DEALER)
+        s = self.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(self.endpoint)
         try:
@@ -312,7 +323,7 @@ class Fuzz:
     def req_exchange(self, frames_list: list[Msg], test: str) -> None:
         """The same through a REQ socket: strictly one request, one reply."""
         self._test = test
-        s = zmq.Context.instance().socket(zmq.REQ)
+        s = self.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(self.endpoint)
         try:
@@ -362,19 +373,21 @@ def check_result(op: str, reply: dict) -> None:
         assert reply["learning"]["code"] in LEARNING_CODES, reply
 
 
-def _start(tmp, store_template) -> Fuzz:
+def _start(tmp, store_template, mode: str = "plain") -> Fuzz:
     """`lanecore serve` on ipc sockets over a copy of the store, as conftest does; the
-    environment (LANECORE_PURE, NUMBA_DISABLE_JIT) passes through."""
+    environment (LANECORE_PURE, NUMBA_DISABLE_JIT) passes through. ``mode`` "curve":
+    under CurveZMQ, the fuzzer an enrolled admin identity."""
     data = tmp / "data"
     shutil.copytree(store_template[0], data)
+    curve = enrol(data, tmp / "client", "fuzzer", "admin") if mode == "curve" else None
     endpoint, events, log = f"ipc://{tmp}/s.ipc", f"ipc://{tmp}/e.ipc", str(tmp / "serve.log")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lanecore", "serve", "--bind", endpoint, "--events",
-             events, "--data-dir", str(data)],
+             events, "--data-dir", str(data), *(["--curve"] if curve else [])],
             stdout=out, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    fz = Fuzz(endpoint, proc, log, {})
+    fz = Fuzz(endpoint, proc, log, {}, curve)
     deadline = time.monotonic() + 90
     while True:
         fz.alive()
@@ -398,10 +411,11 @@ def _call(fz: Fuzz, req: dict) -> dict:
     return r
 
 
-@pytest.fixture(scope="module")
-def fz(tmp_path_factory, store_template):
-    """`lanecore serve` for this module, with real baskets, orders and lanes to aim at."""
-    fz = _start(tmp_path_factory.mktemp("fuzz"), store_template)
+@pytest.fixture(scope="module", params=["plain", "curve"])
+def fz(tmp_path_factory, store_template, request):
+    """`lanecore serve` for this module, with real baskets, orders and lanes to aim at:
+    in development mode, then under CurveZMQ with an enrolled identity."""
+    fz = _start(tmp_path_factory.mktemp("fuzz"), store_template, request.param)
     rows = store_template[1]
     plain = [r for r in rows if not r["flags"] and r["unit_weight_g"]]
     gtins = [r["gtin"] for r in rows[:200]]
