@@ -1425,7 +1425,8 @@ class Venue:
         # Durable before the money moves: a crash from here on leaves a 'paying' row.
         try:
             # Free items only: there is nothing to charge, and gateways refuse 0.
-            result = ({"status": "paid", "amount_minor": 0, "note": "nothing to charge"}
+            result = ({"status": "paid", "order_no": order_no, "amount_minor": 0,
+                       "note": "nothing to charge"}
                       if total == 0 else pay(order_no, total, account["pay_token"]))
         except Exception as exc:
             raise _fail("PAYMENT_IN_DOUBT", f"the payment of order {order_no} did not "
@@ -1484,6 +1485,9 @@ class Venue:
             doubt = "the answer is not a map"
         elif "order_no" in result and result["order_no"] != order_no:
             doubt = f"the answer is for order {result['order_no']!r}"
+        elif status == "paid" and not ("order_no" in result and "amount_minor" in result):
+            # a paid answer says for which order and how much, or it proves nothing
+            doubt = "the gateway's paid answer names no order or no amount"
         elif status == "paid" and "amount_minor" in result \
                 and result["amount_minor"] != row["total_minor"]:
             doubt = (f"the gateway reports {result['amount_minor']!r} paid, not "

@@ -168,10 +168,16 @@ def _result(reply: dict) -> dict:
     raise ServiceError.from_reply(reply)
 
 
+#: Replies that say "not now" rather than "no": a broker's worker restarting, or a
+#: server whose per-connection limits this client is over (docs/protocol.md). Both
+#: left the request undone: it is retried with the same id after the backoff.
+RETRY_LATER = frozenset({"UNAVAILABLE", "BUSY"})
+
+
 def _is_unavailable(reply: dict) -> bool:
     err = reply.get("error")
     return reply.get("ok") is False and isinstance(err, Mapping) \
-        and err.get("code") == "UNAVAILABLE"
+        and err.get("code") in RETRY_LATER
 
 
 def _no_none(**fields) -> dict:

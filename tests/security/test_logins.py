@@ -224,7 +224,8 @@ def test_transaction_password_checks_count_against_the_source(venue):
 
     def pay(order_no, amount_minor, token):
         pays.append(order_no)
-        return {"status": "paid", "provider_ref": "P-1"}
+        return {"status": "paid", "order_no": order_no, "amount_minor": amount_minor,
+                "provider_ref": "P-1"}
 
     carts = []
     for i in range(3):

@@ -66,13 +66,16 @@ class FakePay:
 
     def __init__(self, answer=None, exc: BaseException | None = None):
         self.calls: list[tuple] = []
-        self.answer = {"status": "paid", "provider_ref": "P-1"} if answer is None else answer
+        self.answer = answer
         self.exc = exc
 
     def __call__(self, order_no, amount_minor, token):
         self.calls.append((order_no, amount_minor, token))
         if self.exc is not None:
             raise self.exc
+        if self.answer is None:     # what the payment gateway answers: order and amount
+            return {"status": "paid", "order_no": order_no, "amount_minor": amount_minor,
+                    "provider_ref": "P-1"}
         return dict(self.answer)
 
 
@@ -377,7 +380,8 @@ def test_settle_happy_path(venue, shopper, signer, con):
     assert s.order_no.startswith("UV20260921") and s.pass_id and s.issued_at == T0 + 60
     assert [(x["name"], x["qty"], x["unit_minor"], x["amount_minor"]) for x in s.lines] == [
         ("Milk 1L", 2, 189, 378), ("Bread", 1, 250, 250)]
-    assert s.gateway == {"status": "paid", "provider_ref": "P-1"}
+    assert s.gateway == {"status": "paid", "order_no": s.order_no, "amount_minor": total,
+                         "provider_ref": "P-1"}
     assert venue.settlement(s.order_no) == s and venue.paying() == []
     assert venue.cart(cid).status == "settled" and venue.cart(cid).order_no == s.order_no
     assert code_of(venue.add, cid, MILK_1L, now=T0).code == "CART_CLOSED"
@@ -570,7 +574,7 @@ def test_the_paying_row_is_committed_before_pay_is_called(venue, shopper, db_pat
                                     "order_no = ?", (order_no,)).fetchone()
         seen["err"] = code_of(second.settle, cid, transaction_password=PIN,
                               confirm_total_minor=628, pay=pay, now=T0)
-        return {"status": "paid"}
+        return {"status": "paid", "order_no": order_no, "amount_minor": amount_minor}
 
     s = venue.settle(cid, transaction_password=PIN, confirm_total_minor=628, pay=pay, now=T0)
     other.close()
@@ -598,7 +602,8 @@ def test_a_process_death_in_pay_is_resumed_after_restart(db_path, signer, catalo
     again = Venue(con, signer=signer, catalog=catalog, kdf_n=FAST_N)
     (pending,) = again.paying()
     assert pending.order_no == order_no and pending.total_minor == 628
-    done = again.resume(order_no, lambda o: {"status": "paid"}, now=T0 + 5)
+    done = again.resume(order_no, lambda o: {"status": "paid", "order_no": o,
+                                             "amount_minor": 628}, now=T0 + 5)
     assert done.status == "paid" and len(dies.calls) == 1
     con.close()
 
@@ -616,6 +621,7 @@ def test_resume_of_a_declined_payment_reopens_the_cart(venue, shopper):
 
 
 @pytest.mark.parametrize("answer", [{"status": "paid", "amount_minor": 1},
+                                    {"status": "paid"},        # paid, but for what?
                                     {"status": "paid", "order_no": "UV-OTHER"},
                                     {"status": "weird"}, "paid", None])
 def test_an_unclear_answer_is_in_doubt(venue, shopper, answer):
