@@ -57,6 +57,17 @@ def _die(code: str, message: str) -> int:
     return EXIT_USAGE
 
 
+def _in_range(option: str, value, lo, hi, unit: str = "", *,
+              code: str = "BAD_ARGUMENT") -> None:
+    """``value`` of ``option`` within ``lo``–``hi`` (NaN is not), else ``code``
+    (``BAD_ARGUMENT``) naming the option and the allowed range."""
+    if value is None:
+        return
+    if not (lo <= value <= hi):
+        raise LanecoreError(f"{option} must be {lo:,g}–{hi:,g}{unit}, got {value:g}",
+                            code=code)
+
+
 def _region_arg(value: str) -> str:
     if not (len(value) == 2 and value.isascii() and value.isalpha()):
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 3166 alpha-2 code")
@@ -73,7 +84,17 @@ def _store(args, *, create: bool = False):
 
 
 def _region(args, config) -> str | None:
-    return getattr(args, "region", None) or config.region
+    """The region a command works in (``--region``, else the store's), checked once
+    for every command: one whose in-store code rules the barcode parser knows (built
+    in, or a table in ``lanecore.toml``), else ``UNKNOWN_REGION`` — as `catalog gen`."""
+    region = getattr(args, "region", None) or config.region
+    if region is not None:
+        from lanecore.ext import barcode
+        known = sorted(barcode.regions())
+        if region.upper() not in known:
+            raise LanecoreError(f"region {region!r} has no in-store code rules; "
+                                f"known: {', '.join(known)}", code="UNKNOWN_REGION")
+    return region
 
 
 # ----------------------------------------------------------------------------------
@@ -300,6 +321,18 @@ def cmd_weigh_gen(args) -> int:
     import numpy as np
 
     from lanecore.drivers import loadcell_sim as sim
+    _in_range("--items", args.items, 0, 1000)
+    _in_range("--fs", args.fs, 1, 10_000, " Hz")
+    _in_range("--seconds", args.seconds, 0.1, 3600, " s")
+    _in_range("--e", args.e, 0.001, 1000, " g")
+    for option, value in (("--noise-g", args.noise_g), ("--mains-g", args.mains_g),
+                          ("--conveyor-g", args.conveyor_g), ("--spike-g", args.spike_g)):
+        _in_range(option, value, 0, 100_000, " g")
+    _in_range("--conveyor-hz", args.conveyor_hz, 0, args.fs / 2, " Hz")
+    _in_range("--spikes-per-s", args.spikes_per_s, 0, args.fs)
+    _in_range("--drift-g-per-s", args.drift_g_per_s, -1000, 1000, " g/s")
+    _in_range("--counts-per-g", args.counts_per_g, 1e-6, 1e9)
+    _in_range("--bits", args.bits, 8, 32)
     rng = np.random.default_rng(args.seed)
     spec = sim.random_spec(rng, fs_hz=args.fs, seconds=args.seconds, items=args.items,
                            noise_g=args.noise_g, settle_band_g=args.e)
@@ -345,6 +378,10 @@ def cmd_verify(args) -> int:
         ("k", args.k), ("e_g", args.e), ("mpe_table", args.mpe),
         ("scale_sd_g", args.scale_sd_g), ("floor_g", args.floor_g)) if value is not None}
     policy = VerifyPolicy(**fields)
+    from lanecore.core.weigh.verify import CAPACITY_E
+    _in_range("--measured-g", args.measured_g, -10 * policy.e_g, CAPACITY_E * policy.e_g,
+              f" g (-10 e to the scale's capacity, 10000 e at e = {policy.e_g:g} g)",
+              code="BAD_MEASUREMENT")
     table = None
     from lanecore.core.scan.catalog import database_path
     if database_path(data_dir).exists():
@@ -375,7 +412,13 @@ def cmd_serve(args) -> int:
 
     from lanecore.gateway.net import security as sec
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.workers < 1:
+        return _die("USAGE", f"--workers must be at least 1, got {args.workers}")
+    for ep in (args.bind, args.events):
+        if ep:
+            sec.check_endpoint(ep)       # BAD_ADDRESS: before "not loopback"
     data_dir, config = _store(args, create=True)
+    _region(args, config)            # UNKNOWN_REGION before anything is bound
     ctx = zmq.Context.instance()
     guard = None
     if args.curve:
@@ -400,8 +443,8 @@ def cmd_serve(args) -> int:
                 svc.serve(args.bind, events=args.events, security=guard, ready=ready, ctx=ctx)
             finally:
                 svc.close()
-    except zmq.ZMQError as exc:
-        return _die("CANNOT_BIND", f"{args.bind}: {exc}")
+    except zmq.ZMQError as exc:     # the binds themselves name their address
+        return _die("CANNOT_BIND", f"{args.bind} or {args.events or '-'}: {exc}")
     finally:
         if guard is not None:
             guard.stop()
@@ -427,7 +470,9 @@ def cmd_keys_gen(args) -> int:
     from lanecore.gateway.net.identity import parse_roles
     metadata = None
     if args.server:
-        directory = sec.keys_dir(resolve_data_dir(args.data_dir))
+        from lanecore.core.config import writable_dir
+        directory = writable_dir(sec.keys_dir(resolve_data_dir(args.data_dir)),
+                                 what="key directory")
         name = sec.SERVER_NAME
     else:
         if not args.name:
@@ -443,8 +488,8 @@ def cmd_keys_gen(args) -> int:
     out = {"public": str(public), "secret": str(secret)}
     if args.enrol and not args.server:
         devices = sec.keys_dir(resolve_data_dir(args.data_dir)) / "devices"
-        from lanecore.core.config import private_dir, write_private
-        private_dir(devices)
+        from lanecore.core.config import write_private, writable_dir
+        writable_dir(devices, what="key directory")
         if (devices / public.name).exists():
             return _die("KEY_EXISTS", f"{devices / public.name} is enrolled already: "
                                       "remove it first to replace it")
@@ -543,6 +588,7 @@ def cmd_gateway_coupons(args) -> int:
     """The coupon gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import coupons
     from lanecore.gateway.net import security as sec
+    sec.check_endpoint(args.bind)        # BAD_ADDRESS: before "not loopback"
     if not args.curve:
         if not args.dev_open:
             return _die("AUTH_REQUIRED", "the coupon gateway authenticates its callers: start "
@@ -559,6 +605,7 @@ def cmd_gateway_payments(args) -> int:
     """The payment gateway until SIGTERM/SIGINT."""
     from lanecore.gateway.payments import gateway as payments
     from lanecore.gateway.net import security as sec
+    sec.check_endpoint(args.bind)        # BAD_ADDRESS: before "not loopback"
     if not args.curve:
         sec.check_plain([args.bind], args.allow_plain)
     if args.dev_open:
@@ -578,16 +625,20 @@ def _terminals(args):
     """The payment gateway's terminal registry (in its ledger database)."""
     import sqlite3
 
-    from lanecore.core.config import resolve_data_dir
+    from lanecore.core.config import resolve_data_dir, writable_dir
     from lanecore.gateway.payments.gateway import LEDGER_FILE
     from lanecore.gateway.payments.terminals import Terminals
     from lanecore.core.sqltxn import private_database
-    data_dir = resolve_data_dir(args.data_dir, create=True)
+    data_dir = writable_dir(resolve_data_dir(args.data_dir, create=True))
     path = data_dir / LEDGER_FILE
-    private_database(path)       # it holds the terminals' keys: 0600, -wal and -shm too
-    con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
-    con.execute("PRAGMA journal_mode=WAL")
-    return con, Terminals(con)
+    try:
+        private_database(path)   # it holds the terminals' keys: 0600, -wal and -shm too
+        con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        con.execute("PRAGMA journal_mode=WAL")
+        return con, Terminals(con)
+    except (OSError, sqlite3.Error) as exc:
+        raise LanecoreError(f"cannot open the terminal registry {path}: {exc}",
+                            code="DB_ERROR") from exc
 
 
 def cmd_terminal_add(args) -> int:
@@ -635,50 +686,87 @@ def cmd_terminal_disable(args) -> int:
 
 
 def cmd_recon(args) -> int:
-    """Reconcile the ledger's charges of one day against the providers' bill files."""
+    """Reconcile the ledger's charges of one day against the providers' bill files.
+    Bills map to the ledger's channels by name, else by the provider their kind calls
+    (``payments.toml`` beside the ledger: a ``bank-DATE.csv`` is the card channel's);
+    a cash or stored-value channel's "bill" is the gateway's own record of the day in
+    the ledger database (the drawer's, the member accounts')."""
     import csv
     import sqlite3
 
     from lanecore.core.pay import recon
     from lanecore.core.pay.ledger import day_rows
+    from lanecore.gateway.payments.gateway import load_payments_config, local_bill
     date = recon.check_date(args.date)
-    if not Path(args.ledger).is_file():
+    ledger_path = Path(args.ledger)
+    if not ledger_path.is_file():
         return _die("NO_LEDGER", f"no ledger database at {args.ledger}")
-    con = sqlite3.connect(f"file:{Path(args.ledger).resolve()}?mode=ro", uri=True)
+    raw = load_payments_config(ledger_path.parent).get("channels", {})
+    kinds = {name: t.get("kind") for name, t in raw.items()
+             if isinstance(t, dict)} if isinstance(raw, dict) else {}
+    bills, channels, files = [], [], []
+    owner: dict[str, Path] = {}
+    for folder in args.bills:
+        if not Path(folder).is_dir():
+            return _die("NO_BILL", f"no bill folder {folder}")
+        for path in sorted(Path(folder).glob(f"*-{date}.csv")):
+            channel = recon.bill_channel(path.name[:-len(f"-{date}.csv")], kinds)
+            if channel in owner:
+                return _die("DUPLICATE_BILL", f"two bills for channel {channel}: "
+                            f"{owner[channel]} and {path}: give one")
+            owner[channel] = path
+            files.append(path)
+            channels.append(channel)
+            try:
+                with open(path, newline="", encoding="utf-8") as fh:
+                    bills.extend(recon.parse_bill(csv.DictReader(fh), channel))
+            except OSError as exc:
+                return _die("CANNOT_READ", f"{path}: {exc.strerror}")
+    local = [name for name, kind in kinds.items()
+             if kind in recon.LOCAL_KINDS and name not in owner]
+    if not files and not local:
+        return _die("NO_BILL", f"no bill file *-{date}.csv in {', '.join(args.bills)}")
+    con = sqlite3.connect(f"file:{ledger_path.resolve()}?mode=ro", uri=True)
     try:
         ledger = day_rows(con, date)
+        for name in local:          # the drawer's record is the cash channel's bill
+            channels.append(name)
+            bills.extend(local_bill(ledger, kinds[name], name, con))
     except sqlite3.Error as exc:
         return _die("DB_ERROR", f"cannot read charges from {args.ledger}: {exc}")
     finally:
         con.close()
-    bills, channels = [], []
-    files = sorted(Path(args.bills).glob(f"*-{date}.csv"))
-    if not files:
-        return _die("NO_BILL", f"no bill file *-{date}.csv in {args.bills}")
-    for path in files:
-        channel = path.name[:-len(f"-{date}.csv")]
-        channels.append(channel)
-        with open(path, newline="", encoding="utf-8") as fh:
-            bills.extend(recon.parse_bill(csv.DictReader(fh), channel))
     report = recon.reconcile(ledger, bills, channels=channels)
     if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(recon.Finding.__dataclass_fields__))
-            w.writeheader()
-            w.writerows(report.rows())
+        try:
+            with open(args.out, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(recon.Finding.__dataclass_fields__))
+                w.writeheader()
+                w.writerows(report.rows())
+        except OSError as exc:
+            return _die("CANNOT_WRITE", f"{args.out}: {exc.strerror}")
+    sources = [p.name for p in files] + [f"{name} ({kinds[name]} records)" for name in local]
     if args.json:
         print(json.dumps({"date": date, "bills": [str(p) for p in files],
-                          **report.to_dict()}, indent=2))
+                          "local": local, **report.to_dict()}, indent=2))
     else:
         print(f"{date}: {len(ledger)} ledger charges, {len(bills)} bill lines from "
-              f"{', '.join(p.name for p in files)}")
+              f"{', '.join(sources)}")
         print(report.summary())
     return EXIT_OK if report.clean else EXIT_BAD_INPUT
+
+
+def _port_exists(port: str) -> None:
+    """A port given as a path (not ``loop://``, ``socket://``…) must exist: else
+    ``PORT_NOT_FOUND`` naming it, not a scale that did not answer."""
+    if "://" not in port and not os.path.exists(port):
+        raise LanecoreError(f"no such port {port}", code="PORT_NOT_FOUND")
 
 
 def cmd_device_probe(args) -> int:
     """Which scale protocol answers on a port."""
     from lanecore.drivers.scales import NO_SCALE, probe
+    _port_exists(args.port)
     found = probe(args.port, timeout_s=args.timeout)
     if args.json:
         row = {"port": args.port, "protocol": found}
@@ -763,9 +851,15 @@ def cmd_qr_mpm(args) -> int:
     """An EMVCo merchant-presented QR: the payload, and its symbol as PNG, SVG or
     terminal art (docs/pay/qr.md)."""
     from lanecore.core.pay import emvqr
+    if not (args.gui or args.account or args.no_account):
+        return _die("NO_ACCOUNT", "a payment QR without a merchant account pays nobody "
+                    "(a wallet pays only a code with one): give --gui G --account A, or "
+                    "--no-account for a sample")
+    amount = None if args.amount_minor is None else emvqr.parse_minor_units(args.amount_minor)
+    if amount is not None and amount < 1:
+        return _die("EMV_AMOUNT", f"amount {amount} must be at least 1 minor unit")
     payload = emvqr.build_mpm(
-        amount_minor=(None if args.amount_minor is None
-                      else emvqr.parse_minor_units(args.amount_minor)),
+        amount_minor=amount,
         currency=args.currency, country=args.country, merchant_name=args.merchant_name,
         city=args.city, bill=args.bill or "", terminal=args.terminal or "",
         gui=args.gui or "", account=args.account or "", account_tag=args.account_tag,
@@ -849,6 +943,9 @@ def cmd_demo(args) -> int:
     # Never $LANECORE_DATA_DIR: the demo empties its directory, and that one is the
     # real store's (docs/store/demo.md, "Its directory").
     data_dir = Path(args.data_dir) if args.data_dir else Path(".demo")
+    _in_range("--shoppers", args.shoppers, 1, 100_000)
+    _in_range("--concurrency", args.concurrency, 1, 256)
+    _in_range("--rows", args.rows, 500, 1_000_000)
     return run_demo(data_dir, shoppers=args.shoppers, seed=args.seed, rows=args.rows,
                     concurrency=args.concurrency, live=args.live, as_json=args.json)
 
@@ -1076,8 +1173,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "bill files (docs/pay/providers.md)")
     sp.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day (UTC)")
     sp.add_argument("--ledger", required=True, metavar="PATH", help="the ledger database")
-    sp.add_argument("--bills", required=True, metavar="DIR",
-                    help="folder of bill files KIND-YYYY-MM-DD.csv")
+    sp.add_argument("--bills", required=True, metavar="DIR", action="append",
+                    help="folder of bill files CHANNEL-YYYY-MM-DD.csv or "
+                         "PROVIDER-YYYY-MM-DD.csv (bank: the card channel's); repeat "
+                         "for several folders. Cash and stored value need none: their "
+                         "record is in the ledger database")
     sp.add_argument("--out", metavar="CSV", help="write every finding to this CSV")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
     sp.set_defaults(func=cmd_recon)
@@ -1124,6 +1224,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gui", metavar="G", help="merchant account: globally unique id "
                                                "(reverse domain name or AID)")
     sp.add_argument("--account", metavar="A", help="merchant account under --gui")
+    sp.add_argument("--no-account", action="store_true",
+                    help="no merchant account template: a sample no wallet pays "
+                         "(else NO_ACCOUNT)")
     sp.add_argument("--account-tag", default="26", metavar="NN",
                     help="tag of the merchant account template, 26-51 (default 26)")
     sp.add_argument("--mcc", default="5411", metavar="NNNN",

@@ -24,8 +24,8 @@ A pattern covers the 12 digits before the GTIN-13 check digit: ``P`` item refere
 (prefix included), ``C`` the price/weight check digit, ``V`` the variable value.
 ``receipt_keys``: a receipt signed by one of them (``pay.receipt``) may mark an order
 paid at the verification service (``order.status`` with ``proof``,
-``docs/protocol.md``). Unknown sections, and unknown keys in ``[payments]``, are
-refused.
+``docs/protocol.md``). Unknown sections, and unknown keys in ``[store]``,
+``[payments]`` and the ``[rcn.CC]`` tables, are refused (``BAD_CONFIG`` naming them).
 
 Private files (``docs/security.md``, "Files and directories"): every lanecore process
 runs under umask 077 (:func:`set_process_umask`, called first thing by ``cli.main``);
@@ -72,6 +72,24 @@ def resolve_data_dir(cli_value: str | os.PathLike | None = None, *, create: bool
         except OSError as exc:
             raise ConfigError(f"cannot create data directory {path}: {exc.strerror}",
                               code="BAD_DATA_DIR") from exc
+    return path
+
+
+def writable_dir(path: str | os.PathLike, *, what: str = "data directory") -> Path:
+    """``path`` as a directory this process can write in: created as
+    :func:`private_dir` does, then proven by creating (and removing) a file in it.
+    Raises ConfigError ``DATA_DIR_READ_ONLY`` naming the path — for a process about
+    to keep a database there, a clear refusal instead of SQLite's "unable to open
+    database file" (root ignores permissions: the probe is the only true test)."""
+    path = Path(path).expanduser()
+    try:
+        private_dir(path)
+        probe = path / f".lanecore-write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write in the {what} {path}: "
+                          f"{exc.strerror or exc}", code="DATA_DIR_READ_ONLY") from exc
     return path
 
 
@@ -230,6 +248,10 @@ def parse_config(text: str, source: Path | None = None) -> StoreConfig:
     store = doc.get("store", {})
     if not isinstance(store, dict):
         raise ConfigError(f"{where}: [store] must be a table")
+    unknown = set(store) - {"region"}
+    if unknown:             # a misspelt key would otherwise be silently ignored
+        raise ConfigError(f"{where}: unknown key(s) in [store]: {sorted(unknown)} "
+                          "(it takes region)")
     if "region" in store:
         cfg.region = _region_code(store["region"], f"{where}: store.region")
     rcn = doc.get("rcn", {})
@@ -243,6 +265,12 @@ def parse_config(text: str, source: Path | None = None) -> StoreConfig:
         missing = {"currency", "currency_numeric", "exponent", "prefixes"} - set(table)
         if missing:
             raise ConfigError(f"{key} lacks {sorted(missing)}")
+        unknown = set(table) - {"currency", "currency_numeric", "exponent", "prefixes"}
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {sorted(unknown)}")
+        if not isinstance(table["currency"], str):
+            raise ConfigError(f"{key}.currency must be a string (an ISO 4217 code), "
+                              f"got {table['currency']!r}")
         prefixes = table["prefixes"]
         if not isinstance(prefixes, dict) or not prefixes:
             raise ConfigError(f"{key}.prefixes must be a non-empty table")

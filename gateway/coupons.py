@@ -37,12 +37,13 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import time
 import tomllib
 from pathlib import Path
 
 from lanecore.core.promo import pricing as PR
-from lanecore.core.config import check_private, resolve_data_dir
+from lanecore.core.config import check_private, resolve_data_dir, writable_dir
 from lanecore.core.config import load_config as load_store_config
 from lanecore.core.promo.coupons import CouponBook, CouponError, Definition
 from lanecore.core.errors import LanecoreError
@@ -123,6 +124,43 @@ def load_config(data_dir: Path) -> dict:
         raise CouponGatewayError(f"{path}: {exc}") from exc
 
 
+#: ``[payments]`` keys and the types each takes.
+_PAYMENTS_KEYS = {"endpoint": str, "terminal": str, "key": str, "timeout_s": (int, float),
+                  "retries": int}
+
+
+def check_config(cfg: dict) -> None:
+    """The types of ``coupons.toml``'s top-level keys and ``[payments]``: a wrong type
+    or an unknown ``[payments]`` key is BAD_CONFIG naming it (the other tables are
+    checked where they are read)."""
+    def bad(key: str, want: str, value) -> CouponGatewayError:
+        return CouponGatewayError(f"{CONFIG_FILE}: {key} must be {want}, got {value!r}")
+    store_id = cfg.get("store_id", "store")
+    if not isinstance(store_id, str) or not 1 <= len(store_id) <= 64:
+        raise bad("store_id", "a string of 1-64 characters", store_id)
+    currency = cfg.get("currency", "CNY")
+    if not (isinstance(currency, str) and len(currency) == 3 and currency.isascii()
+            and currency.isalpha() and currency.isupper()):
+        raise bad("currency", 'an ISO 4217 code such as "CNY"', currency)
+    for key, kind, want in (("payments", dict, "a table"), ("wallet_keys", dict, "a table"),
+                            ("members", dict, "a table"),
+                            ("promotions", list, "an array of tables ([[promotions]])")):
+        if key in cfg and not isinstance(cfg[key], kind):
+            raise bad(key, want, cfg[key])
+    for i, t in enumerate(cfg.get("promotions", [])):
+        if not isinstance(t, dict):
+            raise bad(f"promotions[{i}]", "a table", t)
+    pay = cfg.get("payments", {})
+    unknown = set(pay) - set(_PAYMENTS_KEYS)
+    if unknown:
+        raise CouponGatewayError(f"{CONFIG_FILE}: unknown key(s) in [payments]: "
+                                 f"{sorted(unknown)} (it takes {', '.join(_PAYMENTS_KEYS)})")
+    for key, kind in _PAYMENTS_KEYS.items():
+        if key in pay and (isinstance(pay[key], bool) or not isinstance(pay[key], kind)):
+            raise bad(f"payments.{key}", "a number" if kind != str and kind != int
+                      else "an integer" if kind is int else "a string", pay[key])
+
+
 def parse_families(table) -> dict[str, str]:
     """``[families]`` (family = [GTIN, …]) as GTIN-14 → family; a GTIN in two
     families, or not a GTIN, is BAD_CONFIG."""
@@ -181,13 +219,13 @@ class CouponGateway(OpServer):
     """Coupons, wallets, members, pricing and the one-scan checkout."""
 
     def __init__(self, data_dir, *, clock=time.time, payments=None) -> None:
-        self.data_dir = resolve_data_dir(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = writable_dir(resolve_data_dir(data_dir))   # DATA_DIR_READ_ONLY
         cfg = load_config(self.data_dir)
         unknown = set(cfg) - {"store_id", "currency", "payments", "wallet_keys", "members",
                               "promotions", "store", "families"}
         if unknown:
             raise CouponGatewayError(f"{CONFIG_FILE}: unknown {sorted(unknown)}")
+        check_config(cfg)
         self._store_setup(cfg.get("store", {}))
         self.families = parse_families(cfg.get("families", {}))
         self.clock = clock
@@ -784,9 +822,13 @@ def serve(data_dir, bind: str, *, curve: bool = False) -> int:
     from lanecore.gateway.net.security import ServerSecurity
     gw = CouponGateway(data_dir)
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
+
+    def ready():
+        print(f"lanecore coupons serving on {bind} ({'curve' if guard else 'dev-open'}), "
+              f"data in {gw.data_dir}", file=sys.stderr, flush=True)
     try:
         gw.recover()
-        gw.serve(bind, security=guard)
+        gw.serve(bind, security=guard, ready=ready)
     finally:
         if guard is not None:
             guard.stop()

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 import time
 
 import numpy as np
@@ -132,7 +133,12 @@ class Service(OpServer):
         self.con = catalog_mod.connect(catalog_mod.database_path(self.data_dir))
         for stmt in _SCHEMA_SQL:
             self.con.execute(stmt)
-        self.table = self.catalog.table()
+        #: The catalogue version ``self.table`` was loaded at (``meta.catalog_version``);
+        #: ``on_idle`` reloads the table when an import bumps it (``_check_catalog``).
+        self.catalog_version, self.table = catalog_mod.load_versioned_table(self.catalog)
+        self._reload: threading.Thread | None = None
+        self._reload_result: tuple | None = None
+        self._reload_after = 0.0
         self.weights = WeightBook(self.con)
         self.weights.apply_to_table(self.table)
         self.health_book = ScaleHealth(self.con)
@@ -156,8 +162,69 @@ class Service(OpServer):
         except ImportError:   # baskets not built into this lanecore
             return
         self.signer = Signer.load_or_create(self.data_dir)
-        self.baskets = BasketStore(self.con, self.table, region=self.region,
+        # a callable: baskets look scans up in the table scans use now (after a reload too)
+        self.baskets = BasketStore(self.con, lambda: self.table, region=self.region,
                                    item=self.catalog.item)
+
+    # the live catalogue -----------------------------------------------------------
+    def on_idle(self) -> None:
+        super().on_idle()
+        self._check_catalog()
+
+    def _check_catalog(self) -> None:
+        """Between requests (the loop's idle call, at least every 0.2 s): when an
+        import bumped ``meta.catalog_version``, load the new table on a thread with
+        its own connection (a 1M-SKU table takes ~2 s; requests go on meanwhile),
+        then swap it in here, on the loop's thread, and publish ``catalog``. The hot
+        path never checks anything."""
+        job = self._reload
+        if job is not None:
+            if job.is_alive():
+                return
+            self._reload, result, self._reload_result = None, self._reload_result, None
+            if isinstance(result, tuple):
+                self._swap_catalog(*result)
+            else:
+                log.error("catalogue reload failed, retrying in 5 s: %s", result)
+                self._reload_after = time.monotonic() + 5.0
+            return
+        if time.monotonic() < self._reload_after:
+            return
+        try:
+            version = catalog_mod.catalog_version(self.con)
+        except LanecoreError as exc:
+            log.error("cannot read the catalogue version: %s", exc)
+            self._reload_after = time.monotonic() + 5.0
+            return
+        if version == self.catalog_version:
+            return
+        path = catalog_mod.database_path(self.data_dir)
+
+        def load():
+            try:
+                con = catalog_mod.connect(path)
+                try:
+                    self._reload_result = catalog_mod.load_versioned_table(con)
+                finally:
+                    con.close()
+            except Exception as exc:   # reported (and retried) by the loop's thread
+                self._reload_result = exc
+        self._reload = threading.Thread(target=load, name="catalog-reload", daemon=True)
+        self._reload.start()
+
+    def _swap_catalog(self, version: int, table) -> None:
+        """Make ``table`` (catalogue ``version``) the one scans and baskets use: the
+        learned weights applied, the decoded and pre-packed items of the old table
+        dropped (their row numbers mean other items now), then one assignment. The
+        loop is one thread, so no request sees the table without its caches."""
+        self.weights.apply_to_table(table)
+        self._items = collections.OrderedDict()
+        self._packed_items = {}
+        self._packed_heads = {}
+        self.table = table
+        self.catalog_version = version
+        log.info("catalogue version %d loaded: %d items", version, len(table))
+        self.publish("catalog", {"version": version, "items": len(table)})
 
     def close(self) -> None:
         for closer in (self.catalog.close, self.con.close):

@@ -434,3 +434,24 @@ def _change_from_dict(d: dict) -> Change:
     return Change(d["due_minor"], d["tendered_minor"], d["change_minor"],
                   {int(k): v for k, v in d["pieces"].items()},
                   {int(k): v for k, v in d["drawer_after"].items()})
+
+
+def paid_records(con: sqlite3.Connection, refs) -> dict[str, int]:
+    """The drawer's record of the cash payments among ``refs`` (merchant references):
+    ``{ref: due_minor}`` for each one a drawer took. This is a cash channel's "bill"
+    for reconciliation (``core/pay/recon.py`` :func:`local_bill`). ``con`` may be
+    read-only; a database whose drawer never took cash has no records."""
+    refs = list(refs)
+    out: dict[str, int] = {}
+    try:
+        for i in range(0, len(refs), 500):
+            part = refs[i:i + 500]
+            for ref, result in con.execute(
+                    "SELECT ref, result FROM drawer_moves WHERE kind = 'pay' AND ref IN "
+                    f"({','.join('?' * len(part))})", part):
+                out[ref] = int(json.loads(result)["due_minor"])
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    return out

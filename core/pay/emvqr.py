@@ -378,7 +378,11 @@ def lookup_currency(code: str) -> tuple[str, str, int]:
 
 def parse_minor_units(text: str) -> int:
     """An amount typed as a whole number of minor units (``"1234"`` fen) as an int;
-    ``EMV_AMOUNT`` for anything else (signs, decimals, non-ASCII digits)."""
+    ``EMV_AMOUNT`` for anything else (decimals, non-ASCII digits); a negative whole
+    number is told so."""
+    if isinstance(text, str) and re.fullmatch(r"\s*-[0-9]+\s*", text):
+        raise EmvQrError(f"amount {text.strip()} is negative: it must be at least 1 "
+                         "minor unit", code="EMV_AMOUNT")
     if not (isinstance(text, str) and text.isascii() and text.isdigit()):
         raise EmvQrError(f"amount {text!r} is not a whole number of minor units",
                          code="EMV_AMOUNT")

@@ -50,11 +50,19 @@ INJECT_KINDS = ("drop", "extra", "amount", "duplicate")
 FINDINGS = ("missing_in_ledger", "missing_at_provider", "amount_mismatch",
             "status_mismatch", "duplicate")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: The provider (and the name of its bill files, ``KIND-DATE.csv``) behind each
+#: channel kind that calls one: card channels call the bank.
+PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
+                 "card": "bank"}
+#: Channel kinds the payment gateway settles itself: no provider bill, their "bill"
+#: is the gateway's own record of the day (the drawer's, the member accounts').
+LOCAL_KINDS = ("cash", "stored_value")
 
 
 class ReconError(LanecoreError):
     """``BAD_BILL`` (a bill line that cannot be read), ``BAD_INJECT`` (an injection
-    that asks for more lines than the bill has, or an unknown kind), ``BAD_DATE``."""
+    that asks for more lines than the bill has, or an unknown kind), ``BAD_DATE``,
+    ``AMBIGUOUS_BILL`` (a provider's bill several channels could own)."""
 
     code = "BAD_BILL"
 
@@ -116,6 +124,43 @@ def parse_bill(rows: Iterable[Mapping], channel: str) -> list[BillRow]:
             raise ReconError(f"{channel} bill line {n}: needs a merchant_ref, and a "
                              "refund_ref exactly on refund lines")
         out.append(row)
+    return out
+
+
+def bill_channel(prefix: str, channels: Mapping[str, str]) -> str:
+    """The ledger channel a bill file ``PREFIX-DATE.csv`` belongs to. ``channels`` is
+    the payment gateway's ``{channel name: kind}`` (``payments.toml``). A prefix that
+    names a channel is that channel (the gateway's own copies, ``DATA_DIR/bills/``);
+    one that names a provider (``bank``) is the one channel of a kind calling it
+    (``card``). Raises ReconError ``AMBIGUOUS_BILL`` when several channels call that
+    provider; a prefix nothing names is its own channel (its lines will not match)."""
+    if prefix in channels:
+        return prefix
+    callers = sorted(name for name, kind in channels.items()
+                     if PROVIDER_KIND.get(kind) == prefix)
+    if len(callers) > 1:
+        raise ReconError(f"a {prefix} bill could be channel {' or '.join(callers)}: "
+                         "name the file by its channel (CHANNEL-DATE.csv)",
+                         code="AMBIGUOUS_BILL")
+    return callers[0] if callers else prefix
+
+
+def local_bill(ledger_rows: Iterable[Mapping], records: Mapping[str, int],
+               channel: str, *, source: str) -> list[BillRow]:
+    """The "bill" of a channel the gateway settles itself (cash, stored value): one
+    paid charge line per payment its own record holds (``records``: merchant_ref →
+    amount taken, e.g. ``core.pay.cash.paid_records``), among the day's ledger
+    charges of ``channel``. ``source`` prefixes the line's provider_ref."""
+    out = []
+    for r in ledger_rows:
+        if r.get("type", "charge") != "charge" or r["channel"] != channel:
+            continue
+        ref = r["merchant_ref"]
+        if ref in records:
+            out.append(BillRow(trade_time="", merchant_ref=ref,
+                               provider_ref=f"{source}:{ref}", type="charge",
+                               amount_minor=records[ref], currency=str(r["currency"]),
+                               status="SUCCESS", fee_minor=0, channel=channel))
     return out
 
 

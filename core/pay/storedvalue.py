@@ -617,3 +617,23 @@ class StoredValue:
                 return self._record(ref, member, "adjust", delta, balance + delta, terms)
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot adjust") from exc
+
+
+def debit_records(con: sqlite3.Connection, refs) -> dict[str, int]:
+    """The member accounts' record of the debits among ``refs`` (merchant references):
+    ``{ref: amount_minor}``. A stored-value channel's "bill" for reconciliation
+    (``core/pay/recon.py`` :func:`local_bill`); ``con`` may be read-only."""
+    refs = list(refs)
+    out: dict[str, int] = {}
+    try:
+        for i in range(0, len(refs), 500):
+            part = refs[i:i + 500]
+            for ref, amount in con.execute(
+                    "SELECT ref, amount_minor FROM sv_moves WHERE kind = 'debit' AND ref IN "
+                    f"({','.join('?' * len(part))})", part):
+                out[ref] = int(amount)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    return out

@@ -18,7 +18,10 @@ origin, producer, inspection, supply_chain, promotion
 updated_at     REAL     Unix time (seconds) of the import that last wrote the row
 =============  =======  ===========================================================
 
-Table ``meta`` holds ``schema_version`` (also ``PRAGMA user_version``).
+Table ``meta`` holds ``schema_version`` (also ``PRAGMA user_version``) and
+``catalog_version``: a counter every import that writes rows bumps in its own
+transaction (absent, read as 0, before the first). A running service compares it to
+the version its lookup table was loaded at and reloads (``docs/scan/catalog.md``).
 
 In-store (variable-measure) items are listed under their *lookup GTIN*, the in-store
 code with its variable part (and price check digit) zeroed, e.g. ``2011122000005``
@@ -61,10 +64,15 @@ __all__ = [
     "MAX_TEXT_LEN", "MAX_PRICE_MINOR", "MAX_ERROR_DETAILS", "BATCH_ROWS",
     "CatalogError", "ImportReport", "Catalog", "connect", "database_path",
     "import_csv", "load_table", "item", "line_price_minor", "parse_flags",
-    "flag_names",
+    "flag_names", "CATALOG_VERSION_KEY", "catalog_version", "load_versioned_table",
 ]
 
 SCHEMA_VERSION = 1
+#: The ``meta`` key of the catalogue version, bumped by every import that writes rows.
+CATALOG_VERSION_KEY = "catalog_version"
+_BUMP_VERSION_SQL = (f"INSERT INTO meta (key, value) VALUES ('{CATALOG_VERSION_KEY}', '1') "
+                     "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+_VERSION_SQL = f"SELECT value FROM meta WHERE key = '{CATALOG_VERSION_KEY}'"
 
 #: The documented CSV columns, in the order ``lanecore.core.scan.synth`` writes them.
 CSV_COLUMNS = ("gtin", "name", "price_minor", "unit_weight_g", "weight_sd_g", "flags",
@@ -337,7 +345,9 @@ def import_csv(db_or_path, csv_path: str | os.PathLike, *,
     an empty cell as NULL.
     A GTIN already in the database is replaced (upsert). The whole import is one
     transaction: if it fails part-way (an unreadable file, a database error, an
-    exception from ``progress``) nothing changes. ``progress(rows_done, bytes_done,
+    exception from ``progress``) nothing changes. An import that writes rows bumps
+    ``catalog_version`` in that transaction (:func:`catalog_version`), which tells a
+    running service to reload. ``progress(rows_done, bytes_done,
     bytes_total)`` is called about every BATCH_ROWS rows and once at the end
     (``bytes_done`` is approximate until then).
 
@@ -441,6 +451,8 @@ def _import_in_transaction(con, reader, raw, bytes_total, index, ncols, report,
     """Write the rows and COMMIT, or ROLLBACK and raise."""
     try:
         _rows(con, reader, raw, bytes_total, index, ncols, report, progress)
+        if report.rows_imported:
+            con.execute(_BUMP_VERSION_SQL)   # committed with the rows, or not at all
         con.execute("COMMIT")
     except BaseException as exc:
         with contextlib.suppress(sqlite3.Error):
@@ -678,6 +690,41 @@ def load_table(db_or_path) -> CatalogTable:
             raise _db_error(exc, "cannot load the catalogue") from exc
 
 
+def catalog_version(db_or_path) -> int:
+    """The catalogue version (``meta.catalog_version``): 0 before the first import,
+    one more after every import that wrote rows. One indexed read, cheap enough to
+    poll. Raises CatalogError DB_ERROR."""
+    with _connection(db_or_path) as con:
+        try:
+            return _version(con)
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot read the catalogue version") from exc
+
+
+def _version(con: sqlite3.Connection) -> int:
+    row = con.execute(_VERSION_SQL).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def load_versioned_table(db_or_path) -> tuple[int, CatalogTable]:
+    """``(catalog_version, load_table())`` read in one read transaction: the table
+    is exactly the catalogue of that version, even while another process imports.
+    Raises CatalogError DB_ERROR."""
+    with _connection(db_or_path) as con:
+        own_txn = not con.in_transaction
+        try:
+            if own_txn:
+                con.execute("BEGIN")
+            try:
+                return _version(con), _load(con)
+            finally:
+                if own_txn:
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot load the catalogue") from exc
+
+
 # Every value of a row passes through one float64 array: the schema keeps GTINs
 # (< 10**14), prices (< 10**15) and flags below 2**53, where float64 is exact, and
 # weights are >= 0, so -1 can stand for NULL. One flat np.fromiter over the cursor
@@ -853,6 +900,10 @@ class Catalog:
     def item(self, gtin: str) -> dict | None:
         """One item (see the module-level :func:`item`), or None."""
         return item(self._con(), gtin)
+
+    def version(self) -> int:
+        """The catalogue version (see :func:`catalog_version`)."""
+        return catalog_version(self._con())
 
     def count(self) -> int:
         """Number of items."""

@@ -26,7 +26,8 @@ import zmq
 
 from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.security import SecurityError, is_loopback
-from lanecore.gateway.net.server import PEER_RCVHWM, PEER_SNDHWM, principal_frame
+from lanecore.gateway.net.server import (PEER_RCVHWM, PEER_SNDHWM, bind_socket,
+                                         principal_frame)
 
 log = logging.getLogger("lanecore.broker")
 
@@ -132,7 +133,7 @@ class Broker:
         front.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
         if security is not None:
             security.server_socket(front)
-        front.bind(bind)
+        bind_socket(front, bind)
         back = ctx.socket(zmq.ROUTER)
         back.setsockopt(zmq.ROUTER_MANDATORY, 1)
         back.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a respawned worker takes its identity back
@@ -151,7 +152,7 @@ class Broker:
             pub.setsockopt(zmq.LINGER, 0)
             if security is not None:
                 security.server_socket(pub)      # only enrolled keys subscribe
-            pub.bind(events)
+            bind_socket(pub, events)
         for w in self.workers:
             self._spawn(w)
         poller = zmq.Poller()

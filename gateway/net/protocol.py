@@ -57,6 +57,7 @@ class ProtocolError(Exception):
 ENVELOPE_ERRORS = {
     "NOT_MSGPACK": "the frame is not MessagePack",
     "NOT_A_MAP": "the request is not a MessagePack map",
+    "BAD_KEY_TYPE": "a map key, at any depth, that is not a string (or binary)",
     "TOO_LARGE": "a string, binary, list or map in the request is over its limit",
     "TOO_COMPLEX": f"the request holds more than {MAX_OBJECTS:,} values in all (maps, "
                    "lists and scalars at every depth)",
@@ -86,6 +87,8 @@ def unpack(payload: bytes) -> dict:
         raise ProtocolError("NOT_MSGPACK", f"not one MessagePack value: {exc}") from None
     except ValueError as exc:
         text = str(exc)
+        if "not allowed for map key" in text:     # strict_map_key: keys are strings
+            raise ProtocolError("BAD_KEY_TYPE", f"map keys are strings: {text}") from None
         if "exceeds" in text or "max_" in text:
             raise ProtocolError("TOO_LARGE", text) from None
         raise ProtocolError("NOT_MSGPACK", f"not MessagePack: {text}") from None
@@ -149,6 +152,7 @@ class Field:
     min: float | None = None       # numbers: range; str/bin/list: length
     max: float | None = None
     choices: tuple | None = None
+    code: str = "BAD_FIELD"        # the error of a wrong type or value (e.g. BAD_AMOUNT)
 
 
 def _describe(f: Field) -> str:
@@ -192,17 +196,17 @@ def check(req: dict, schema: dict[str, Field]) -> dict:
         elif f.kind == "map":
             bad = not isinstance(v, dict)
         if bad:
-            raise ProtocolError("BAD_FIELD", f"field {name!r} must be {_describe(f)}, "
+            raise ProtocolError(f.code, f"field {name!r} must be {_describe(f)}, "
                                              f"got {type(v).__name__}")
         size = v if f.kind in ("int", "float") else (
             len(v) if f.kind in ("str", "bin", "list", "map") else None)
         if size is not None:
             if (f.min is not None and size < f.min) or (f.max is not None and size > f.max):
                 what = "value" if f.kind in ("int", "float") else "length"
-                raise ProtocolError("BAD_FIELD", f"field {name!r}: {what} {size} is outside "
+                raise ProtocolError(f.code, f"field {name!r}: {what} {size} is outside "
                                                  f"{_describe(f)}")
         if f.choices is not None and v not in f.choices:
-            raise ProtocolError("BAD_FIELD", f"field {name!r} must be {_describe(f)}")
+            raise ProtocolError(f.code, f"field {name!r} must be {_describe(f)}")
         out[name] = v
     return out
 

@@ -127,6 +127,40 @@ def load_public(path) -> bytes:
     return public
 
 
+#: The transports an address may name (``docs/protocol.md``).
+ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc")
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is an address a lanecore process can bind or connect:
+    ``tcp://HOST:PORT`` (PORT 1-65535, or ZeroMQ's ``*`` for any free one; an IPv6
+    HOST in brackets), ``ipc://PATH`` or ``inproc://NAME``. Anything else — a bare
+    port, a port out of range, another scheme — is SecurityError ``BAD_ADDRESS``
+    naming it (ZeroMQ would take ``:99999`` and listen on another port)."""
+    def bad(why: str):
+        return SecurityError(f"{endpoint!r} is not an address: {why} (tcp://HOST:PORT "
+                             "with PORT 1-65535, or ipc://PATH)", code="BAD_ADDRESS")
+    if not isinstance(endpoint, str) or "://" not in endpoint:
+        raise bad("no scheme")
+    scheme, rest = endpoint.split("://", 1)
+    if scheme not in ENDPOINT_SCHEMES:
+        raise bad(f"unknown transport {scheme!r}")
+    if not rest or any(c.isspace() for c in rest):
+        raise bad("empty, or with spaces")
+    if scheme != "tcp":
+        return endpoint
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise bad("no HOST:PORT")
+    if host.startswith("[") != host.endswith("]") or host in ("[]",):
+        raise bad("an IPv6 host goes in brackets")
+    if port.startswith("*"):
+        return endpoint
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise bad(f"port {port!r} is not 1-65535")
+    return endpoint
+
+
 def is_loopback(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint stays on this machine (ipc://, inproc://, loopback tcp)."""
     scheme = endpoint.split("://", 1)[0]
@@ -208,8 +242,11 @@ class _Frames(list):
 
 
 def check_plain(endpoints, allow_plain: bool) -> None:
-    """Refuse plain (unencrypted, unauthenticated) TCP beyond loopback unless allowed."""
+    """Refuse plain (unencrypted, unauthenticated) TCP beyond loopback unless allowed;
+    an endpoint that is no address at all is ``BAD_ADDRESS`` (:func:`check_endpoint`)."""
     for ep in endpoints:
+        if ep:
+            check_endpoint(ep)
         if ep and not is_loopback(ep) and not allow_plain:
             raise SecurityError(
                 f"{ep} is not loopback: use --curve (keys in the data directory) or say "

@@ -159,6 +159,19 @@ def _set_queues(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.RCVHWM, PEER_RCVHWM if router else 100_000)
 
 
+
+def bind_socket(sock, address: str) -> None:
+    """``sock.bind(address)``, or LanecoreError: ``BAD_ADDRESS`` for an address that
+    is none (``security.check_endpoint``), ``CANNOT_BIND`` naming the address that
+    could not be bound (in use, no such interface, no permission)."""
+    from lanecore.gateway.net.security import check_endpoint
+    check_endpoint(address)
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as exc:
+        raise LanecoreError(f"cannot bind {address}: {exc}", code="CANNOT_BIND") from exc
+
+
 class OpServer:
     """The envelope and the loop; subclasses give ``_ops()`` and the store ``con``
     (an autocommit ``sqlite3.Connection``, where DURABLE replies are recorded)."""
@@ -411,7 +424,7 @@ class OpServer:
         _set_queues(sock)
         if security is not None:
             security.server_socket(sock)
-        sock.bind(bind)
+        bind_socket(sock, bind)
         pub = self._open_events(ctx, events, bind=True, security=security)
         self._loop(sock, pub, security, ready=ready)
 
@@ -432,7 +445,10 @@ class OpServer:
         pub.setsockopt(zmq.LINGER, 0)
         if security is not None:
             security.server_socket(pub)
-        (pub.bind if bind else pub.connect)(address)
+        if bind:
+            bind_socket(pub, address)
+        else:
+            pub.connect(address)
 
         def publish(topic, event, _pub=pub):
             try:

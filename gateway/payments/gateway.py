@@ -38,6 +38,7 @@ from lanecore.core.pay.cash import Drawer
 from lanecore.core.config import resolve_data_dir
 from lanecore.core.errors import LanecoreError
 from lanecore.core.pay.ledger import Ledger, UnknownPolicy, next_step
+from lanecore.core.pay.recon import PROVIDER_KIND as recon_PROVIDER_KIND
 from lanecore.core.pay.routing import (ConfigError, Decline, NoEligibleChannel,
                                        PaymentRequest, Router, Usage, parse_channels)
 from lanecore.core.pay.storedvalue import StoredValue, StoredValueError
@@ -53,9 +54,8 @@ log = logging.getLogger("lanecore.payments")
 
 CONFIG_FILE = "payments.toml"
 LEDGER_FILE = "payments.db"
-#: Card-kind channels call the bank provider.
-PROVIDER_KIND = {"wechat": "wechat", "alipay": "alipay", "unionpay": "unionpay",
-                 "card": "bank"}
+#: Card-kind channels call the bank provider (``core/pay/recon.py``: bills by kind too).
+PROVIDER_KIND = recon_PROVIDER_KIND
 _PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor",
                     "server_key", "client_key")
 #: The gateway's own CurveZMQ keypair for provider links (``client_key`` of a channel
@@ -268,8 +268,10 @@ class PaymentGateway(OpServer):
 
     # ------------------------------------------------------------------------------
     def _ops(self):
-        money = Field("int", min=1, max=10 ** 12)
-        ccy = Field("str", min=3, max=3)
+        # An amount or currency of the wrong type or out of range is its own code, as
+        # the routing check's (docs/protocol.md, "Payment error codes").
+        money = Field("int", min=1, max=10 ** 12, code="BAD_AMOUNT")
+        ccy = Field("str", min=3, max=3, code="BAD_CURRENCY")
         return declare([
             ("hello", self.op_hello, {}, PURE),
             ("pay.quote", self.op_quote,
@@ -686,6 +688,8 @@ class PaymentGateway(OpServer):
                               f.get("payer"), f.get("auth_code"))
 
     def op_quote(self, f) -> dict:
+        if f["method"] == "auth_code" and "auth_code" not in f:     # as pay.charge
+            raise P.ProtocolError("MISSING_FIELD", "an auth_code payment needs auth_code")
         try:
             self._check_terminal_limits(f)
             limit = None
@@ -1258,9 +1262,15 @@ class PaymentGateway(OpServer):
             text = own.read_text(encoding="utf-8")
             channels.append(name)
             bills.extend(recon.parse_bill(csv.DictReader(io.StringIO(text)), name))
-        rows = [r for r in self.ledger.day_rows(date) if r["channel"] in channels]
-        report = recon.reconcile(rows, bills, channels=channels)
-        return {"date": date, "channels": channels, "no_bill": missing,
+        day = self.ledger.day_rows(date)
+        local = []          # cash, stored value: their bill is the gateway's own record
+        for ch in self.router.channels:
+            if ch.kind in LOCAL_KINDS:
+                local.append(ch.name)
+                bills.extend(local_bill(day, ch.kind, ch.name, self.con))
+        rows = [r for r in day if r["channel"] in channels or r["channel"] in local]
+        report = recon.reconcile(rows, bills, channels=channels + local)
+        return {"date": date, "channels": channels, "local": local, "no_bill": missing,
                 **report.to_dict()}
 
     def op_qr(self, f) -> dict:
@@ -1272,6 +1282,21 @@ class PaymentGateway(OpServer):
         payload = emvqr.build_mpm(currency=currency, amount_minor=f["amount_minor"],
                                   bill=f["order_no"], terminal=f["terminal"], **self.qr)
         return {"payload": payload}
+
+
+def local_bill(day_rows: list, kind: str, channel: str, con) -> list:
+    """The "bill" of a ``cash`` or ``stored_value`` channel for one day's ledger rows:
+    the drawer's (or the member accounts') record of each payment, read through
+    ``con`` (the ledger database, which holds those records too; read-only is fine).
+    Shared by ``recon.run`` and ``lanecore recon``."""
+    from lanecore.core.pay import recon
+    from lanecore.core.pay.cash import paid_records
+    from lanecore.core.pay.storedvalue import debit_records
+    refs = [r["merchant_ref"] for r in day_rows
+            if r["channel"] == channel and r.get("type", "charge") == "charge"]
+    records = (paid_records if kind == "cash" else debit_records)(con, refs)
+    return recon.local_bill(day_rows, records, channel,
+                            source="drawer" if kind == "cash" else "sv")
 
 
 def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False) -> int:
@@ -1295,8 +1320,13 @@ def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False) -
               "this machine is the development principal, with every role "
               "(docs/security.md)", file=sys.stderr, flush=True)
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
+
+    def ready():
+        mode = "curve" if guard else ("hmac" if gw.auth else "dev-open")
+        print(f"lanecore payments serving on {bind} ({mode}), data in {gw.data_dir}",
+              file=sys.stderr, flush=True)
     try:
-        gw.serve(bind, security=guard)
+        gw.serve(bind, security=guard, ready=ready)
     finally:
         if guard is not None:
             guard.stop()

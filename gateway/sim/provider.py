@@ -45,7 +45,7 @@ from pathlib import Path
 
 import zmq
 
-from lanecore.core.config import private_dir
+from lanecore.core.config import private_dir, writable_dir
 from lanecore.core.pay import recon
 from lanecore.core.sqltxn import private_database
 from lanecore.gateway.net import protocol
@@ -214,7 +214,7 @@ class Provider:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         behaviour.check(kind)
         self.kind = kind
-        self.data_dir = private_dir(data_dir)
+        self.data_dir = writable_dir(data_dir)     # DATA_DIR_READ_ONLY, not a traceback
         self.behaviour = behaviour
         #: Bills up to this many bytes go in the ``bill`` reply; larger, in parts.
         self.max_bill_reply = MAX_BILL_REPLY
@@ -680,7 +680,8 @@ def serve(provider: Provider, bind: str, *, stop=None, ready=None,
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
     if security is not None:
         security.server_socket(sock)
-    sock.bind(bind)
+    from lanecore.gateway.net.server import bind_socket
+    bind_socket(sock, bind)         # BAD_ADDRESS, CANNOT_BIND naming it
     if ready:
         ready(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     pending: list = []   # (due, seq, frames): answers waiting out their latency
@@ -763,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A payment provider simulator (ZeroMQ ROUTER + MessagePack; "
                     "docs/pay/providers.md). Prints one JSON line with its endpoint when ready.")
     p.add_argument("--kind", required=True, choices=KINDS)
-    p.add_argument("--bind", default="tcp://127.0.0.1:0",
+    p.add_argument("--bind", default="tcp://127.0.0.1:*",
                    help="ZeroMQ address (default: a free TCP port on localhost)")
     p.add_argument("--data-dir", required=True, metavar="D",
                    help="where its trade database and bills live")

@@ -14,7 +14,7 @@ from lanecore import cli
 from lanecore.core.pay import emvqr as E
 
 SHOP = ["--currency", "156", "--country", "CN", "--merchant-name", "LANECORE MART",
-        "--city", "SHENZHEN"]
+        "--city", "SHENZHEN", "--no-account"]
 PROMPTPAY_AMOUNT = ("00020101021229370016A000000677010111011300660000000005802TH53037645404"
                     "4.226304E469")
 

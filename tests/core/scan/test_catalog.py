@@ -380,6 +380,34 @@ def test_table_is_cached_and_reloaded_after_imports(cat, tmp_path):
     assert len(cat.table()) == 2
 
 
+def test_catalog_version_counts_imports_that_write_rows(cat, tmp_path):
+    assert cat.version() == 0 and catalog.catalog_version(cat.path) == 0
+    good = write(tmp_path / "a.csv", "gtin,name,price_minor,unit_weight_g\n"
+                                     "4006381333931,Soap,250,100\n")
+    cat.import_csv(good)
+    assert cat.version() == 1
+    # Another connection imports: it bumps the same counter.
+    catalog.import_csv(cat.path, write(tmp_path / "b.csv",
+                                       "gtin,name,price_minor,unit_weight_g\n"
+                                       "4006381333931,Soap,275,100\n"))
+    assert cat.version() == 2
+    version, table = catalog.load_versioned_table(cat)
+    assert version == 2 and len(table) == 1
+    assert int(table.price_minor[table.lookup(4006381333931)]) == 275
+    # Nothing written (every row bad), or a failed import: no new version.
+    report = cat.import_csv(write(tmp_path / "c.csv", "gtin,name,price_minor\n"
+                                                      "4006381333932,Bad check,1\n"))
+    assert report.rows_imported == 0 and cat.version() == 2
+
+    def progress(*_):
+        raise RuntimeError("stop")
+    with pytest.raises(RuntimeError):
+        cat.import_csv(good, progress=progress)
+    assert cat.version() == 2
+    assert cat.connection.execute(
+        "SELECT value FROM meta WHERE key = 'catalog_version'").fetchone() == ("2",)
+
+
 # --------------------------------------------------------------------------------------
 # Scan lookups
 # --------------------------------------------------------------------------------------

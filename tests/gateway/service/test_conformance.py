@@ -6,7 +6,7 @@ docs/protocol.md (and the documents it points to for lane configuration, the
 weighing events and the order QR). This module never imports lanecore; the
 module-level check below proves it from the module's own source. The `serve`
 fixture (conftest) is used only to start the service and to learn its endpoint,
-its events address, its pid and the catalogue's CSV rows.
+its events address, its pid, its stderr log and the catalogue's CSV rows.
 
 Where the service and the document disagree, a test here fails: the document is the
 contract, so either the service or the document is wrong, never the test quietly.
@@ -240,6 +240,7 @@ def svc(serve, request):
 
     class Handle:
         endpoint, events, rows, pid = s.endpoint, s.events, s.rows, s.proc.pid
+        log = s.log                  # the service's stderr (and stdout)
         mode = request.param
 
         @staticmethod
@@ -468,6 +469,8 @@ def test_hello_fields_and_types(svc):
     assert set(r["capabilities"]) == OPS, set(r["capabilities"]) ^ OPS
     assert isinstance(r["kernels"], dict)
     assert r["store"] == {"region": "GB", "items": len(svc.rows)}
+    # region: ISO 3166 alpha-2, or null when the store sets none
+    assert r["store"]["region"] is None or re.fullmatch(r"[A-Z]{2}", r["store"]["region"])
     key = r["order_key"]
     assert key is None or (isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]{43}", key))
     lim = r["limits"]
@@ -538,6 +541,18 @@ def test_string_keys_required(svc):
     c = svc.dealer()
     r = c.call_raw(pack({"op": "hello", "id": "k", 1: 2}))
     assert r["ok"] is False, "a map whose keys are not all strings is not a request"
+    # BAD_KEY_TYPE, id null (the request is not read), at any depth, any non-str key.
+    assert_error(r, "BAD_KEY_TYPE", None)
+    for bad in ({"op": "hello", "id": "k", 1.5: 2}, {"op": "hello", "id": "k", None: 1},
+                {"op": "hello", "id": "k", "x": {7: 1}}, {3: "hello"}):
+        assert_error(c.call_raw(pack(bad)), "BAD_KEY_TYPE", None)
+
+
+def test_ready_line_on_stderr(svc):
+    """`lanecore serve` says on stderr when it answers (docs/protocol.md, "Ready")."""
+    text = svc.log.read_text(encoding="utf-8", errors="replace")
+    mode = "curve" if svc.mode == "curve" else "plain"
+    assert f"lanecore serving on {svc.endpoint} ({mode}), events on {svc.events}, " in text
 
 
 def test_too_large_limits(svc):
@@ -785,7 +800,13 @@ def test_scan_errors(svc):
         err = assert_error(r, want, f"s-{want}")
         assert err["message"]
     r = c.call({"op": "scan", "lane": "L1", "code": gtin, "region": "ZZZ"})
-    assert_error(r, {"BAD_FIELD", "UNKNOWN_REGION"})
+    assert_error(r, "BAD_FIELD")                      # a str of another length
+    for bad in ("G1", "1B", "Ü1", "  "):               # not two ASCII letters
+        assert_error(c.call({"op": "scan", "lane": "L1", "code": gtin, "region": bad}),
+                     "UNKNOWN_REGION")
+    for fine in ("gb", "ZZ"):        # either case; not checked against the ISO list
+        r = c.call({"op": "scan", "lane": "L1", "code": gtin, "region": fine})
+        assert r["ok"] and r["scan"]["gtin"] == gtin14(gtin), (fine, r)
 
 
 def test_scan_batch(svc):
@@ -943,12 +964,16 @@ def test_basket_journey(svc):
     assert o["ok"] and o["order"]["status"] == "submitted" and o["order"]["qr"] == s["qr"]
     assert_error(c.call({"op": "order.status", "order_no": s["order_no"],
                          "status": "exited"}), "BAD_STATUS")
+    order_sub = svc.sub("order")
     p = c.call({"op": "order.status", "order_no": s["order_no"], "status": "paid"})
     assert p["ok"] and p["order"]["status"] == "paid"
     assert_error(c.call({"op": "order.status", "order_no": s["order_no"],
                          "status": "paid"}), "BAD_STATUS")
     x = c.call({"op": "order.status", "order_no": s["order_no"], "status": "exited"})
     assert x["ok"] and x["order"]["status"] == "exited"
+    # each change is published on the `order` topic as {order_no, status}
+    assert order_sub.drain(1.0) == [("order", {"order_no": s["order_no"], "status": st})
+                                    for st in ("paid", "exited")]
     assert_error(c.call({"op": "order.status", "order_no": s["order_no"],
                          "status": "lost"}), "BAD_FIELD")
     assert_error(c.call({"op": "order.get", "order_no": "NO-SUCH-ORDER"}), "UNKNOWN_ORDER")
@@ -966,6 +991,14 @@ def test_basket_errors(svc):
     assert_error(c.call({"op": "basket.submit", "basket": nobody}), "UNKNOWN_BASKET")
     bid = open_basket(c)
     assert_error(c.call({"op": "basket.submit", "basket": bid}), "EMPTY_BASKET")
+    # scans/items of the wrong type or length are BAD_FIELD; the shapes inside, BAD_REQUEST
+    for bad in ("x", [], {"code": rows[0]["gtin"]}, [{"code": rows[0]["gtin"]}] * 1001):
+        assert_error(c.call({"op": "basket.add", "basket": bid, "scans": bad}), "BAD_FIELD")
+        assert_error(c.call({"op": "basket.remove", "basket": bid, "items": bad}),
+                     "BAD_FIELD")
+    assert_error(c.call({"op": "basket.add", "basket": bid, "scans": ["x"]}), "BAD_REQUEST")
+    assert_error(c.call({"op": "basket.add", "basket": bid,
+                         "scans": [{"code": rows[0]["gtin"]}] * 501}), "BAD_REQUEST")
     # BAD_SCAN: index and the scan's own error object; all or nothing.
     wrong = rows[1]["gtin"][:-1] + str((int(rows[1]["gtin"][-1]) + 1) % 10)
     r = c.call({"op": "basket.add", "basket": bid,
@@ -1097,6 +1130,10 @@ def test_weigh_frames_settled_event(svc):
     assert pub[-1]["lane"] == "W1"
     check_event(pub[-1])
     assert pub[-1]["event"] == "settled"
+    # Flat: the weighing event's fields beside `lane`, exactly the reply's event.
+    assert set(pub[-1]) == {"lane", "t", "sample", "event", "weight_g", "sigma_g",
+                            "n_samples"}, pub[-1]
+    assert {"lane": "W1", **ev} in pub, (ev, pub)
     assert pub[-1]["weight_g"] == pytest.approx(ev["weight_g"])
     # Sequence gaps and late frames are not errors: fault events, in the reply and on PUB.
     r = c.call({"op": "weigh.frame", "lane": "W1", "seq": seq + 5,
