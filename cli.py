@@ -406,12 +406,10 @@ def cmd_verify(args) -> int:
 # ----------------------------------------------------------------------------------
 
 def cmd_serve(args) -> int:
-    import logging
-
     import zmq
 
     from lanecore.gateway.net import security as sec
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    metrics_addr = _observability(args, "serve")
     if args.workers < 1:
         return _die("USAGE", f"--workers must be at least 1, got {args.workers}")
     for ep in (args.bind, args.events):
@@ -426,10 +424,12 @@ def cmd_serve(args) -> int:
     else:
         sec.check_plain([args.bind, args.events], args.allow_plain)
 
+    from lanecore.gateway.net.metrics import announce
+
     def ready():
         mode = "curve" if guard else "plain"
-        print(f"lanecore serving on {args.bind} ({mode}), events on {args.events or '-'}, "
-              f"{args.workers} worker(s), data in {data_dir}", file=sys.stderr, flush=True)
+        announce(f"lanecore serving on {args.bind} ({mode}), events on {args.events or '-'}, "
+              f"{args.workers} worker(s), data in {data_dir}")
     try:
         if args.workers > 1:
             from lanecore.gateway.net.broker import Broker
@@ -440,6 +440,9 @@ def cmd_serve(args) -> int:
             from lanecore.gateway.service import Service
             svc = Service(data_dir, region=args.region, max_lanes=args.max_lanes)
             try:
+                if metrics_addr:
+                    from lanecore.gateway.net import metrics
+                    metrics.serve(svc, metrics_addr, process="serve")
                 svc.serve(args.bind, events=args.events, security=guard, ready=ready, ctx=ctx)
             finally:
                 svc.close()
@@ -588,6 +591,7 @@ def cmd_gateway_coupons(args) -> int:
     """The coupon gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import coupons
     from lanecore.gateway.net import security as sec
+    metrics_addr = _observability(args, "coupons")
     sec.check_endpoint(args.bind)        # BAD_ADDRESS: before "not loopback"
     if not args.curve:
         if not args.dev_open:
@@ -598,13 +602,14 @@ def cmd_gateway_coupons(args) -> int:
             return _die("PLAIN_NOT_ALLOWED", f"{args.bind} is not loopback: --dev-open "
                         "serves this machine only")
         _warn_dev_open("coupon gateway")
-    return coupons.serve(args.data_dir, args.bind, curve=args.curve)
+    return coupons.serve(args.data_dir, args.bind, curve=args.curve, metrics=metrics_addr)
 
 
 def cmd_gateway_payments(args) -> int:
     """The payment gateway until SIGTERM/SIGINT."""
     from lanecore.gateway.payments import gateway as payments
     from lanecore.gateway.net import security as sec
+    metrics_addr = _observability(args, "payments")
     sec.check_endpoint(args.bind)        # BAD_ADDRESS: before "not loopback"
     if not args.curve:
         sec.check_plain([args.bind], args.allow_plain)
@@ -612,13 +617,34 @@ def cmd_gateway_payments(args) -> int:
         if not sec.is_loopback(args.bind):
             return _die("PLAIN_NOT_ALLOWED", f"{args.bind} is not loopback: --dev-open "
                         "serves this machine only")
-    return payments.serve(args.data_dir, args.bind, curve=args.curve, dev_open=args.dev_open)
+    return payments.serve(args.data_dir, args.bind, curve=args.curve, dev_open=args.dev_open,
+                          metrics=metrics_addr)
+
+
+def observability_opts(sp) -> None:
+    """``--metrics ADDR`` and ``--log-format`` (gateway/net/metrics.py)."""
+    sp.add_argument("--metrics", metavar="ADDR", default=None,
+                    help="serve Prometheus metrics on HOST:PORT, loopback only (off by "
+                         "default; docs/deploy.md lists them)")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="log lines as text or as one JSON object a line")
+
+
+def _observability(args, process: str):
+    """Set up the logs (before anything logs) and check --metrics; the metrics address
+    (or None) for the process to serve once its server exists."""
+    from lanecore.gateway.net import metrics
+    metrics.setup_logging(args.log_format, process)
+    if args.metrics:
+        metrics.check_address(args.metrics)      # PLAIN_NOT_ALLOWED before starting
+    return args.metrics
 
 
 def _warn_dev_open(what: str) -> None:
-    print(f"lanecore: WARNING: the {what} runs with --dev-open: every caller on this "
-          "machine is the development principal, with every role (docs/security.md)",
-          file=sys.stderr, flush=True)
+    from lanecore.gateway.net.metrics import announce
+    announce(f"lanecore: WARNING: the {what} runs with --dev-open: every caller on this "
+             "machine is the development principal, with every role (docs/security.md)",
+             level="WARNING")
 
 
 def _terminals(args):
@@ -1060,6 +1086,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CurveZMQ: server key and allowed devices from DATA_DIR/keys")
     sp.add_argument("--allow-plain", action="store_true",
                     help="allow plain TCP beyond loopback (not recommended)")
+    observability_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_serve)
     sp = sub.add_parser("worker", help=argparse.SUPPRESS)
@@ -1116,6 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="development only, loopback or ipc: accept unauthenticated callers "
                          "(every one the development principal) when payments.toml's [pos] "
                          "auth is off")
+    observability_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_payments)
 
@@ -1130,6 +1158,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="development only, loopback or ipc: no authentication, every caller "
                          "the development principal")
     sp.add_argument("--allow-plain", action="store_true", help=argparse.SUPPRESS)
+    observability_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_coupons)
 

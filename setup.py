@@ -65,6 +65,8 @@ setup(
         "pyserial>=3.5",
         # Ed25519: signed order QR codes and exit passes that devices verify offline
         "cryptography>=42",
+        # /metrics of every long-running process (--metrics, gateway/net/metrics.py)
+        "prometheus_client>=0.17",
     ],
     extras_require={
         # biip: the reference parser the tests agree with and the benchmark beats;

@@ -37,7 +37,6 @@ import os
 import re
 import signal
 import sqlite3
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -336,6 +335,12 @@ class CouponGateway(OpServer):
         self.con.close()
 
     # ------------------------------------------------------------------------------
+    def metric_families(self, db):
+        """Checkouts per state (scrape)."""
+        from lanecore.gateway.net import metrics as M
+        yield M.grouped(db, "lanecore_checkouts", "Coupon-till checkouts, per state",
+                        "state", "SELECT state, COUNT(*) FROM checkouts GROUP BY state")
+
     def _ops(self):
         ident = Field("str", min=1, max=64)
         lines = Field("list", min=1, max=200)
@@ -814,7 +819,7 @@ class CouponGateway(OpServer):
             self.recover()
 
 
-def serve(data_dir, bind: str, *, curve: bool = False) -> int:
+def serve(data_dir, bind: str, *, curve: bool = False, metrics: str | None = None) -> int:
     """Run the coupon gateway until SIGTERM/SIGINT; ``curve``: callers are the keys
     enrolled in its data directory, with their roles (``gateway/net/security.py``)."""
     import zmq
@@ -823,10 +828,14 @@ def serve(data_dir, bind: str, *, curve: bool = False) -> int:
     gw = CouponGateway(data_dir)
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
 
+    from lanecore.gateway.net import metrics as M
+
     def ready():
-        print(f"lanecore coupons serving on {bind} ({'curve' if guard else 'dev-open'}), "
-              f"data in {gw.data_dir}", file=sys.stderr, flush=True)
+        M.announce(f"lanecore coupons serving on {bind} ({'curve' if guard else 'dev-open'}), "
+                   f"data in {gw.data_dir}")
     try:
+        if metrics:
+            M.serve(gw, metrics, process="coupons")
         gw.recover()
         gw.serve(bind, security=guard, ready=ready)
     finally:

@@ -236,6 +236,22 @@ class Service(OpServer):
     # ------------------------------------------------------------------------------
     # Ops
     # ------------------------------------------------------------------------------
+    def metric_families(self, db):
+        """Lanes and their faults, verdicts (alarms among them) and orders (scrape)."""
+        from lanecore.gateway.net import metrics as M
+        yield M.gauge("lanecore_lanes", "Lanes configured on the scale bank",
+                      len(self.lanes))
+        yield M.grouped(db, "lanecore_lane_faults", "Device faults reported, per lane",
+                        "lane", "SELECT lane, COUNT(*) FROM device_events "
+                        "WHERE kind = 'fault' GROUP BY lane")
+        yield M.grouped(db, "lanecore_device_events", "Device events reported, per kind "
+                        "(alarm, fault, recovered)", "kind",
+                        "SELECT kind, COUNT(*) FROM device_events GROUP BY kind")
+        yield M.grouped(db, "lanecore_verdicts", "Exit verdicts recorded, per verdict",
+                        "verdict", "SELECT verdict, COUNT(*) FROM verdicts GROUP BY verdict")
+        yield M.grouped(db, "lanecore_orders", "Orders, per status", "status",
+                        "SELECT status, COUNT(*) FROM orders GROUP BY status")
+
     def _ops(self):
         return declare([
             ("hello", self.op_hello, {}, PURE),

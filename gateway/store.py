@@ -239,6 +239,14 @@ class Tally:
             self.events.append(ev)
 
 
+def _free_port() -> int:
+    """A free TCP port on loopback (for a process's --metrics)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _money(minor: int) -> str:
     return f"{minor / 100:,.2f}"
 
@@ -253,6 +261,8 @@ class Store:
         self.out = out or sys.stdout
         self.live = live
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        #: process name -> the loopback port its /metrics is served on
+        self.metrics_ports: dict[str, int] = {}
         self.latency = Latency()
         self.tally = Tally()
         self.rng = random.Random(spec.seed)
@@ -273,8 +283,15 @@ class Store:
     def ep(self, name: str) -> str:
         return f"ipc://{self.dir}/{name}.ipc"
 
+    #: The long-running processes the demo starts with JSON logs and metrics on.
+    OBSERVED = ("serve", "payments", "coupons")
+
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")
+        if name in self.OBSERVED:      # one JSON object a log line; /metrics on loopback
+            port = _free_port()
+            self.metrics_ports[name] = port
+            args = (*args, "--log-format", "json", "--metrics", f"127.0.0.1:{port}")
         proc = subprocess.Popen([sys.executable, "-m", "lanecore", *args],
                                 stdout=subprocess.PIPE if name.startswith("prov") else log,
                                 stderr=log)

@@ -187,6 +187,14 @@ class OpServer:
         self.started = time.monotonic()
         self.counts: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
+        #: error replies per (op, code) (gateway/net/metrics.py; op '-' when unknown)
+        self.op_errors: collections.Counter = collections.Counter()
+        #: events published, per topic
+        self.published: collections.Counter = collections.Counter()
+        #: ``lanecore_request_seconds`` when ``--metrics`` is on (metrics.enable)
+        self.latency = None
+        self._latency_children: dict = {}
+        self._peers: dict[bytes, list] = {}
         self.replays = 0
         self._running = False
         self.ops: dict[str, tuple] = {}
@@ -216,6 +224,32 @@ class OpServer:
         return None
 
     # ------------------------------------------------------------------------------
+    # Metrics (gateway/net/metrics.py; read from the scrape thread)
+    # ------------------------------------------------------------------------------
+    def queue_depth(self) -> tuple[int, int]:
+        """(requests read and not yet answered, connections they came on)."""
+        try:
+            queues = list(self._peers.values())
+        except RuntimeError:          # changed while read: the next scrape sees it
+            return 0, 0
+        return sum(len(q[0]) for q in queues), len(queues)
+
+    def metrics_db(self) -> sqlite3.Connection | None:
+        """A read-only connection to the store file, for the scrape thread."""
+        if not getattr(self, "_db_path", ""):
+            return None
+        return sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, timeout=1.0)
+
+    def metric_families(self, db: sqlite3.Connection | None):
+        """The process's own gauges (a subclass yields prometheus metric families)."""
+        return iter(())
+
+    def remember_db_path(self) -> None:
+        """Note the store file's path (on the serving thread, before scrapes start)."""
+        row = self.con.execute("PRAGMA database_list").fetchone()
+        self._db_path = (row[2] if row else "") or ""
+
+    # ------------------------------------------------------------------------------
     # The one entry point
     # ------------------------------------------------------------------------------
     def handle_bytes(self, payload: bytes, client: str,
@@ -235,6 +269,25 @@ class OpServer:
         return P.unpack(self._answer(req, client, principal))
 
     def _answer(self, req: dict, client: str, principal: Principal | None = None) -> bytes:
+        if self.latency is None:
+            return self._answer_timed(req, client, principal)
+        t0 = time.perf_counter()
+        out = self._answer_timed(req, client, principal)
+        op = req.get("op") if isinstance(req, dict) else None
+        if not isinstance(op, str) or op not in self.ops:
+            op = "-"
+        child = self._latency_children.get(op)
+        if child is None:
+            child = self._latency_children[op] = self.latency.labels(op)
+        child.observe(time.perf_counter() - t0)
+        return out
+
+    def _op_error(self, op, code: str) -> None:
+        self.errors[code] += 1
+        self.op_errors[(op if isinstance(op, str) and op in self.ops else "-", code)] += 1
+
+    def _answer_timed(self, req: dict, client: str,
+                      principal: Principal | None = None) -> bytes:
         rid = P.request_id(req)
         key = None
         kind = PURE
@@ -284,7 +337,7 @@ class OpServer:
                 hit = self._replies.get(key)
                 if hit is not None and time.monotonic() - hit[0] < REPLAY_WINDOW_S:
                     if hit[2] != digest:
-                        self.errors["IDEMPOTENCY_MISMATCH"] += 1
+                        self._op_error(op, "IDEMPOTENCY_MISMATCH")
                         return _mismatch(op, rid)
                     self.replays += 1
                     return hit[1]
@@ -293,16 +346,16 @@ class OpServer:
                 self._remember(key, out, digest)
             return out
         except ProtocolError as exc:
-            self.errors[exc.code] += 1
+            self._op_error(op, exc.code)
             reply = P.error(rid, exc.code, exc.message)
         except LanecoreError as exc:
-            self.errors[exc.code] += 1
+            self._op_error(op, exc.code)
             reply = P.error(rid, exc.code, exc.message)
             reply["error"].update({k: v for k, v in exc.to_dict().items()
                                    if k not in ("code", "message")})
         except Exception as exc:  # the loop must never die on one request
-            log.exception("request failed")
-            self.errors["INTERNAL"] += 1
+            log.exception("request failed", extra={"op": op, "id": rid})
+            self._op_error(op, "INTERNAL")
             return P.pack(P.error(rid, "INTERNAL",
                                   f"{type(exc).__name__} while serving this request"))
         out = P.pack(reply)
@@ -450,7 +503,8 @@ class OpServer:
         else:
             pub.connect(address)
 
-        def publish(topic, event, _pub=pub):
+        def publish(topic, event, _pub=pub, _count=self.published):
+            _count[topic] += 1
             try:
                 _pub.send_multipart([topic.encode(), P.pack(event)], zmq.NOBLOCK)
             except zmq.ZMQError:

@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -267,6 +266,19 @@ class PaymentGateway(OpServer):
         return CurveKeys(server.encode("ascii"), public, secret)
 
     # ------------------------------------------------------------------------------
+    def metric_families(self, db):
+        """Ledger states, open charges and the SMS outbox backlog (scrape)."""
+        from lanecore.gateway.net import metrics as M
+        yield M.grouped(db, "lanecore_charges", "Charges in the ledger, per state",
+                        "state", "SELECT state, COUNT(*) FROM charges GROUP BY state")
+        yield M.grouped(db, "lanecore_open_charges", "Charges not final yet (created, "
+                        "sent, unknown, queried), per channel", "channel",
+                        "SELECT channel, COUNT(*) FROM charges WHERE state IN "
+                        "('created', 'sent', 'unknown', 'queried') GROUP BY channel")
+        yield M.grouped(db, "lanecore_outbox", "SMS outbox messages, per state "
+                        "(pending and sending: the backlog)", "state",
+                        "SELECT state, COUNT(*) FROM sms_outbox GROUP BY state")
+
     def _ops(self):
         # An amount or currency of the wrong type or out of range is its own code, as
         # the routing check's (docs/protocol.md, "Payment error codes").
@@ -1299,7 +1311,8 @@ def local_bill(day_rows: list, kind: str, channel: str, con) -> list:
                             source="drawer" if kind == "cash" else "sv")
 
 
-def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False) -> int:
+def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False,
+          metrics: str | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT (``curve``: CurveZMQ with the keys of the
     data directory, ``gateway/net/security.py``). Callers must prove who they are —
     terminals' HMAC (``[pos] auth = "hmac"``) or enrolled Curve keys — unless
@@ -1316,16 +1329,20 @@ def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False) -
             "--curve, or with --dev-open on loopback or ipc for development",
             code="AUTH_REQUIRED")
     if dev_open and not (gw.auth or curve):
-        print("lanecore: WARNING: the payment gateway runs with --dev-open: every caller on "
-              "this machine is the development principal, with every role "
-              "(docs/security.md)", file=sys.stderr, flush=True)
+        from lanecore.gateway.net.metrics import announce
+        announce("lanecore: WARNING: the payment gateway runs with --dev-open: every caller "
+                 "on this machine is the development principal, with every role "
+                 "(docs/security.md)", level="WARNING")
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
+
+    from lanecore.gateway.net import metrics as M
 
     def ready():
         mode = "curve" if guard else ("hmac" if gw.auth else "dev-open")
-        print(f"lanecore payments serving on {bind} ({mode}), data in {gw.data_dir}",
-              file=sys.stderr, flush=True)
+        M.announce(f"lanecore payments serving on {bind} ({mode}), data in {gw.data_dir}")
     try:
+        if metrics:
+            M.serve(gw, metrics, process="payments")
         gw.serve(bind, security=guard, ready=ready)
     finally:
         if guard is not None:
