@@ -458,7 +458,7 @@ class OpServer:
         cur = self.con.execute("DELETE FROM service_requests WHERE at < ?", (cutoff,))
         mono = time.monotonic()
         while self._replies:
-            k, (t, _) = next(iter(self._replies.items()))
+            t = next(iter(self._replies.values()))[0]   # (time, reply, digest)
             if mono - t < REPLAY_WINDOW_S:
                 break
             self._replies.popitem(last=False)

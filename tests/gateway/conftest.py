@@ -3,7 +3,6 @@ sockets in the test's temporary directory, over a store with a generated catalog
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import signal
@@ -20,20 +19,14 @@ import zmq
 
 from curvefix import enrol
 from payfix import providers  # noqa: F401  (provider simulator processes, a fixture)
+from storefix import stock_store
 
 
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory):
     """A data directory with a 2,000-item GB catalogue, and the catalogue's rows."""
-    from lanecore.core.scan.catalog import import_csv
-    from lanecore.core.scan.synth import write_catalog_csv
     d = tmp_path_factory.mktemp("store")
-    write_catalog_csv(d / "catalog.csv", 2000, seed=11, region="GB")
-    import_csv(d, d / "catalog.csv")
-    with open(d / "catalog.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    (d / "lanecore.toml").write_text('[store]\nregion = "GB"\n')
-    return d, rows
+    return d, stock_store(d, 2000, seed=11)
 
 
 @dataclass

@@ -30,6 +30,7 @@ import pytest
 import zmq
 
 from lanecore.gateway.net import protocol as P
+from storefix import stock_store
 
 pytestmark = pytest.mark.kernel_free
 
@@ -178,17 +179,8 @@ class Served:
 @pytest.fixture(scope="module")
 def store_template(tmp_path_factory):
     """A data directory with a 300-item GB catalogue, and its rows."""
-    import csv
-
-    from lanecore.core.scan.catalog import import_csv
-    from lanecore.core.scan.synth import write_catalog_csv
     d = tmp_path_factory.mktemp("flood-store")
-    write_catalog_csv(d / "catalog.csv", 300, seed=13, region="GB")
-    import_csv(d, d / "catalog.csv")
-    with open(d / "catalog.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    (d / "lanecore.toml").write_text('[store]\nregion = "GB"\n')
-    return d, rows
+    return d, stock_store(d, 300, seed=13)
 
 
 @pytest.fixture

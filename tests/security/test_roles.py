@@ -13,7 +13,8 @@ from repo import REPO
 
 from lanecore.gateway import coupons, service
 from lanecore.gateway.net.identity import ANY, DEV, ROLES, Principal, declare, roles
-from lanecore.gateway.net.server import PURE, OpServer
+from lanecore.gateway.net.protocol import Field
+from lanecore.gateway.net.server import PURE, STATEFUL, OpServer
 from lanecore.gateway.payments import gateway as payments
 
 pytestmark = pytest.mark.kernel_free
@@ -104,3 +105,28 @@ def _doc_table(doc: str, title: str) -> dict[str, frozenset[str]]:
 def test_the_documented_tables_are_the_code_s(doc, title):
     text = (REPO / "docs" / doc).read_text(encoding="utf-8")
     assert _doc_table(text, title) == dict(PROCESSES[title][0].OP_ROLES)
+
+
+class _Frames(OpServer):
+    def _ops(self):
+        return declare([("frame", lambda f: {"n": f["n"]}, {"n": Field("int")}, STATEFUL)],
+                       {"frame": roles("lane")})
+
+
+def test_remembered_replies_survive_pruning_and_a_changed_retry_is_refused(monkeypatch):
+    """In-memory replies (a weighing frame's) carry their digest; pruning reads them
+    (it once expected the old two-field entries and killed the loop after a minute)."""
+    import time as _time
+    srv = _Frames(sqlite3.connect(":memory:", isolation_level=None))
+    lane = Principal("key:lane-a", frozenset({"lane"}), "curve")
+    first = srv.handle({"op": "frame", "id": 1, "n": 7}, "c", lane)
+    assert first["n"] == 7
+    srv.prune()                                     # a fresh reply stays
+    assert srv.handle({"op": "frame", "id": 1, "n": 7}, "c", lane) == first
+    assert srv.handle({"op": "frame", "id": 1, "n": 8}, "c", lane)["error"]["code"] == \
+        "IDEMPOTENCY_MISMATCH"
+    later = _time.monotonic() + 601.0               # past the replay window: forgotten
+    monkeypatch.setattr(_time, "monotonic", lambda: later)
+    srv.prune()
+    assert srv._replies == {}
+    assert srv.handle({"op": "frame", "id": 1, "n": 8}, "c", lane)["n"] == 8

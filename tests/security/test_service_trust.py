@@ -16,7 +16,6 @@ is trusted in the store's `lanecore.toml`.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import socket
@@ -32,6 +31,7 @@ import zmq
 
 from lanecore.gateway.net.client import Client, CurveKeys, ServiceError
 from clirun import lanecore
+from storefix import stock_store
 
 pytestmark = pytest.mark.kernel_free
 
@@ -92,15 +92,10 @@ def payments(tmp_path_factory):
 def store_template(tmp_path_factory, payments):
     """A data directory: a 300-item GB catalogue, lanecore.toml trusting the payment
     gateway's receipt key, the server key and DEVICES enrolled; their keypairs."""
-    from lanecore.core.scan.catalog import import_csv
-    from lanecore.core.scan.synth import write_catalog_csv
     root = tmp_path_factory.mktemp("trust")
     d = root / "data"
     d.mkdir(mode=0o700)
-    write_catalog_csv(d / "catalog.csv", 300, seed=17, region="GB")
-    import_csv(d, d / "catalog.csv")
-    with open(d / "catalog.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = stock_store(d, 300, seed=17)
     (d / "lanecore.toml").write_text(
         f'[store]\nregion = "GB"\n[payments]\nreceipt_keys = ["{payments.receipt_key}"]\n')
     lanecore("keys", "gen", "--server", "--data-dir", d)
