@@ -141,7 +141,10 @@ PEER_REPLY_BYTES = 8 << 20
 #: (a hello is not kept waiting behind another peer's 64 requests or 1 MiB).
 LIGHT_REQUESTS = 4
 LIGHT_BYTES = 32 << 10
-#: The most credit a peer saves up: room for any one message (its frames).
+#: The most credit a peer saves up: room for any one request. A message larger still
+#: (several frames of up to 1 MiB each: answered BAD_FRAMES) is taken once the credit
+#: is full, and its peer's credit goes below zero: it waits as long as its size says,
+#: never for ever.
 _MAX_CREDIT = P.MAX_MESSAGE_BYTES + PEER_DRAIN_BYTES
 #: A BUSY reply carries the request's id when the request is this small (reading it
 #: is cheap); a larger one is answered with id null.
@@ -612,7 +615,7 @@ class OpServer:
             mine = []
             for _ in range(min(len(queue), PEER_DRAIN, room)):
                 frames, size = queue[0]
-                if size > credit:
+                if size > credit and credit < _MAX_CREDIT:
                     break                  # it waits for the credit of later drains
                 queue.popleft()
                 credit -= size

@@ -239,6 +239,26 @@ def test_legitimate_maximal_requests_are_answered(served):
     assert all(x["ok"] for x in served.call_raw(reqs["scan.batch"])["results"])
 
 
+def test_a_message_larger_than_any_request_does_not_stall_its_connection(served):
+    """Several frames of nearly 1 MiB each (the transport's cap is per frame): the
+    message outgrows the most credit a peer saves. It is answered BAD_FRAMES, and the
+    same connection's later requests are answered too (before, its peer waited for a
+    credit it could never reach: found by the fuzz test)."""
+    s = served.dealer()
+    try:
+        frame = b"\x00" * ((1 << 20) - 64)
+        s.send_multipart([frame, frame, frame])
+        s.send(pack({"op": "hello", "id": "after"}))
+        replies = []
+        for _ in range(2):
+            assert s.poll(10_000), f"no reply on the connection\n{served.tail()}"
+            replies.append(msgpack.unpackb(s.recv(), raw=False))
+        assert replies[0]["error"]["code"] == "BAD_FRAMES", replies[0]
+        assert replies[1]["ok"] and replies[1]["id"] == "after", replies[1]
+    finally:
+        s.close(0)
+
+
 class Flooder(threading.Thread):
     """One DEALER: FLOOD_BIG messages of a million empty maps, then FLOOD_SMALL hellos,
     as fast as the socket takes them, reading nothing until all are sent; then every
