@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,33 +25,85 @@ from lanecore.core.errors import LanecoreError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
 
+#: What ``lanecore --help`` says first.
+DESCRIPTION = """\
+lanecore is the verification and settlement core of a supermarket checkout floor:
+it parses barcode scans, keeps the store catalogue, weighs bags against what was
+paid, and runs the store's processes - the verification service, the payment and
+coupon gateways, lane controllers, tills - or a whole simulated store (demo)."""
 
-class Progress:
-    """Progress of long work on stderr: a live line on a terminal, else a line every
-    few seconds (so CI logs show it without carriage returns)."""
+#: What ``lanecore --help`` says last: examples, exit codes, environment variables.
+EPILOG = """\
+examples:
+  lanecore demo --live                      a whole simulated store, watched live
+  lanecore catalog gen --rows 100000 --out cat.csv
+                                            a synthetic catalogue to try things on
+  lanecore catalog import cat.csv           the catalogue into the store database
+  lanecore scan parse --region GB 5901234123457
+                                            parse a scan
+  lanecore serve                            the verification service on port 5555
+  lanecore COMMAND --help                   a command's own options and defaults
 
-    def __init__(self, label: str, *, stream=None, every_s: float = 2.0):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every_s = 0.2 if self.tty else every_s
-        self.t0 = time.monotonic()
-        self.last = 0.0
+exit codes:
+  0    success
+  1    the command ran but some input was bad (a scan that did not parse, a CSV
+       row skipped, a code not in the catalogue) or a check failed (demo, recon)
+  2    usage or configuration error; stderr says "lanecore: CODE: message"
+  130  interrupted (Ctrl-C)
 
-    def __call__(self, done: int, part: float | None = None, total: float | None = None,
-                 *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < self.every_s:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        pct = f" {100.0 * part / total:5.1f}%" if part is not None and total else ""
-        text = f"{self.label}: {done:,} rows{pct} ({rate:,.0f} rows/s)"
-        if self.tty:
-            self.stream.write("\r" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+environment:
+  LANECORE_DATA_DIR        the store's data directory when --data-dir is not given
+                           (else $XDG_DATA_HOME/lanecore, ~/.local/share/lanecore);
+                           never used by demo
+  LANECORE_PURE=1          run the pure-Python twins of the Cython kernels
+  NUMBA_DISABLE_JIT=1      run the Numba kernels as plain Python (their twins)
+  LANECORE_PAY_CRASH       tests only: crash the payment gateway at named points
+  LANECORE_PAY_CRASH_SEED  tests only: the seed of those crashes
+  LANECORE_COUPONS_CRASH   tests only: crash the coupon gateway at a named point
+  LANECORE_BENCH_JSON      make bench: where the benchmark figures are saved
+  LANECORE_BENCH_PROFILE   make bench: also profile the 500-lane service
+  TERM=dumb                plain progress lines instead of a progress bar
+
+docs: README.md and docs/ in the source tree."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the default is None or
+    False (nothing to show) or the help already says it ("default 26")."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS
+                or "%(default)" in text
+                or re.search(r"\bdefault:?\s+" + re.escape(str(default)), text)
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _TopHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
+    """``lanecore --help``: the description and epilog as written (their lines and
+    indentation are the layout), the options as every parser shows them."""
+
+
+class _SubParsers(argparse._SubParsersAction):
+    """A command's help line is also the description of its own ``--help``."""
+
+    def add_parser(self, name, **kwargs):
+        if isinstance(kwargs.get("help"), str) and kwargs["help"] != argparse.SUPPRESS:
+            kwargs.setdefault("description", kwargs["help"])
+        return super().add_parser(name, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of ``lanecore`` and of each of its commands: defaults shown in every
+    help (:class:`_HelpFormatter`); sub-commands made with :class:`_SubParsers`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
 
 
 def _die(code: str, message: str) -> int:
@@ -168,13 +222,13 @@ def cmd_scan_parse(args) -> int:
 
 def cmd_catalog_gen(args) -> int:
     from lanecore.core.scan.synth import write_catalog_csv
+    from lanecore.gateway.tui import RowProgress
     if args.rows < 1:
         return _die("USAGE", "--rows must be at least 1")
-    progress = Progress(f"writing {args.out}")
     t0 = time.monotonic()
-    n = write_catalog_csv(args.out, args.rows, seed=args.seed, region=args.region,
-                          progress=lambda done, *rest: progress(done))
-    progress(n, final=True)
+    with RowProgress(f"writing {args.out}") as progress:      # on stderr
+        n = write_catalog_csv(args.out, args.rows, seed=args.seed, region=args.region,
+                              progress=lambda done, total: progress(done, done, total))
     print(f"wrote {n:,} items to {args.out} in {time.monotonic() - t0:.1f} s",
           file=sys.stderr)
     return EXIT_OK
@@ -182,12 +236,11 @@ def cmd_catalog_gen(args) -> int:
 
 def cmd_catalog_import(args) -> int:
     from lanecore.core.scan.catalog import Catalog
+    from lanecore.gateway.tui import RowProgress
     data_dir, _config = _store(args, create=True)
-    progress = Progress(f"importing {args.file}")
     with Catalog.open(data_dir) as cat:
-        report = cat.import_csv(args.file, progress=lambda done, part, total:
-                                progress(done, part, total))
-        progress(report.rows_read, final=True)
+        with RowProgress(f"importing {args.file}") as progress:    # on stderr
+            report = cat.import_csv(args.file, progress=progress)
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         for line, code, message in report.errors:
@@ -424,12 +477,14 @@ def cmd_serve(args) -> int:
     else:
         sec.check_plain([args.bind, args.events], args.allow_plain)
 
-    from lanecore.gateway.net.metrics import announce
+    from lanecore.gateway.net.metrics import ready as announce_ready
 
     def ready():
         mode = "curve" if guard else "plain"
-        announce(f"lanecore serving on {args.bind} ({mode}), events on {args.events or '-'}, "
-              f"{args.workers} worker(s), data in {data_dir}")
+        announce_ready(f"lanecore serving on {args.bind} ({mode}), events on "
+                       f"{args.events or '-'}, {args.workers} worker(s), data in {data_dir}",
+                       process="serve", bind=args.bind, events=args.events or None,
+                       mode=mode, workers=args.workers, data_dir=str(data_dir))
     try:
         if args.workers > 1:
             from lanecore.gateway.net.broker import Broker
@@ -548,7 +603,7 @@ def cmd_sim(args) -> int:
     from lanecore.drivers import sim
 
     mod = sim.module(args.device)
-    sp = argparse.ArgumentParser(prog=f"lanecore sim {args.device}", description=mod.HELP)
+    sp = _Parser(prog=f"lanecore sim {args.device}", description=mod.HELP)
     sp.add_argument("--link", metavar="PATH",
                     help="the port's path: a symbolic link to the pty, kept across "
                          "unplug/replug (default: a new temporary path)")
@@ -628,6 +683,9 @@ def observability_opts(sp) -> None:
                          "default; docs/deploy.md lists them)")
     sp.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="log lines as text or as one JSON object a line")
+    sp.add_argument("--json", action="store_true",
+                    help='when serving, also print one JSON line on stdout: {"ready": true, '
+                         '"process": ..., "bind": ..., "pid": ...}')
 
 
 def _observability(args, process: str):
@@ -635,6 +693,7 @@ def _observability(args, process: str):
     (or None) for the process to serve once its server exists."""
     from lanecore.gateway.net import metrics
     metrics.setup_logging(args.log_format, process)
+    metrics.want_ready_json(getattr(args, "json", False))
     if args.metrics:
         metrics.check_address(args.metrics)      # PLAIN_NOT_ALLOWED before starting
     return args.metrics
@@ -964,6 +1023,118 @@ def cmd_lane_run(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------------
+# store: a store's processes, supervised (gateway/supervisor.py, docs/deploy.md)
+# ----------------------------------------------------------------------------------
+
+def _validate_command(name: str, command: list[str]) -> None:
+    """A store file's process command must be one lanecore itself accepts: parsed by
+    this very parser (nothing run), its addresses well-formed."""
+    import contextlib
+    import io
+
+    from lanecore.gateway.net.security import check_endpoint
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parsed = build_parser().parse_args(command)
+    except SystemExit:
+        msg = err.getvalue().strip().splitlines()
+        raise LanecoreError(f"[process.{name}] command {command}: "
+                            f"{msg[-1] if msg else 'not a lanecore command'}",
+                            code="BAD_CONFIG") from None
+    if getattr(parsed, "func", None) in (cmd_store_up, cmd_store_down, cmd_demo):
+        raise LanecoreError(f"[process.{name}] command {command[0]!r} does not run under "
+                            f"a store's supervisor", code="BAD_CONFIG")
+    for opt in ("bind", "events"):
+        value = getattr(parsed, opt, None)
+        if value:
+            try:
+                check_endpoint(value)
+            except LanecoreError as exc:
+                raise LanecoreError(f"[process.{name}] --{opt}: {exc.message}",
+                                    code="BAD_CONFIG") from None
+
+
+def _store_file(args):
+    from lanecore.gateway import supervisor
+    store = supervisor.load(args.store_file, validate=_validate_command)
+    binds: dict[str, str] = {}
+    for spec in store.processes:            # two processes may not bind one address
+        for flag in ("--bind", "--events"):
+            if flag in spec.command:
+                i = spec.command.index(flag) + 1
+                addr = spec.command[i] if i < len(spec.command) else ""
+                if addr and addr in binds:
+                    raise LanecoreError(f"{store.path}: {spec.name} and {binds[addr]} both "
+                                        f"bind {addr}", code="BAD_CONFIG")
+                binds[addr] = spec.name
+    return store
+
+
+def cmd_store_check(args) -> int:
+    store = _store_file(args)
+    order = " -> ".join(s.name for s in store.processes)
+    if args.json:
+        print(json.dumps({"ok": True, "store": store.name, "order": [
+            s.name for s in store.processes], "dir": str(store.dir),
+            "run_dir": str(store.run_dir), "log_dir": str(store.log_dir)}))
+    else:
+        print(f"{store.path}: ok: store {store.name!r}, {len(store.processes)} processes, "
+              f"started in the order {order}; logs in {store.log_dir}")
+    return EXIT_OK
+
+
+def cmd_store_up(args) -> int:
+    from lanecore.gateway import supervisor
+    store = _store_file(args)
+    sup = supervisor.Supervisor(store)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sup.request_stop())
+    try:
+        sup.start()
+        pids = {n: c.proc.pid for n, c in sup.children.items()}
+        print(f"store {store.name}: up: {', '.join(pids)} ready; `lanecore store down "
+              f"{args.store_file}` stops it", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"ready": True, "store": store.name, "pid": os.getpid(),
+                              "processes": pids}), flush=True)
+        sup.watch()
+    finally:
+        sup.stop()
+    return EXIT_OK
+
+
+def cmd_store_status(args) -> int:
+    from lanecore.gateway import supervisor
+    st = supervisor.status(_store_file(args))
+    if args.json:
+        print(json.dumps(st))
+    else:
+        head = f"store {st['store']}: " + (f"running (supervisor pid {st['supervisor']})"
+                                            if st["running"] else "not running")
+        print(head)
+        for name, p in st["processes"].items():
+            print(f"  {name:<16} {p['state']:<9} pid {p['pid'] or '-':<8} restarts "
+                  f"{p['restarts']}" + (f", last exit {p['last_exit']}"
+                                        if p["last_exit"] is not None else ""))
+    if not st["running"]:
+        return 3
+    return EXIT_OK if all(p["state"] == "ready" and p["alive"]
+                          for p in st["processes"].values()) else EXIT_BAD_INPUT
+
+
+def cmd_store_down(args) -> int:
+    from lanecore.gateway import supervisor
+    store = _store_file(args)
+    out = supervisor.down(store, timeout_s=args.timeout)
+    if out["left"]:
+        return _die("STORE_NOT_STOPPED", f"processes {out['left']} are still running")
+    print(f"store {store.name}: " + ("stopped" if out["was_running"] else "was not running"),
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from lanecore.demo import run_demo
     # Never $LANECORE_DATA_DIR: the demo empties its directory, and that one is the
@@ -979,9 +1150,12 @@ def cmd_demo(args) -> int:
 # ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lanecore", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="lanecore", description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=_TopHelpFormatter)
     p.add_argument("--version", action="version", version=f"lanecore {lanecore.__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    # metavar: the usage line names no command, so the hidden `worker` stays hidden
+    sub = p.add_subparsers(dest="command", required=True, title="commands",
+                           metavar="COMMAND")
 
     def data_dir_opt(sp):
         sp.add_argument("--data-dir", metavar="D",
@@ -991,7 +1165,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sub.add_parser("scan", help="barcode scans").add_subparsers(
         dest="scan_command", required=True)
     sp = scan.add_parser("parse", help="parse scans: one result per input line")
-    sp.add_argument("codes", nargs="*", metavar="CODE")
+    sp.add_argument("codes", nargs="*", metavar="CODE",
+                    help="scans as read: digits, GS1 element strings, AIM prefixes")
     sp.add_argument("--file", metavar="F", help="read scans from F, one per line (- = stdin)")
     sp.add_argument("--region", type=_region_arg, metavar="CC",
                     help="ISO 3166 alpha-2 code whose in-store code rules apply")
@@ -1002,21 +1177,25 @@ def build_parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="the store catalogue").add_subparsers(
         dest="catalog_command", required=True)
     sp = cat.add_parser("gen", help="write a realistic synthetic catalogue CSV")
-    sp.add_argument("--rows", type=int, required=True, metavar="N")
-    sp.add_argument("--out", required=True, metavar="FILE.csv")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--rows", type=int, required=True, metavar="N", help="items to write")
+    sp.add_argument("--out", required=True, metavar="FILE.csv", help="the CSV file to write")
+    sp.add_argument("--seed", type=int, default=0,
+                    help="random seed: the same seed, the same catalogue")
     sp.add_argument("--region", type=_region_arg, default="GB", metavar="CC",
                     help="whose in-store codes the variable-measure items use (GB, SE, DE)")
     sp.set_defaults(func=cmd_catalog_gen)
     sp = cat.add_parser("import", help="import a catalogue CSV into the store database")
-    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("file", metavar="FILE",
+                    help="the catalogue CSV (columns in docs/scan/catalog.md)")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_catalog_import)
     sp = cat.add_parser("lookup", help="look codes up in the catalogue")
-    sp.add_argument("codes", nargs="+", metavar="CODE")
-    sp.add_argument("--region", type=_region_arg, metavar="CC")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("codes", nargs="+", metavar="CODE", help="scans or GTINs to look up")
+    sp.add_argument("--region", type=_region_arg, metavar="CC",
+                    help="ISO 3166 alpha-2 code whose in-store code rules apply "
+                         "(default: the store's, lanecore.toml)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per code")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_catalog_lookup)
 
@@ -1033,43 +1212,56 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--zero", type=float, metavar="Z", help="raw counts at zero load")
     sp.add_argument("--config", metavar="LANE.json",
                     help="any other lane settings (fields of docs/weigh/weighing.md)")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="one JSON object per event")
     sp.set_defaults(func=cmd_weigh_replay)
     sp = weigh.add_parser("gen", help="write a synthetic load-cell trace and its ground truth")
-    sp.add_argument("--out", required=True, metavar="TRACE.csv")
+    sp.add_argument("--out", required=True, metavar="TRACE.csv",
+                    help="the trace to write, one sample per line")
     sp.add_argument("--truth", metavar="TRUTH.json",
                     help="default: TRACE.truth.json next to the trace")
-    sp.add_argument("--fs", type=float, default=1000.0, metavar="HZ")
-    sp.add_argument("--seconds", type=float, default=6.0)
+    sp.add_argument("--fs", type=float, default=1000.0, metavar="HZ", help="sample rate")
+    sp.add_argument("--seconds", type=float, default=6.0, help="length of the trace")
     sp.add_argument("--items", type=int, default=3, help="placements")
     sp.add_argument("--e", type=float, default=5.0, metavar="GRAMS",
                     help="scale interval: the truth's settling band is 1 e")
-    sp.add_argument("--noise-g", type=float, default=0.5)
-    sp.add_argument("--mains-g", type=float, default=0.0)
-    sp.add_argument("--conveyor-hz", type=float, default=0.0)
-    sp.add_argument("--conveyor-g", type=float, default=0.0)
-    sp.add_argument("--spikes-per-s", type=float, default=0.0)
-    sp.add_argument("--spike-g", type=float, default=0.0)
-    sp.add_argument("--drift-g-per-s", type=float, default=0.0)
+    sp.add_argument("--noise-g", type=float, default=0.5,
+                    help="white noise, standard deviation in grams")
+    sp.add_argument("--mains-g", type=float, default=0.0,
+                    help="50 Hz mains hum, amplitude in grams")
+    sp.add_argument("--conveyor-hz", type=float, default=0.0,
+                    help="conveyor vibration frequency (0: no conveyor)")
+    sp.add_argument("--conveyor-g", type=float, default=0.0,
+                    help="conveyor vibration, amplitude in grams")
+    sp.add_argument("--spikes-per-s", type=float, default=0.0,
+                    help="single-sample spikes (a knock, ESD) per second")
+    sp.add_argument("--spike-g", type=float, default=0.0,
+                    help="size of each spike in grams (random sign)")
+    sp.add_argument("--drift-g-per-s", type=float, default=0.0,
+                    help="slow zero drift (temperature), grams per second")
     sp.add_argument("--counts-per-g", type=float, metavar="C",
                     help="write raw ADC counts (C per gram) instead of grams")
     sp.add_argument("--zero", type=float, metavar="Z", help="raw counts at zero load")
     sp.add_argument("--bits", type=int, default=24, help="ADC resolution for counts")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0,
+                    help="random seed: the same seed, the same trace")
     sp.set_defaults(func=cmd_weigh_gen)
 
     sp = sub.add_parser("verify", help="judge a paid order against a measured weight")
     sp.add_argument("--order", required=True, metavar="ORDER.json",
                     help='{"lines": [{"gtin", "qty", "unit_weight_g"?, "weight_sd_g"?}], '
                          '"tare_g"?}; weights from the catalogue when omitted')
-    sp.add_argument("--measured-g", type=float, required=True, metavar="W")
+    sp.add_argument("--measured-g", type=float, required=True, metavar="W",
+                    help="the settled weight of the bag, grams")
     sp.add_argument("--k", type=float, help="band width in standard deviations (3.29)")
     sp.add_argument("--e", type=float, metavar="GRAMS", help="scale interval (5)")
     sp.add_argument("--mpe", choices=["r51", "r76"], help="max permissible error table")
     sp.add_argument("--scale-sd-g", type=float, metavar="G", help="scale noise (½ e)")
     sp.add_argument("--floor-g", type=float, metavar="G", help="smallest band (2 e)")
-    sp.add_argument("--region", type=_region_arg, metavar="CC")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--region", type=_region_arg, metavar="CC",
+                    help="ISO 3166 alpha-2 code whose in-store code rules apply "
+                         "(default: the store's, lanecore.toml)")
+    sp.add_argument("--json", action="store_true",
+                    help="the verdict as one JSON object")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_verify)
 
@@ -1080,8 +1272,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PUB endpoint for settled/verdict/alarm/fault events ('' for none)")
     sp.add_argument("--workers", type=int, default=1, metavar="N",
                     help="worker processes behind a broker (1: one process)")
-    sp.add_argument("--region", type=_region_arg, metavar="CC")
-    sp.add_argument("--max-lanes", type=int, default=4096)
+    sp.add_argument("--region", type=_region_arg, metavar="CC",
+                    help="ISO 3166 alpha-2 code whose in-store code rules apply "
+                         "(default: the store's, lanecore.toml)")
+    sp.add_argument("--max-lanes", type=int, default=4096, metavar="N",
+                    help="lanes the service keeps load-cell state for")
     sp.add_argument("--curve", action="store_true",
                     help="CurveZMQ: server key and allowed devices from DATA_DIR/keys")
     sp.add_argument("--allow-plain", action="store_true",
@@ -1089,12 +1284,20 @@ def build_parser() -> argparse.ArgumentParser:
     observability_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_serve)
-    sp = sub.add_parser("worker", help=argparse.SUPPRESS)
-    sp.add_argument("--connect", required=True)
-    sp.add_argument("--slot", type=int, required=True)
-    sp.add_argument("--events-connect")
-    sp.add_argument("--region", type=_region_arg)
-    sp.add_argument("--max-lanes", type=int, default=4096)
+    # Started by `serve --workers N`, not by people: no help= keeps it out of the
+    # command list (help=SUPPRESS would list it as "==SUPPRESS==").
+    sp = sub.add_parser("worker", description="one worker process behind the broker of "
+                                              "`serve --workers N` (started by serve)")
+    sp.add_argument("--connect", required=True, metavar="ADDR",
+                    help="the broker's endpoint for workers")
+    sp.add_argument("--slot", type=int, required=True, metavar="N",
+                    help="this worker's number among the broker's workers")
+    sp.add_argument("--events-connect", metavar="ADDR",
+                    help="where to publish events (the broker's event proxy)")
+    sp.add_argument("--region", type=_region_arg, metavar="CC",
+                    help="ISO 3166 alpha-2 code whose in-store code rules apply")
+    sp.add_argument("--max-lanes", type=int, default=4096, metavar="N",
+                    help="lanes the worker keeps load-cell state for")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_worker)
     keys = sub.add_parser("keys", help="CurveZMQ keys").add_subparsers(
@@ -1124,7 +1327,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pseudo-terminal. `lanecore sim DEVICE --help` for "
                                     "each device's options.")
     from lanecore.drivers.sim import SIMULATORS
-    sp.add_argument("device", choices=[*SIMULATORS, "provider", "wallet"])
+    sp.add_argument("device", choices=[*SIMULATORS, "provider", "wallet"],
+                    help="the device to simulate")
     sp.add_argument("args", nargs=argparse.REMAINDER, help="the device's own options")
     sp.set_defaults(func=cmd_sim)
 
@@ -1162,15 +1366,17 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_coupons)
 
-    sp = sub.add_parser("till", help="a till register on a customer QR display (seed 002): "
-                                     "JSON commands on stdin (docs/store/till.md)",
+    sp = sub.add_parser("till", help="a till register on a customer QR display",
+                        description="a till register on a customer QR display (seed 002): "
+                                    "JSON commands on stdin (docs/store/till.md)",
                         add_help=False)
     sp.add_argument("till_args", nargs=argparse.REMAINDER,
                     help="--display PORT --store-db PATH --register NO [--payments ADDR]")
     sp.set_defaults(func=cmd_till)
 
-    term = sub.add_parser("terminal", help="POS terminals of the payment gateway: "
-                                           "keys and limits (docs/pay/payments.md)"
+    term = sub.add_parser("terminal", help="POS terminals of the payment gateway",
+                          description="POS terminals of the payment gateway: keys and "
+                                      "limits (docs/pay/payments.md)"
                           ).add_subparsers(dest="terminal_command", required=True)
     sp = term.add_parser("add", help="register a terminal and print its key (once)")
     sp.add_argument("id", help="the terminal id (1-32 letters, digits, . _ -)")
@@ -1194,12 +1400,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_terminal_list)
     sp = term.add_parser("disable", help="refuse every request of a terminal from now on")
-    sp.add_argument("id")
+    sp.add_argument("id", help="the terminal id")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_terminal_disable)
 
-    sp = sub.add_parser("recon", help="reconcile a day's ledger against the providers' "
-                                      "bill files (docs/pay/providers.md)")
+    sp = sub.add_parser("recon", help="reconcile a day's ledger against the bill files",
+                        description="reconcile a day's ledger against the providers' "
+                                    "bill files (docs/pay/providers.md)")
     sp.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day (UTC)")
     sp.add_argument("--ledger", required=True, metavar="PATH", help="the ledger database")
     sp.add_argument("--bills", required=True, metavar="DIR", action="append",
@@ -1218,11 +1425,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("port", metavar="PORT", help="device path, pty, loop:// or socket://")
     sp.add_argument("--timeout", type=float, default=0.3, metavar="S",
                     help="seconds to wait for each protocol's answer")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="the answer as a JSON object")
     sp.set_defaults(func=cmd_device_probe)
     sp = dev.add_parser("read", help="poll a scale: one row per reading, scan or fault")
     sp.add_argument("port", metavar="PORT", help="device path, pty, loop:// or socket://")
-    sp.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
+    sp.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS),
+                    help="the scale's protocol (device probe finds it)")
     sp.add_argument("--interval", type=float, default=0.2, metavar="S",
                     help="seconds between weight requests")
     sp.add_argument("--count", type=int, metavar="N",
@@ -1231,7 +1439,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to wait for each answer")
     sp.add_argument("--unit", choices=["kg", "g", "lb"],
                     help="unit of the weights the scale sends (Toledo, SASI; default kg)")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="one JSON object per row")
     sp.set_defaults(func=cmd_device_read)
 
     qr = sub.add_parser("qr", help="EMVCo merchant-presented payment QR codes (docs/pay/qr.md)"
@@ -1277,7 +1485,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = qr.add_parser("decode-mpm", help="read a merchant-presented payload: fields, "
                                           "templates, CRC")
     sp.add_argument("payload", metavar="PAYLOAD", help="the payload text (- for stdin)")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="the fields as one JSON object")
     sp.set_defaults(func=cmd_qr_decode_mpm)
 
     lane = sub.add_parser("lane", help="lane controllers: devices wired to the service") \
@@ -1291,11 +1499,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after S seconds (default: run until interrupted)")
     sp.set_defaults(func=cmd_lane_run)
 
-    sp = sub.add_parser("demo", help="a whole simulated store: lanecore's main job on "
-                                     "embedded defaults (docs/store/demo.md)")
+    store = sub.add_parser(
+        "store", help="run a store's processes supervised (docs/deploy.md)",
+        description="A store file (TOML) names the store's processes; `up` starts them in "
+                    "order, waits for each to be ready, restarts any that exits (with "
+                    "back-off) and stops them in reverse order on SIGTERM.").add_subparsers(
+        dest="store_command", required=True)
+    for name, func, text in (
+            ("up", cmd_store_up, "start the store and supervise it until SIGTERM/SIGINT"),
+            ("check", cmd_store_check, "check a store file without starting anything"),
+            ("status", cmd_store_status, "the running store's processes (exit 0: all "
+                                         "ready, 1: some not, 3: not running)"),
+            ("down", cmd_store_down, "stop a store started by `store up`")):
+        sp = store.add_parser(name, help=text, description=text)
+        sp.add_argument("store_file", metavar="STORE.toml",
+                        help="the store file (docs/examples/store.toml)")
+        if name != "down":
+            sp.add_argument("--json", action="store_true",
+                            help="print JSON on stdout (for `up`: one ready line)")
+        else:
+            sp.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                            help="seconds to wait for the supervisor before killing "
+                                 "(default: %(default)s)")
+        sp.set_defaults(func=func)
+    sp = sub.add_parser("demo", help="a whole simulated store (lanecore's main job)",
+                        description="a whole simulated store: lanecore's main job on "
+                                    "embedded defaults (docs/store/demo.md)")
     sp.add_argument("--shoppers", type=int, default=60, help="shoppers (default 60)")
     sp.add_argument("--seed", type=int, default=7, help="the simulation's seed (default 7)")
-    sp.add_argument("--live", action="store_true", help="a live view while it runs")
+    sp.add_argument("--live", action="store_true",
+                    help="a live view while it runs: lanes, shoppers by journey, "
+                         "payments, alarms (off a terminal: a summary line every 2 s)")
     sp.add_argument("--json", action="store_true",
                     help="the summary as one JSON object on stdout (the rest on stderr)")
     sp.add_argument("--rows", type=int, default=2000, help="catalogue size (default 2000)")

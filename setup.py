@@ -67,6 +67,8 @@ setup(
         "cryptography>=42",
         # /metrics of every long-running process (--metrics, gateway/net/metrics.py)
         "prometheus_client>=0.17",
+        # progress bars and the live view of `lanecore demo --live` (gateway/tui.py)
+        "rich>=13.7",
     ],
     extras_require={
         # biip: the reference parser the tests agree with and the benchmark beats;

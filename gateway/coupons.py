@@ -71,7 +71,8 @@ PRICE_FIELDS = frozenset({"unit_price_minor", "amount_minor", "member_price_mino
 #: ``code``).
 LINE_FIELDS = frozenset({"code", "gtin", "qty", "line_id"})
 #: Payment-gateway errors after which nothing was charged: the checkout fails.
-_RETRY = frozenset({"TIMEOUT", "UNAVAILABLE", "INTERNAL", "DB_BUSY", "DB_ERROR", "CLOSED"})
+_RETRY = frozenset({"TIMEOUT", "UNREACHABLE", "UNAVAILABLE", "INTERNAL", "DB_BUSY",
+                    "DB_ERROR", "CLOSED"})
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkouts (
@@ -831,8 +832,9 @@ def serve(data_dir, bind: str, *, curve: bool = False, metrics: str | None = Non
     from lanecore.gateway.net import metrics as M
 
     def ready():
-        M.announce(f"lanecore coupons serving on {bind} ({'curve' if guard else 'dev-open'}), "
-                   f"data in {gw.data_dir}")
+        mode = "curve" if guard else "dev-open"
+        M.ready(f"lanecore coupons serving on {bind} ({mode}), data in {gw.data_dir}",
+                process="coupons", bind=bind, mode=mode, data_dir=str(gw.data_dir))
     try:
         if metrics:
             M.serve(gw, metrics, process="coupons")

@@ -164,8 +164,10 @@ class LaneController:
         curve = None
         if setup.server_key:
             curve = CurveKeys.from_files(setup.server_key, setup.client_secret)
+        # a lane controller may start before the service: it waits for it (no
+        # UNREACHABLE), retrying as it does after a lost connection
         self.client = client or Client(setup.service, client_id=f"lane-{setup.name}",
-                                       curve=curve)
+                                       curve=curve, connect_timeout_s=None)
         self.on_record = on_record or (lambda r: None)
         self.records: list[dict] = []
         self._events: queue.Queue = queue.Queue()

@@ -260,7 +260,12 @@ class Store:
         self.spec = spec
         self.out = out or sys.stdout
         self.live = live
-        self.procs: list[tuple[str, subprocess.Popen]] = []
+        #: The store's processes, run by the supervisor of `lanecore store up`
+        #: (gateway/supervisor.py) from the store file this demo writes.
+        self.supervisor = None
+        self._watcher: threading.Thread | None = None
+        self._progress = None          # start-up progress (a terminal only)
+        self._steps_done = 0
         #: process name -> the loopback port its /metrics is served on
         self.metrics_ports: dict[str, int] = {}
         self.latency = Latency()
@@ -286,34 +291,88 @@ class Store:
     #: The long-running processes the demo starts with JSON logs and metrics on.
     OBSERVED = ("serve", "payments", "coupons")
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.dir / f"{name}.log", "wb")
+    @property
+    def procs(self) -> list[tuple[str, subprocess.Popen]]:
+        """(name, process) of every supervised process, in start order (a restarted
+        one: its current process)."""
+        if self.supervisor is None:
+            return []
+        return [(n, c.proc) for n, c in self.supervisor.children.items()
+                if c.proc is not None]
+
+    def _process(self, name: str, *args: str, after=()) -> str:
+        """One ``[process.NAME]`` table of the demo's store file."""
         if name in self.OBSERVED:      # one JSON object a log line; /metrics on loopback
             port = _free_port()
             self.metrics_ports[name] = port
             args = (*args, "--log-format", "json", "--metrics", f"127.0.0.1:{port}")
-        proc = subprocess.Popen([sys.executable, "-m", "lanecore", *args],
-                                stdout=subprocess.PIPE if name.startswith("prov") else log,
-                                stderr=log)
-        self.procs.append((name, proc))
-        return proc
+        return (f"[process.{name}]\ncommand = {json.dumps(list(args))}\n"
+                f"after = {json.dumps(list(after))}\n")
+
+    def _supervise(self, tables: list[str]) -> None:
+        """Write ``store.toml`` (what `lanecore store up` reads) and run it with the same
+        supervisor: started in order, each ready before the next, restarted if it dies."""
+        from lanecore.gateway import supervisor
+        path = self.dir / "store.toml"
+        path.write_text(
+            "# The demo store's processes (`lanecore store up` reads this file; the demo\n"
+            "# runs it with the same supervisor). docs/deploy.md\n"
+            '[store]\nname = "demo"\ndir = "."\nrun_dir = "run"\nlog_dir = "."\n'
+            "backoff_s = 0.2\nbackoff_max_s = 5\n\n" + "\n".join(tables),
+            encoding="utf-8")
+        self.supervisor = supervisor.Supervisor(supervisor.load(path),
+                                                say=self._supervisor_says)
+        self.supervisor.start()
+        self._watcher = threading.Thread(target=self.supervisor.watch, name="supervisor",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _supervisor_says(self, text: str) -> None:
+        """The supervisor's exits, restarts and stops, not its routine start lines (the
+        demo sums those up itself)."""
+        if " ready in " in text:
+            self._step()
+        if not any(w in text for w in (" started ", " ready in ", " stopping ", " stopped")):
+            self.say(f"  {text}")
 
     def _wait_hello(self, name: str, endpoint: str, timeout_s: float = 60.0,
                     curve=None) -> dict:
         deadline = time.monotonic() + timeout_s
-        proc = dict(self.procs)[name]
+        child = self.supervisor.children[name]
         with Client(endpoint, timeout_s=1.0, retries=0, curve=curve) as c:
             while True:
                 try:
                     return c.call("hello")
                 except ServiceError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
+                    if child.state not in ("starting", "ready", "backoff") or \
+                            time.monotonic() > deadline:
                         raise LanecoreError(f"{name} did not start: see "
                                             f"{self.dir / (name + '.log')}",
                                             code="DEMO_START") from None
 
+    #: Steps of start-up the progress bar counts: the catalogue written and imported,
+    #: the identities, each of the six processes ready, the floor, the lanes.
+    START_STEPS = 11
+
+    def _step(self, n: int = 1) -> None:
+        self._steps_done += n
+        if self._progress is not None:
+            self._progress(self._steps_done, self._steps_done, self.START_STEPS)
+
     def start(self) -> None:
-        """Everything a store floor needs, from an empty directory."""
+        """Everything a store floor needs, from an empty directory (a progress bar
+        of its steps when the demo writes to a terminal)."""
+        from lanecore.gateway.tui import RowProgress, is_terminal
+        self._steps_done = 0
+        self._progress = RowProgress("starting the store", stream=self.out, unit="steps",
+                                     terminal=True) if is_terminal(self.out) else None
+        if self._progress is None:
+            return self._start()
+        with self._progress:
+            self._start()
+        self._progress = None
+
+    def _start(self) -> None:
         from lanecore.core.scan.catalog import Catalog
         from lanecore.core.scan.synth import write_catalog_csv
         t0 = time.perf_counter()
@@ -323,9 +382,11 @@ class Store:
         store = self.dir / "store"
         write_catalog_csv(store / "catalog.csv", self.spec.rows, seed=self.spec.seed,
                           region=self.spec.region)
+        self._step()
         with Catalog.open(store) as cat:
             cat.import_csv(store / "catalog.csv")
             self.table = cat.table()
+        self._step()
         con = sqlite3.connect(store / "store.db")
         by_gtin = dict(con.execute("SELECT gtin, name FROM items"))
         con.close()
@@ -333,32 +394,40 @@ class Store:
                       for r, g in enumerate(self.table.gtin.tolist())}
         self._pick_goods()
         self._identities(store)
+        self._step()
         # the verification service first: it has the most to load
-        self._spawn("serve", "serve", "--bind", self.ep("service"), "--events",
-                    self.ep("events"), "--data-dir", str(store), "--region",
-                    self.spec.region, "--curve")
+        tables = [self._process("serve", "serve", "--bind", self.ep("service"), "--events",
+                                self.ep("events"), "--data-dir", str(store), "--region",
+                                self.spec.region, "--curve")]
         providers = {}
         # the provider links are CurveZMQ: the gateway's client key, enrolled at each
-        # provider before it starts; each provider's public key goes to payments.toml
+        # provider; each provider's keypair made now, its public key in payments.toml
+        import zmq.auth
+
         from lanecore.gateway.net.security import generate
         client_pub, _ = generate(self.dir / "pay" / "keys", "provider_client",
                                  {"name": "payments"})
         for kind in ("wechat", "alipay", "bank"):
             d = private_dir(self.dir / f"prov-{kind}")
-            write_private(private_dir(d / "keys" / "clients") / "payments.key",
+            keys = private_dir(d / "keys")
+            write_private(private_dir(keys / "clients") / "payments.key",
                           client_pub.read_bytes())
-            proc = self._spawn(f"prov-{kind}", "sim", "provider", "--kind", kind, "--bind",
-                               self.ep(f"prov-{kind}"), "--data-dir", str(d), "--fast",
-                               "--curve")
-            ready = json.loads(proc.stdout.readline())
-            providers[kind] = (ready["endpoint"], ready["server_key"])
+            server_pub, _ = generate(keys, "server", {"name": "provider"})
+            providers[kind] = (self.ep(f"prov-{kind}"), zmq.auth.load_certificate(
+                str(server_pub))[0].decode("ascii"))
+            tables.append(self._process(
+                f"prov-{kind}", "sim", "provider", "--kind", kind, "--bind",
+                self.ep(f"prov-{kind}"), "--data-dir", str(d), "--fast", "--curve"))
         self.provider_dirs = {k: self.dir / f"prov-{k}" for k in providers}
         self._payments_config(providers)
-        self._spawn("payments", "gateway", "payments", "--bind", self.ep("payments"),
-                    "--data-dir", str(self.dir / "pay"))
+        tables.append(self._process(
+            "payments", "gateway", "payments", "--bind", self.ep("payments"), "--data-dir",
+            str(self.dir / "pay"), after=[f"prov-{k}" for k in providers]))
         self._coupons_config()
-        self._spawn("coupons", "gateway", "coupons", "--bind", self.ep("coupons"),
-                    "--data-dir", str(self.dir / "coupons"), "--curve")
+        tables.append(self._process(
+            "coupons", "gateway", "coupons", "--bind", self.ep("coupons"), "--data-dir",
+            str(self.dir / "coupons"), "--curve", after=["payments"]))
+        self._supervise(tables)
         hello = self._wait_hello("serve", self.ep("service"),
                                  curve=self.curve[("service", "attendant")])
         self._wait_hello("payments", self.ep("payments"))
@@ -368,11 +437,17 @@ class Store:
             hello.get("store"), dict) else "GBP"
         self._stock_coupons()
         self._open_floor()
+        self._step()
         for lane in EXIT_LANES:                  # each lane controller configures its own
             with self.service(f"lane-{lane}") as c:
                 c.weigh_config(lane, fs_hz=1000, e_g=5, conveyor_hz=7.0)
+        self._step()
+        if self._progress is not None:
+            self._progress.finish()          # the bar ends before the report begins
         self.say(f"store up in {time.perf_counter() - t0:.1f} s: {len(self.table):,} items; "
                  f"processes {', '.join(n for n, _ in self.procs)}; data in {self.dir}")
+        self.say(f"processes supervised from {self.dir / 'store.toml'} (`lanecore store up` "
+                 f"runs the same file): a process that dies is restarted")
         n_ids = len(self.curve)
         self.say(f"every caller authenticated: {n_ids} CurveZMQ identities with roles at the "
                  f"service and the coupon gateway (events over CURVE), {len(self.keys)} "
@@ -611,16 +686,10 @@ class Store:
                     obj.stop() if thing == "display" else obj.close()
                 except Exception:
                     pass
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for name, proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            if proc.stdout:
-                proc.stdout.close()
+        if self.supervisor is not None:
+            self.supervisor.stop()           # the last started first
+            if self._watcher is not None:
+                self._watcher.join(5)
 
     def __enter__(self) -> "Store":
         return self
@@ -669,30 +738,67 @@ class Store:
         t0 = time.perf_counter()
         plans = [self._plan(i) for i in range(self.spec.shoppers)]
         stop_live = threading.Event()
-        live = threading.Thread(target=self._live, args=(stop_live, t0), daemon=True) \
-            if self.live else None
+        planned = Counter(p["journey"] for p in plans)
+        live = threading.Thread(target=self._live, args=(stop_live, t0, planned),
+                                daemon=True) if self.live else None
         if live:
             live.start()
-        with ThreadPoolExecutor(self.spec.concurrency) as pool:
-            futures = [pool.submit(self._shopper, p) for p in plans]
-            for f in futures:
-                f.result()
-        stop_live.set()
-        if live:
-            live.join()
+        try:
+            with ThreadPoolExecutor(self.spec.concurrency) as pool:
+                futures = [pool.submit(self._shopper, p) for p in plans]
+                for f in futures:
+                    f.result()
+        finally:
+            stop_live.set()
+            if live:
+                live.join()
         return self._summary(time.perf_counter() - t0)
 
-    def _live(self, stop: threading.Event, t0: float) -> None:
-        tty = self.out.isatty() if hasattr(self.out, "isatty") else False
-        while not stop.wait(0.5):
-            c = self.tally.c
-            line = (f"[{time.perf_counter() - t0:5.1f} s] shoppers done {c['done']}/"
-                    f"{self.spec.shoppers}  orders {c['orders']}  paid {c['paid']}  "
-                    f"exited {c['exited']}  alarms {c['alarms']}  audits {c['audits']}")
-            self.out.write(("\r" + line) if tty else (line + "\n"))
-            self.out.flush()
-        if tty:
-            self.out.write("\n")
+    def _live(self, stop: threading.Event, t0: float, planned: Counter) -> None:
+        """``--live``: the store as it runs, until ``stop`` (gateway/tui.py: a rich live
+        view on a terminal, else a plain summary line every few seconds)."""
+        from lanecore.gateway.tui import watch_store
+        watch_store(lambda: self.snapshot(t0, planned), stop, stream=self.out)
+
+    def snapshot(self, t0: float, planned: Counter | None = None) -> dict:
+        """What the live view shows, as a plain dict (its keys: gateway/tui.py): the
+        exit lanes' last verdicts and counts, shoppers by journey, payments per
+        channel, alarms and audits, from the tally so far (``t0``: when the shoppers
+        started, ``planned``: shoppers per journey)."""
+        with self.tally.lock:
+            c = Counter(self.tally.c)
+            by_channel = {ch: dict(v) for ch, v in self.tally.by_channel.items()}
+            exits = [e for e in self.tally.events if "lane" in e]
+        lanes = {lane: {"exits": 0, "ok": 0, "over": 0, "short": 0, "eas": 0,
+                        "last": None, "last_order": None} for lane in EXIT_LANES}
+        recent = []
+        for e in exits:
+            row = lanes.setdefault(e["lane"], {"exits": 0, "ok": 0, "over": 0,
+                                               "short": 0, "eas": 0})
+            row["exits"] += 1
+            row[e["verdict"]] = row.get(e["verdict"], 0) + 1
+            row["eas"] += int(bool(e.get("eas")))
+            row["last"] = "eas" if e.get("eas") else e["verdict"]
+            row["last_order"] = e.get("order_no")
+            if e["verdict"] != "ok" or e.get("eas"):
+                recent.append(f"{e['lane']} {e.get('order_no')} {row['last']}")
+        planned = planned or Counter()
+        names = sorted(set(planned) | {k[len("journey_"):] for k in c
+                                       if k.startswith("journey_") and k != "journey_errors"})
+        return {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "shoppers": {"done": c["done"], "total": self.spec.shoppers},
+            "lanes": lanes,
+            "journeys": {n: {"done": c[f"journey_{n}"], "planned": planned[n]}
+                         for n in names},
+            "payments": by_channel,
+            "counts": {k: c[k] for k in ("orders", "paid", "exited", "held",
+                                         "payments_failed", "journey_errors")},
+            "alarms": {"total": c["alarms"], "weight_over": c["alarm_weight_over"],
+                       "weight_short": c["alarm_weight_short"], "eas": c["alarm_eas"],
+                       "audits": c["audits"], "audit_items": c["audit_items"]},
+            "recent": recent[-5:],
+        }
 
     def _shopper(self, plan: dict) -> None:
         try:

@@ -89,7 +89,8 @@ _MASKED_PAN_RE = re.compile(r"[0-9]{0,6}\*{4,}[0-9]{4}")
 _MAX_LINES = 100
 _MAX_NAME = 40
 #: Gateway errors after which the charge's outcome is unknown: ask again, same id.
-_TRANSIENT = ("TIMEOUT", "UNAVAILABLE", "INTERNAL", "DB_BUSY", "DB_ERROR", "CLOSED")
+_TRANSIENT = ("TIMEOUT", "UNREACHABLE", "UNAVAILABLE", "INTERNAL", "DB_BUSY", "DB_ERROR",
+              "CLOSED")
 
 _SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     order_no     TEXT PRIMARY KEY,

@@ -25,7 +25,8 @@ PATH_RE = re.compile(r"(?<![\w./:-])((?:%s)/[\w./-]*[\w/])" % "|".join(TOP))
 CORE_ROOMS = {"scan", "weigh", "pay", "promo", "store"}
 CORE_SHARED = {"__init__.py", "errors.py", "config.py", "sqltxn.py", "signing.py"}
 GATEWAY_ROOMS = {"net", "payments", "sim"}
-GATEWAY_FILES = {"__init__.py", "service.py", "coupons.py", "till.py", "lane.py", "store.py"}
+GATEWAY_FILES = {"__init__.py", "service.py", "coupons.py", "till.py", "lane.py", "store.py",
+                 "tui.py", "supervisor.py"}
 
 
 def tracked(*patterns: str) -> list[Path]:

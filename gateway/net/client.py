@@ -43,11 +43,14 @@ MAX_CLIENT_ID_LEN = 128 - 30   # room for ":<session>:<counter>" in the 128-char
 #: Reconnect back-off of the socket (ms): quick at first, never slower than this.
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
+#: A ``Client`` that has never been connected gives up after this long (or its
+#: ``timeout_s``, if shorter) with ``UNREACHABLE``: nothing listens at the endpoint.
+CONNECT_TIMEOUT_S = 2.0
 
 
 class ServiceError(LanecoreError):
     """An ``ok: false`` reply (``code`` is the reply's error code), or the client's own
-    ``TIMEOUT`` / ``CLOSED``.
+    ``TIMEOUT`` / ``UNREACHABLE`` / ``CLOSED``.
 
     ``details`` holds the error object's other fields (``index``, ``scan_error``, …);
     for ``TIMEOUT`` it holds the request ``id`` and how many ``tries`` were sent —
@@ -442,7 +445,11 @@ class Client(_Base):
     (default the process's shared one; never terminated by the client).
     ``terminal_key``: a TerminalKey for a payment gateway that authenticates its
     terminals (each send is signed afresh, so a retry carries a current ``ts`` and a
-    new nonce).
+    new nonce). ``connect_timeout_s``: a client whose socket has never connected
+    raises ServiceError(UNREACHABLE) after this long (at most ``timeout_s``) instead
+    of retrying — a wrong endpoint, or nothing started there; the request was
+    delivered nowhere. Once connected, a lost connection is retried as before (a
+    restarting service comes back). None: no such check.
     """
 
     def __init__(self, endpoint: str, *, client_id: str | None = None,
@@ -450,12 +457,19 @@ class Client(_Base):
                  curve: CurveKeys | None = None, heartbeat_ivl_s: float = 1.0,
                  heartbeat_timeout_s: float = 5.0, ctx: zmq.Context | None = None,
                  backoff_max_s: float | None = None,
-                 terminal_key: TerminalKey | None = None):
+                 terminal_key: TerminalKey | None = None,
+                 connect_timeout_s: float | None = CONNECT_TIMEOUT_S):
         super().__init__(endpoint, client_id=client_id, timeout_s=timeout_s,
                          retries=retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s,
                          curve=curve, heartbeat_ivl_s=heartbeat_ivl_s,
                          heartbeat_timeout_s=heartbeat_timeout_s, terminal_key=terminal_key)
         self.ctx = ctx or zmq.Context.instance()
+        #: Until the first connection: a monitor of the socket's connects, and when to
+        #: give up (UNREACHABLE).
+        self._monitor = None
+        self._connected = connect_timeout_s is None
+        self._connect_window = min(connect_timeout_s or 0.0, self.timeout_s)
+        self._connect_by = time.monotonic() + self._connect_window
         self._sock = self._open()
 
     def _open(self) -> zmq.Socket:
@@ -463,8 +477,34 @@ class Client(_Base):
         self._configure(sock)
         # a full send queue (a peer long gone) counts as a timed-out try
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
+        if not self._connected:
+            self._drop_monitor()
+            self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         sock.connect(self.endpoint)
         return sock
+
+    def _drop_monitor(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._sock.disable_monitor()
+            except (zmq.ZMQError, AttributeError):
+                pass
+            self._monitor.close(0)
+            self._monitor = None
+
+    def _reachable(self) -> bool:
+        """Whether the socket has connected (ever): a connect event on the monitor."""
+        if not self._connected and self._monitor is not None and self._monitor.poll(0):
+            self._connected = True
+            self._drop_monitor()
+        return self._connected
+
+    def _unreachable(self, req_id, op: str) -> ServiceError:
+        self.counters["timeouts"] += 1
+        return ServiceError("UNREACHABLE", f"nothing answers at {self.endpoint}: no "
+                            f"connection within {self._connect_window:g} s (is the process "
+                            f"running, is the address right?); {op} was not delivered",
+                            {"id": req_id, "tries": 1})
 
     def reconnect(self) -> None:
         """Close the socket (dropping anything queued or late) and open a new one."""
@@ -519,6 +559,13 @@ class Client(_Base):
         deadline = time.monotonic() + self.timeout_s
         while True:
             left = deadline - time.monotonic()
+            if not self._connected:          # nothing listening yet: wait in slices
+                if not self._reachable():
+                    if time.monotonic() >= self._connect_by:
+                        self.reconnect()         # drop the queued request: never sent
+                        self._connect_by = time.monotonic() + self._connect_window
+                        raise self._unreachable(req_id, op)
+                    left = min(left, 0.05)
             if sent and left > 0 and self._sock.poll(max(1, int(left * 1000 + 0.999)),
                                                      zmq.POLLIN):
                 reply = _unpack(self._sock.recv())
@@ -621,6 +668,7 @@ class Client(_Base):
         """Close the socket (anything unsent is dropped). The context is left alone."""
         if not self.closed:
             self.closed = True
+            self._drop_monitor()
             self._sock.close(0)
 
     def __enter__(self) -> "Client":

@@ -185,3 +185,25 @@ def announce(text: str, *, level: str = "INFO") -> None:
         logging.getLogger("lanecore").log(getattr(logging, level), text)
     else:
         print(text, file=sys.stderr, flush=True)
+
+
+#: Set by ``want_ready_json`` (the process's ``--json``): ``ready`` also prints its
+#: fields as one JSON line on stdout.
+_READY_JSON = False
+
+
+def want_ready_json(on: bool) -> None:
+    """``--json``: the ready line goes to stdout as JSON too (docs/deploy.md)."""
+    global _READY_JSON
+    _READY_JSON = bool(on)
+
+
+def ready(text: str, **fields) -> None:
+    """The process is serving: ``text`` for the operator (``announce``) and, with
+    ``--json``, ``{"ready": true, "pid": …, **fields}`` as one line on stdout — what a
+    supervisor (``lanecore store up``) or a script waits for."""
+    import json
+    import os
+    announce(text)
+    if _READY_JSON:
+        print(json.dumps({"ready": True, "pid": os.getpid(), **fields}), flush=True)

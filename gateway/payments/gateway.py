@@ -1336,10 +1336,15 @@ def serve(data_dir, bind: str, *, curve: bool = False, dev_open: bool = False,
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
 
     from lanecore.gateway.net import metrics as M
+    if not gw.router.channels:
+        M.announce(f"lanecore: WARNING: no payment channel is configured "
+                   f"({Path(gw.data_dir) / CONFIG_FILE} has no [channels.NAME]): every "
+                   f"charge will be refused (docs/pay/payments.md)", level="WARNING")
 
     def ready():
         mode = "curve" if guard else ("hmac" if gw.auth else "dev-open")
-        M.announce(f"lanecore payments serving on {bind} ({mode}), data in {gw.data_dir}")
+        M.ready(f"lanecore payments serving on {bind} ({mode}), data in {gw.data_dir}",
+                process="payments", bind=bind, mode=mode, data_dir=str(gw.data_dir))
     try:
         if metrics:
             M.serve(gw, metrics, process="payments")

@@ -836,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(s, lambda *_: stopping.append(True))
 
     def ready(endpoint: str) -> None:
-        line = {"provider": opts.kind, "endpoint": endpoint, "pid": os.getpid(),
+        line = {"ready": True, "process": f"provider-{opts.kind}", "bind": opts.bind,
+                "provider": opts.kind, "endpoint": endpoint, "pid": os.getpid(),
                 "data_dir": str(provider.data_dir)}
         if security is not None:
             line["server_key"] = security.public.decode("ascii")

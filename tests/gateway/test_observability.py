@@ -133,3 +133,20 @@ def test_json_log_lines_carry_the_request_fields():
     out = json.loads(fmt.format(rec))
     assert out["msg"] == "x y" and out["process"] == "serve" and out["level"] == "WARNING"
     assert (out["op"], out["lane"], out["order_no"]) == ("weigh.frame", "L1", "A-1")
+
+
+def test_the_demo_runs_its_processes_from_a_store_file(run):
+    """`make demo` starts its processes the way `lanecore store up` does: from the store
+    file it writes (which `store check` accepts), with the same supervisor, whose
+    state file saw each of them ready and then stopped, none restarted."""
+    from clirun import lanecore
+    store = run[0]
+    r = lanecore("store", "check", store.dir / "store.toml", "--json")
+    assert json.loads(r.stdout)["order"] == ["serve", "prov-wechat", "prov-alipay",
+                                             "prov-bank", "payments", "coupons"]
+    state = json.loads((store.dir / "run" / "state.json").read_text())
+    assert state["running"] is False and set(state["processes"]) == {
+        "serve", "prov-wechat", "prov-alipay", "prov-bank", "payments", "coupons"}
+    for name, p in state["processes"].items():
+        assert p["state"] == "stopped" and p["restarts"] == 0, (name, p)
+        assert p["ready"]["ready"] is True, (name, p)      # its own ready line was seen

@@ -377,7 +377,7 @@ def test_unavailable_is_retried_with_backoff_then_raised(stub):
 
 def test_timeout_after_retries_against_a_dead_endpoint(tmp_path):
     dead = f"ipc://{tmp_path}/nobody.ipc"
-    with Client(dead, timeout_s=0.25, retries=2) as c:
+    with Client(dead, timeout_s=0.25, retries=2, connect_timeout_s=None) as c:
         t0 = time.monotonic()
         with pytest.raises(ServiceError) as e:
             c.hello()
@@ -402,12 +402,47 @@ def test_timeout_after_retries_against_a_dead_endpoint(tmp_path):
     assert 0.74 <= took < 1.6, took
 
 
+def test_nothing_listening_is_unreachable_at_once_and_nothing_is_delivered(tmp_path,
+                                                                          launch):
+    """A client that has never connected says UNREACHABLE after its connect timeout
+    instead of trying 1 + retries times (a wrong endpoint took 15.6 s to say TIMEOUT);
+    the request is dropped, not delivered when something starts there later; the
+    next call, once the service is up, is answered."""
+    endpoint = f"ipc://{tmp_path}/later.ipc"
+    with Client(endpoint, client_id="early", timeout_s=20.0, retries=3,
+                connect_timeout_s=0.5) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServiceError) as e:
+            c.basket_open("NEVER-SENT")
+        assert e.value.code == "UNREACHABLE", e.value
+        assert e.value.details["tries"] == 1 and endpoint in e.value.message
+        assert time.monotonic() - t0 < 20.0          # not one full try, let alone four
+        assert c.counters["retries"] == 0
+        p = launch(endpoint=endpoint)
+        for _ in range(100):                         # now it connects: answered
+            try:
+                assert c.basket_open("SENT")["basket"]["device"] == "SENT"
+                break
+            except ServiceError as exc:
+                assert exc.code == "UNREACHABLE", exc   # still starting: try again
+        else:
+            raise AssertionError("never answered once the service was up")
+    from lanecore.core.scan.catalog import database_path
+    con = sqlite3.connect(database_path(p.data_dir))
+    try:
+        devices = [d for (d,) in con.execute("SELECT device FROM baskets")]
+    finally:
+        con.close()
+    assert "SENT" in devices and "NEVER-SENT" not in devices, devices
+
+
 def test_retried_until_the_service_comes_up(tmp_path, launch):
     endpoint = f"ipc://{tmp_path}/late.ipc"
     out: dict = {}
 
     def sync_call():
-        with Client(endpoint, client_id="late-hh", timeout_s=0.3, retries=60) as c:
+        with Client(endpoint, client_id="late-hh", timeout_s=0.3, retries=60,
+                    connect_timeout_s=None) as c:
             try:
                 out["sync"] = c.basket_open("LATE-HH")
             except Exception as exc:  # reported below
