@@ -211,3 +211,26 @@ def test_coupons_config_keys_and_types_are_checked(tmp_path, text, names):
     r = lanecore("gateway", "coupons", "--dev-open", "--bind", f"ipc://{tmp_path}/c.ipc",
                  "--data-dir", d, check=False, timeout=60)
     refused(r, "BAD_CONFIG", names=names)
+
+
+# -- the gateways no longer start silently -------------------------------------------
+def test_a_gateway_without_channels_says_so_and_prints_its_ready_line(tmp_path):
+    """`gateway payments` with no payments.toml: a warning that every charge will be
+    refused, and with --json the ready line on stdout (docs/protocol.md, "Ready")."""
+    import subprocess
+    import sys
+    endpoint = f"ipc://{tmp_path}/pay.ipc"
+    proc = subprocess.Popen([sys.executable, "-m", "lanecore", "gateway", "payments",
+                             "--bind", endpoint, "--data-dir", str(tmp_path / "pay"),
+                             "--dev-open", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready["ready"] is True and ready["process"] == "payments", ready
+        assert ready["bind"] == endpoint and ready["pid"] == proc.pid, ready
+        assert ready["mode"] == "dev-open", ready
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "no payment channel is configured" in err and "payments.toml" in err, err
+    assert "Traceback" not in err
