@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH_JSON ?= bench/results/bench-$(BENCH_STAMP).json
 
-.PHONY: all build demo test lint test-compiled test-twins bench clean
+.PHONY: all build demo test lint test-compiled test-twins bench screenshots clean
 
 all: build
 
@@ -31,6 +31,23 @@ $(BUILT): $(PY) setup.py pyproject.toml $(KERNELS)
 
 build: $(BUILT)
 
+# The console's browser tests drive real headless Chromium: Debian's package, and a
+# CJK font for its Chinese pages, installed here when missing (CI runs as root on a
+# fresh Debian machine). Without them (and the rights to install them) `make test`
+# stops here.
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_PKGS := chromium fonts-wqy-zenhei
+BROWSER := $(VENV)/.lanecore-browser
+$(BROWSER): | $(PY)
+	@if ! [ -x $(CHROMIUM) ] || ! dpkg -s fonts-wqy-zenhei >/dev/null 2>&1; then \
+		command -v apt-get >/dev/null || { echo "lanecore: the browser tests need $(BROWSER_PKGS) (Debian packages)" >&2; exit 1; }; \
+		echo "installing $(BROWSER_PKGS) (apt-get) for the console's browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BROWSER_PKGS) >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BROWSER_PKGS) >/dev/null; }; \
+	fi
+	@test -x $(CHROMIUM) || { echo "lanecore: $(CHROMIUM) is still missing after apt-get" >&2; exit 1; }
+	@touch $@
+
 demo: $(BUILT)
 	$(VENV)/bin/lanecore demo
 
@@ -45,10 +62,10 @@ test: lint test-compiled test-twins
 lint: $(BUILT)
 	$(VENV)/bin/lint-imports
 
-test-compiled: $(BUILT)
+test-compiled: $(BUILT) $(BROWSER)
 	$(PYTEST) tests bench --benchmark-disable --durations=15
 
-test-twins: $(BUILT)
+test-twins: $(BUILT) $(BROWSER)
 	LANECORE_PURE=1 NUMBA_DISABLE_JIT=1 $(PYTEST) tests bench --benchmark-disable \
 		-m "not kernel_free" --durations=15
 
@@ -59,6 +76,10 @@ bench: $(BUILT)
 	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
 		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds
 	@echo "saved $(BENCH_JSON)"
+
+# The console's screenshots in docs/console/, made by its browser tests.
+screenshots: $(BUILT) $(BROWSER)
+	LANECORE_SCREENSHOT_DIR=docs/console $(PYTEST) tests/browser
 
 clean:
 	rm -rf $(VENV) build *.egg-info ext/*.c ext/*.so .demo bench/results

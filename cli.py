@@ -1046,6 +1046,11 @@ def _validate_command(name: str, command: list[str]) -> None:
     if getattr(parsed, "func", None) in (cmd_store_up, cmd_store_down, cmd_demo):
         raise LanecoreError(f"[process.{name}] command {command[0]!r} does not run under "
                             f"a store's supervisor", code="BAD_CONFIG")
+    if getattr(parsed, "func", None) is cmd_console:
+        try:
+            _http_bind(parsed.http_bind)
+        except LanecoreError as exc:
+            raise LanecoreError(f"[process.{name}] {exc.message}", code="BAD_CONFIG") from None
     for opt in ("bind", "events"):
         value = getattr(parsed, opt, None)
         if value:
@@ -1065,6 +1070,8 @@ def _store_file(args):
             if flag in spec.command:
                 i = spec.command.index(flag) + 1
                 addr = spec.command[i] if i < len(spec.command) else ""
+                if spec.command[:1] == ["console"] and flag == "--events":
+                    continue     # the console connects to the service's events
                 if addr and addr in binds:
                     raise LanecoreError(f"{store.path}: {spec.name} and {binds[addr]} both "
                                         f"bind {addr}", code="BAD_CONFIG")
@@ -1135,6 +1142,96 @@ def cmd_store_down(args) -> int:
     return EXIT_OK
 
 
+def _console_keys(server_key, client_key):
+    """CurveKeys from a server's public key file and the console's secret key file
+    (both or neither)."""
+    if not server_key and not client_key:
+        return None
+    if not (server_key and client_key):
+        raise LanecoreError("give both the server's public key and the console's "
+                            "secret key file", code="USAGE")
+    from lanecore.gateway.net.client import CurveKeys
+    for path in (server_key, client_key):
+        if not Path(path).is_file():
+            raise LanecoreError(f"{path}: no such key file", code="BAD_KEY")
+    return CurveKeys.from_files(server_key, client_key)
+
+
+def _http_bind(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` of the console's HTTP socket (loopback unless --allow-remote)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise LanecoreError(f"--bind is HOST:PORT, got {value!r}", code="BAD_ADDRESS")
+    return host, int(port)
+
+
+def cmd_console(args) -> int:
+    if getattr(args, "console_command", None) == "user":
+        return cmd_console_user_add(args)
+    from lanecore.core.config import resolve_data_dir
+    from lanecore.gateway.net import metrics
+    from lanecore.gateway.net.security import check_endpoint, is_loopback
+    metrics.setup_logging(args.log_format, "console")
+    metrics.want_ready_json(args.json)
+    host, port = _http_bind(args.http_bind)
+    if not args.allow_remote and not is_loopback(f"tcp://{host}:{port or 1}"):
+        raise LanecoreError(f"{args.http_bind} is not loopback: the console serves plain "
+                            "HTTP; put it behind a TLS proxy and give --allow-remote",
+                            code="PLAIN_NOT_ALLOWED")
+    for ep in (args.service, args.events, args.coupons):
+        if ep:
+            check_endpoint(ep)
+    server_key, client_key = args.service_key, args.client_key
+    if args.keys:
+        server_key = server_key or str(Path(args.keys) / "server.key")
+        client_key = client_key or str(Path(args.keys) / "console.key_secret")
+    curve = _console_keys(server_key, client_key)
+    coupons_curve = _console_keys(args.coupons_key, args.coupons_client_key)
+    data_dir = resolve_data_dir(args.data_dir)
+    from lanecore.gateway.console.app import create_app, serve
+    bound: dict = {}
+
+    def on_bound(h, p):
+        bound.update(host=h, port=p)
+
+    def ready():
+        where = f"{bound['host']}:{bound['port']}"
+        url = f"http://{where}/"
+        metrics.ready(f"lanecore console serving on {url} (service {args.service or '-'}, "
+                      f"events {args.events or '-'}), data in {data_dir}",
+                      process="console", bind=where, url=url, data_dir=str(data_dir))
+    app = create_app(data_dir, service=args.service, events=args.events, curve=curve,
+                     coupons=args.coupons, coupons_curve=coupons_curve,
+                     floor_db=args.floor_db, store_db=args.store_db,
+                     ledger_db=args.ledger_db, coupons_db=args.coupons_db,
+                     secure_cookies=args.secure_cookies, ready=ready)
+    try:
+        serve(app, host, port, on_bound=on_bound)
+    except OSError as exc:
+        return _die("CANNOT_BIND", f"{args.http_bind}: {exc.strerror or exc}")
+    return EXIT_OK
+
+
+def cmd_console_user_add(args) -> int:
+    from lanecore.core.config import resolve_data_dir
+    from lanecore.gateway.console import auth
+    auth.check_name(args.name)
+    auth.check_role(args.role)
+    password = auth.read_password_file(args.password_file)
+    db = auth.StaffDB(auth.database_path(resolve_data_dir(args.data_dir)))
+    try:
+        user = db.add_user(args.name, args.role, password)
+        db.record("-", "cli", "staff.add", target=args.name, detail=args.role)
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps({"ok": True, **user}))
+    else:
+        print(f"console user {user['name']} added with role {user['role']}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from lanecore.demo import run_demo
     # Never $LANECORE_DATA_DIR: the demo empties its directory, and that one is the
@@ -1144,7 +1241,8 @@ def cmd_demo(args) -> int:
     _in_range("--concurrency", args.concurrency, 1, 256)
     _in_range("--rows", args.rows, 500, 1_000_000)
     return run_demo(data_dir, shoppers=args.shoppers, seed=args.seed, rows=args.rows,
-                    concurrency=args.concurrency, live=args.live, as_json=args.json)
+                    concurrency=args.concurrency, live=args.live, as_json=args.json,
+                    console=args.console_bind if args.console else None)
 
 
 # ----------------------------------------------------------------------------------
@@ -1522,6 +1620,50 @@ def build_parser() -> argparse.ArgumentParser:
                             help="seconds to wait for the supervisor before killing "
                                  "(default: %(default)s)")
         sp.set_defaults(func=func)
+    sp = sub.add_parser("console", help="the store's web console (docs/console.md)")
+    sp.add_argument("--bind", dest="http_bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="where the console serves HTTP (port 0: a free one)")
+    sp.add_argument("--service", metavar="ADDR",
+                    help="the verification service's ROUTER endpoint (ops)")
+    sp.add_argument("--events", metavar="ADDR",
+                    help="the verification service's PUB endpoint (live lanes and alarms)")
+    sp.add_argument("--keys", metavar="DIR",
+                    help="CurveZMQ keys for the service: DIR/server.key and "
+                         "DIR/console.key_secret")
+    sp.add_argument("--service-key", metavar="F", help="the service's public key file")
+    sp.add_argument("--client-key", metavar="F",
+                    help="the console's secret key file (enrolled at the service)")
+    sp.add_argument("--coupons", metavar="ADDR", help="the coupon gateway (members)")
+    sp.add_argument("--coupons-key", metavar="F", help="the coupon gateway's public key file")
+    sp.add_argument("--coupons-client-key", metavar="F",
+                    help="the console's secret key file at the coupon gateway")
+    sp.add_argument("--floor-db", metavar="F", help="the floor's audits (read only)")
+    sp.add_argument("--store-db", metavar="F", help="store.db, for analytics (read only)")
+    sp.add_argument("--ledger-db", metavar="F", help="payments.db, for analytics (read only)")
+    sp.add_argument("--coupons-db", metavar="F", help="coupons.db, for analytics (read only)")
+    sp.add_argument("--secure-cookies", action="store_true",
+                    help="mark cookies Secure (behind an HTTPS proxy)")
+    sp.add_argument("--allow-remote", action="store_true",
+                    help="bind beyond loopback (only behind a TLS proxy)")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="log lines as text or as one JSON object a line")
+    sp.add_argument("--json", action="store_true",
+                    help='when serving, also print one JSON line on stdout: {"ready": true, '
+                         '"process": "console", "bind": ..., "url": ...}')
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_console)
+    csub = sp.add_subparsers(dest="console_command", required=False, metavar="user add")
+    users = csub.add_parser("user", help="staff accounts").add_subparsers(
+        dest="user_command", required=True)
+    up = users.add_parser("add", help="add a staff account (attendant, manager or admin)")
+    up.add_argument("name", metavar="NAME", help="the staff member's login name")
+    up.add_argument("--role", required=True, metavar="ROLE",
+                    help="attendant, manager or admin")
+    up.add_argument("--password-file", required=True, metavar="F",
+                    help="a file (mode 0600) whose first line is the password")
+    up.add_argument("--json", action="store_true", help="print the account as JSON")
+    data_dir_opt(up)
+    up.set_defaults(func=cmd_console)
     sp = sub.add_parser("demo", help="a whole simulated store (lanecore's main job)",
                         description="a whole simulated store: lanecore's main job on "
                                     "embedded defaults (docs/store/demo.md)")
@@ -1533,6 +1675,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true",
                     help="the summary as one JSON object on stdout (the rest on stderr)")
     sp.add_argument("--rows", type=int, default=2000, help="catalogue size (default 2000)")
+    sp.add_argument("--console", action="store_true",
+                    help="also start the store's web console and print its URL and a "
+                         "generated manager login (docs/console.md)")
+    sp.add_argument("--console-bind", default="127.0.0.1:0", metavar="HOST:PORT",
+                    help="where the demo's console serves HTTP (port 0: a free one)")
     sp.add_argument("--concurrency", type=int, default=6,
                     help="shoppers in the store at once (default 6)")
     sp.add_argument("--data-dir", metavar="D",

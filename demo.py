@@ -26,7 +26,9 @@ def _money(minor) -> str:
 
 def run_demo(data_dir: Path, *, shoppers: int = 60, seed: int = 7, rows: int = 2000,
              concurrency: int = 6, live: bool = False, as_json: bool = False,
-             out=None) -> int:
+             out=None, console: str | None = None) -> int:
+    """The demo; ``console`` (HOST:PORT): also run the store's web console, and keep
+    the store up after the summary until interrupted (SIGINT or SIGTERM)."""
     import sys
 
     from lanecore.gateway.store import Store, StoreSpec, checks
@@ -41,17 +43,50 @@ def run_demo(data_dir: Path, *, shoppers: int = 60, seed: int = 7, rows: int = 2
         f"(seed {seed}); kernels: barcode={barcode.IMPLEMENTATION}, "
         f"lookup={lookup.IMPLEMENTATION}")
     spec = StoreSpec(shoppers=shoppers, seed=seed, rows=rows, concurrency=concurrency)
-    with Store(data_dir, spec, out=log, live=live) as store:
+    with Store(data_dir, spec, out=log, live=live, console=console) as store:
         store.start()
         summary = store.run()
+        if console is not None:
+            _report_and_wait(say, summary, out, as_json, store.console_url)
     failed = checks(summary)
     summary["checks_failed"] = failed
+    if summary.pop("_reported", False):
+        return 0 if not failed else 1
     if as_json:
         out.write(json.dumps(summary) + "\n")
         out.flush()
     else:
         _report(say, summary)
     return 0 if not failed else 1
+
+
+def _report_and_wait(say, summary: dict, out, as_json: bool, url) -> None:
+    """``--console``: the summary now, then the store stays up for the console until
+    SIGINT or SIGTERM."""
+    import signal
+    import threading
+    failed = checks_of(summary)
+    if as_json:
+        out.write(json.dumps({**summary, "checks_failed": failed, "console": url}) + "\n")
+        out.flush()
+    else:
+        _report(say, {**summary, "checks_failed": failed})
+    summary["_reported"] = True
+    say(f"the store stays up for its console at {url}: Ctrl-C (or SIGTERM) stops it")
+    stop = threading.Event()
+    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def checks_of(summary: dict) -> list[str]:
+    from lanecore.gateway.store import checks
+    return checks(summary)
 
 
 def _report(say, s: dict) -> None:

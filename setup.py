@@ -52,6 +52,9 @@ setup(
     python_requires=">=3.11",
     package_dir={"lanecore": "."},
     packages=PACKAGES,
+    # the console's pages, scripts and message catalogues (read at run time)
+    package_data={"lanecore.gateway.console": ["templates/*.html", "static/*",
+                                               "locale/*/LC_MESSAGES/*.po"]},
     ext_modules=cythonize(
         [kernel("_barcode"), kernel("_lookup")],
         compiler_directives={"language_level": "3"},
@@ -69,6 +72,17 @@ setup(
         "prometheus_client>=0.17",
         # progress bars and the live view of `lanecore demo --live` (gateway/tui.py)
         "rich>=13.7",
+        # the store's web console (gateway/console/, docs/console.md): ASGI app and
+        # server, templates, staff password hashes, message catalogues, form posts
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "jinja2>=3.1",
+        "argon2-cffi>=23.1",
+        "babel>=2.14",
+        "python-multipart>=0.0.9",
+        # the console's analytics charts, server-rendered static SVG
+        # (gateway/console/analytics.py)
+        "pygal>=3.0",
     ],
     extras_require={
         # biip: the reference parser the tests agree with and the benchmark beats;
@@ -76,10 +90,12 @@ setup(
         # hypothesis: property-based tests; opencv-python-headless: decodes the QR
         # images we render (an independent reader, wheels need no system library);
         # pillow: qrcode's image output, which the decoder reads; import-linter: the
-        # layers and domains as contracts (pyproject.toml), checked by `make test`.
+        # layers and domains as contracts (pyproject.toml), checked by `make test`;
+        # playwright: drives Debian's Chromium (the Makefile installs it) in the
+        # console's browser tests — its own browser downloads are never used.
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5",
                  "scipy>=1.11", "opencv-python-headless>=4.8", "pillow>=10",
-                 "import-linter>=2.1"],
+                 "import-linter>=2.1", "httpx>=0.27", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["lanecore = lanecore.cli:main"]},
     cmdclass={"build_py": build_py},

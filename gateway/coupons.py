@@ -253,6 +253,8 @@ class CouponGateway(OpServer):
         for stmt in SCHEMA:
             con.execute(stmt)
         self.book = CouponBook(con)
+        from lanecore.core.rollups import ensure_rollups
+        ensure_rollups(con)        # clearing per day and issuer (core/rollups.py)
         m = cfg.get("members", {})
         try:
             self.members = Members(con, **m)

@@ -69,12 +69,22 @@ _SCHEMA_SQL = (
     """CREATE TABLE IF NOT EXISTS lane_slots (
         principal TEXT NOT NULL, lane TEXT NOT NULL, at REAL NOT NULL,
         PRIMARY KEY (principal, lane))""",
+    # what staff did about an alarm (alarm.resolve): the staff name the console
+    # vouches for beside the principal that proved itself
+    """CREATE TABLE IF NOT EXISTS alarm_actions (
+        action_id INTEGER PRIMARY KEY, at REAL NOT NULL, lane TEXT NOT NULL,
+        order_no TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+        weight_g REAL, staff TEXT NOT NULL, principal TEXT NOT NULL,
+        learning TEXT)""",
+    "CREATE INDEX IF NOT EXISTS alarm_actions_order ON alarm_actions (order_no)",
 )
 
 #: What a lane controller reports about its devices (``device.event``).
 DEVICE_KINDS = ("scale", "bridge", "scanner", "eas_gate", "eas_deactivator", "printer",
                 "qr_display")
 DEVICE_EVENT_KINDS = ("alarm", "fault", "recovered")
+#: What staff may do about an alarm (``alarm.resolve``).
+ALARM_ACTIONS = ("ack", "override", "rescan")
 
 
 def _num(v):
@@ -111,6 +121,7 @@ OP_ROLES = {
     "weigh.frame": _FRAME_ROLES,
     "verify.order": roles("lane"),
     "weights.confirm": roles("attendant", "manager"),
+    "alarm.resolve": roles("attendant", "manager"),
     "device.event": roles("lane", "kiosk", "till"),
     "stats": roles("attendant", "manager", "hq"),
 }
@@ -145,6 +156,10 @@ class Service(OpServer):
         self.baskets = None
         self.signer = None
         self._basket_init()
+        # the analytics rollups of this database: built here, by its owner, and kept
+        # by triggers in the same transactions as the orders and verdicts (core/rollups.py)
+        from lanecore.core.rollups import ensure_rollups
+        ensure_rollups(self.con)
         self.bank = loadcell.LaneBank(max_lanes)
         self.lanes: dict[str, int] = {}
         self.lane_configs: dict[str, LaneConfig] = {}
@@ -290,6 +305,12 @@ class Service(OpServer):
             ("weights.confirm", self.op_weights_confirm,
              {"gtin": Field("str", min=8, max=14), "weight_g": Field("float", min=0.0, max=1e6),
               "units": Field("int", required=False, min=1, max=999)}, DURABLE),
+            ("alarm.resolve", self.op_alarm_resolve,
+             {"lane": NAME, "order_no": Field("str", min=1, max=64),
+              "action": Field("str", choices=ALARM_ACTIONS),
+              "reason": Field("str", required=False, max=256),
+              "weight_g": Field("float", required=False, min=0.0, max=1e6),
+              "staff": NAME}, DURABLE),
             ("device.event", self.op_device_event,
              {"lane": NAME, "device": Field("str", choices=DEVICE_KINDS),
               "kind": Field("str", choices=DEVICE_EVENT_KINDS),
@@ -812,3 +833,49 @@ class Service(OpServer):
             self._packed_heads.clear()
         after.append(relearn)
         return {"learning": {k: _num(v) for k, v in res.to_dict().items()}}
+
+    def op_alarm_resolve(self, f, after) -> dict:
+        """Staff acknowledged an alarm, overrode it (a reason required) or asked for a
+        rescan: recorded in ``alarm_actions`` with ``staff`` (the name the calling
+        console vouches for) beside the principal that proved itself, and published
+        on ``alarm`` as ``{resolved: …}``. An override with ``weight_g`` of a
+        one-item order (one line, one GTIN) is also a confirmed weighing of that item,
+        bounded as ``weights.confirm`` is; anything else is only recorded."""
+        action, reason = f["action"], (f.get("reason") or "").strip()
+        if action == "override" and not reason:
+            raise LanecoreError("an override needs a reason", code="REASON_REQUIRED")
+        if f.get("weight_g") is not None and action != "override":
+            raise ProtocolError("BAD_FIELD", "weight_g goes only with an override")
+        order = self._basket_store().order_lines_for_verify(f["order_no"])  # UNKNOWN_ORDER
+        learning = None
+        lines = order["lines"]
+        if action == "override" and f.get("weight_g") is not None and len(lines) == 1 \
+                and "unit_weight_g" not in lines[0]:
+            try:
+                res = self.weights.learn(lines[0]["gtin"], f["weight_g"],
+                                         units=int(lines[0]["qty"]), confirmed=True,
+                                         confirmed_by=self.principal.id)
+            except LanecoreError as exc:      # BAD_WEIGHT …: recorded, not learned
+                res = None
+                learning = {"code": exc.code, "message": exc.message}
+            if res is not None:
+                learning = {k: _num(v) for k, v in res.to_dict().items()}
+            if res is not None and res.code == "LEARNED":
+                def relearn():
+                    self.weights.apply_to_table(self.table)
+                    self._items.clear()
+                    self._packed_items.clear()
+                    self._packed_heads.clear()
+                after.append(relearn)
+        at = time.time()
+        cur = self.con.execute(
+            "INSERT INTO alarm_actions (at, lane, order_no, action, reason, weight_g, staff, "
+            "principal, learning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, f["lane"], f["order_no"], action, reason, f.get("weight_g"), f["staff"],
+             self.principal.id, None if learning is None else json.dumps(learning)))
+        record = {"action_id": cur.lastrowid, "at": at, "lane": f["lane"],
+                  "order_no": f["order_no"], "action": action, "reason": reason,
+                  "weight_g": f.get("weight_g"), "staff": f["staff"],
+                  "principal": self.principal.id, "learning": learning}
+        after.append(lambda: self.publish("alarm", {"resolved": record}))
+        return {"resolved": record}

@@ -255,9 +255,12 @@ class Store:
     """The processes, the shoppers and the books of one simulated store."""
 
     def __init__(self, data_dir, spec: StoreSpec = StoreSpec(), *, out=None,
-                 live: bool = False) -> None:
+                 live: bool = False, console: str | None = None) -> None:
         self.dir = Path(data_dir).resolve()
         self.spec = spec
+        #: ``--console``: HOST:PORT the store's web console binds (None: no console)
+        self.console = console
+        self.console_url: str | None = None
         self.out = out or sys.stdout
         self.live = live
         #: The store's processes, run by the supervisor of `lanecore store up`
@@ -357,7 +360,8 @@ class Store:
     def _step(self, n: int = 1) -> None:
         self._steps_done += n
         if self._progress is not None:
-            self._progress(self._steps_done, self._steps_done, self.START_STEPS)
+            self._progress(self._steps_done, self._steps_done,
+                           self.START_STEPS + (self.console is not None))
 
     def start(self) -> None:
         """Everything a store floor needs, from an empty directory (a progress bar
@@ -427,6 +431,8 @@ class Store:
         tables.append(self._process(
             "coupons", "gateway", "coupons", "--bind", self.ep("coupons"), "--data-dir",
             str(self.dir / "coupons"), "--curve", after=["payments"]))
+        if self.console is not None:
+            tables.append(self._console_process(store))
         self._supervise(tables)
         hello = self._wait_hello("serve", self.ep("service"),
                                  curve=self.curve[("service", "attendant")])
@@ -452,6 +458,39 @@ class Store:
         self.say(f"every caller authenticated: {n_ids} CurveZMQ identities with roles at the "
                  f"service and the coupon gateway (events over CURVE), {len(self.keys)} "
                  f"HMAC terminals at the payment gateway, providers over CURVE")
+        if self.console is not None:
+            info = self.supervisor.children["console"].ready_info
+            self.console_url = info.get("url")
+            self.say(f"console: {self.console_url} - log in as manager, password in "
+                     f"{self.dir / 'console-manager.password'} (`lanecore console user add` "
+                     f"makes more staff; docs/console.md)")
+
+    def _console_process(self, store: Path) -> str:
+        """``--console``: the store's web console as one more supervised process (its
+        own CurveZMQ identity ``console``, roles attendant and manager, at the service
+        and the coupon gateway), and a manager login with a generated password in
+        ``console-manager.password`` (0600)."""
+        from lanecore.gateway.console import auth
+        home = private_dir(self.dir / "console")
+        password = auth.generated_password()
+        write_private(self.dir / "console-manager.password", (password + "\n").encode())
+        db = auth.StaffDB(auth.database_path(home))
+        try:
+            db.add_user("manager", "manager", password)
+        finally:
+            db.close()
+        ids = self.dir / "identities"
+        return self._process(
+            "console", "console", "--bind", self.console, "--service", self.ep("service"),
+            "--events", self.ep("events"), "--service-key", str(store / "keys" / "server.key"),
+            "--client-key", str(ids / "service" / "console.key_secret"),
+            "--coupons", self.ep("coupons"),
+            "--coupons-key", str(self.dir / "coupons" / "keys" / "server.key"),
+            "--coupons-client-key", str(ids / "coupons" / "console.key_secret"),
+            "--floor-db", str(self.dir / "floor.db"), "--store-db", str(store / "store.db"),
+            "--ledger-db", str(self.dir / "pay" / "payments.db"),
+            "--coupons-db", str(self.dir / "coupons" / "coupons.db"),
+            "--data-dir", str(home), after=["serve", "coupons"])
 
     #: Who talks to the verification service and the coupon gateway, with what roles
     #: (docs/security.md): every caller an enrolled CurveZMQ identity.
@@ -472,7 +511,10 @@ class Store:
         self.curve: dict[tuple[str, str], CurveKeys] = {}
         wanted = {"service": {**self.SERVICE_IDENTITIES,
                               **{f"lane-{lane}": "lane" for lane in EXIT_LANES}},
-                  "coupons": self.COUPON_IDENTITIES}
+                  "coupons": dict(self.COUPON_IDENTITIES)}
+        if self.console is not None:        # the web console: its own identity
+            for server in wanted:
+                wanted[server]["console"] = "attendant,manager"
         homes = {"service": store, "coupons": self.dir / "coupons"}
         for server, names in wanted.items():
             keys = private_dir(homes[server] / "keys")

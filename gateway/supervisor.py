@@ -65,7 +65,8 @@ __all__ = ["ProcessSpec", "StoreFile", "load", "Supervisor", "status", "down",
 #: Commands that print a JSON ready line (``{"ready": true, …}``) on stdout; the
 #: first two take ``--json`` for it, which the supervisor adds.
 READY_LINE_COMMANDS = {("serve",): True, ("gateway", "payments"): True,
-                       ("gateway", "coupons"): True, ("sim", "provider"): False}
+                       ("gateway", "coupons"): True, ("sim", "provider"): False,
+                       ("console",): True}
 STORE_KEYS = {"name", "dir", "run_dir", "log_dir", "ready_timeout_s", "stop_timeout_s",
               "backoff_s", "backoff_max_s", "stable_s", "alive_s"}
 PROCESS_KEYS = {"command", "after", "ready", "env", "restart", "ready_timeout_s",

@@ -23,8 +23,9 @@ TOP = ("core", "ext", "drivers", "gateway", "bench", "tests", "docs")
 PATH_RE = re.compile(r"(?<![\w./:-])((?:%s)/[\w./-]*[\w/])" % "|".join(TOP))
 
 CORE_ROOMS = {"scan", "weigh", "pay", "promo", "store"}
-CORE_SHARED = {"__init__.py", "errors.py", "config.py", "sqltxn.py", "signing.py"}
-GATEWAY_ROOMS = {"net", "payments", "sim"}
+CORE_SHARED = {"__init__.py", "errors.py", "config.py", "sqltxn.py", "signing.py",
+               "rollups.py"}
+GATEWAY_ROOMS = {"net", "payments", "sim", "console"}
 GATEWAY_FILES = {"__init__.py", "service.py", "coupons.py", "till.py", "lane.py", "store.py",
                  "tui.py", "supervisor.py"}
 

@@ -36,6 +36,14 @@ def test_wheel_holds_only_lanecore_with_compiled_kernels(tmp_path):
     for init in packages:                       # every room, e.g. core/pay/, gateway/net/
         assert f"lanecore/{init}" in names, init
     assert "lanecore/setup.py" not in names
+    # the web console's files beside its code: every tracked template, script and catalogue
+    console = subprocess.run(
+        ["git", "ls-files", "--", "gateway/console/templates", "gateway/console/static",
+         "gateway/console/locale"], cwd=REPO, check=True, capture_output=True,
+        text=True).stdout.split()
+    assert len(console) >= 10 and "gateway/console/templates/lanes.html" in console
+    for path in console:
+        assert f"lanecore/{path}" in names, path
     assert not any(n.startswith(("lanecore/tests/", "lanecore/bench/", "lanecore/.venv/"))
                    for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -338,6 +338,14 @@ class _Ops(abc.ABC):
         return self.call("weights.confirm", gtin=gtin, weight_g=float(weight_g),
                          units=units)
 
+    def alarm_resolve(self, lane: str, order_no: str, action: str, staff: str,
+                      reason: str | None = None, weight_g: float | None = None):
+        """Staff's ``ack``, ``override`` (with a reason; ``weight_g`` the confirmed
+        weight) or ``rescan`` of an alarm, recorded at the service: ``{"resolved"}``."""
+        return self.call("alarm.resolve", **_no_none(
+            lane=lane, order_no=order_no, action=action, staff=staff, reason=reason,
+            weight_g=None if weight_g is None else float(weight_g)))
+
     def device_event(self, lane: str, device: str, kind: str, code: str | None = None,
                      message: str | None = None):
         """Report a lane device's alarm, fault or recovery (published on ``device``)."""

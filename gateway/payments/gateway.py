@@ -154,6 +154,10 @@ class PaymentGateway(OpServer):
         self.clock = clock
         self.ledger = Ledger.open(self.data_dir / LEDGER_FILE, clock=clock,
                                   on_move=self._follow)
+        # the analytics rollups of the ledger (charges and refunds per day and channel),
+        # kept by triggers in the ledger's own transactions (core/rollups.py)
+        from lanecore.core.rollups import ensure_rollups
+        ensure_rollups(self.ledger.con)
         self._usage_day: float | None = None
         self._usage_cache = Usage()
         raw = config.get("channels", {})

@@ -43,7 +43,7 @@ TOTAL_QUOTA = 10_000
 
 OPS = ("hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
        "basket.get", "basket.submit", "weigh.config", "weigh.frame", "verify.order",
-       "weights.confirm", "device.event", "stats", "health")
+       "weights.confirm", "alarm.resolve", "device.event", "stats", "health")
 
 # Every code in docs/protocol.md's error tables.
 DOC_CODES = frozenset("""
@@ -54,7 +54,7 @@ UNKNOWN_ITEM
 NOT_MSGPACK NOT_A_MAP BAD_KEY_TYPE TOO_LARGE BAD_FRAMES MISSING_FIELD BAD_FIELD UNKNOWN_OP INTERNAL
 UNAVAILABLE TOO_COMPLEX BUSY
 LANE_NOT_CONFIGURED TOO_MANY_LANES NO_SETTLED_WEIGHT PLAIN_NOT_ALLOWED NO_SERVER_KEY
-BAD_KEY CANNOT_BIND
+BAD_KEY CANNOT_BIND REASON_REQUIRED
 UNKNOWN_BASKET BASKET_CLOSED EMPTY_BASKET BAD_SCAN NEEDS_WEIGHING BAD_LINE BAD_REQUEST
 TOO_MANY_LINES UNKNOWN_ORDER BAD_STATUS QR_FORMAT QR_SIGNATURE QR_EXPIRED QR_VERSION
 USAGE CANNOT_READ BAD_CONFIG BAD_DATA_DIR BAD_ARGUMENT CSV_UNWRITABLE CSV_NOT_FOUND

@@ -1,0 +1,35 @@
+"""The console's test kit (tests/gateway/console/): one user of each role, logins
+through the real login form, and the CSRF token a page carries."""
+
+from __future__ import annotations
+
+import re
+
+PASSWORD = "correct horse battery"
+USERS = {"ann": "attendant", "max": "manager", "ada": "admin"}
+
+
+class Clock:
+    """A clock the test moves (lockout and session expiry without waiting)."""
+
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'<meta name="csrf" content="([^"]*)"', html)
+    assert m, html[:500]
+    return m.group(1)
+
+
+def login(client, name: str, password: str = PASSWORD):
+    """Log in through the form (any earlier session of this client is dropped)."""
+    client.cookies.clear()
+    page = client.get("/login")
+    assert page.status_code == 200
+    return client.post("/login", data={"username": name, "password": password,
+                                       "csrf": csrf_of(page.text)},
+                       follow_redirects=False)
