@@ -21,7 +21,8 @@ Prices: the till sends what it scanned and how many (``lines: [{code, qty}]``); 
 unit prices come from the store's catalogue (``[store] data_dir``, by default the
 gateway's own data directory: ``store.db``, ``core/scan/catalog.py``), families from
 ``[families]``, member prices from the members' table and promotions from
-``[[promotions]]`` — never from the request: a line carrying a price or a pricing
+``[[promotions]]`` and coupons.db's ``promotions`` (``promo.create``, read again after
+every change) — never from the request: a line carrying a price or a pricing
 field is refused (``PRICE_NOT_ACCEPTED``).
 
 Fault injection for tests: ``LANECORE_COUPONS_CRASH=after_hold`` (or
@@ -83,7 +84,15 @@ SCHEMA = (
         updated_at REAL NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS mqr_used (
         qr_id TEXT PRIMARY KEY, order_no TEXT NOT NULL, at REAL NOT NULL)""",
+    # promotions made at run time (promo.create / promo.end): ``definition`` is a
+    # ``[[promotions]]`` table as JSON (without its id and window)
+    """CREATE TABLE IF NOT EXISTS promotions (
+        id TEXT PRIMARY KEY, definition TEXT NOT NULL, valid_from INTEGER NOT NULL,
+        valid_until INTEGER, created_by TEXT NOT NULL, staff TEXT,
+        created_at REAL NOT NULL, ended_at REAL, ended_by TEXT)""",
 )
+#: What a promotion made with ``promo.create`` may be called (its ``id``).
+_PROMO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 
@@ -105,6 +114,9 @@ OP_ROLES = {
     "member.find": _SELLING | roles("attendant", "manager"),
     "member.history": roles("attendant", "manager"),
     "member.price": roles("manager"),
+    "promo.create": roles("manager"),
+    "promo.end": roles("manager"),
+    "promo.list": roles("manager"),
     "stats": roles("manager", "hq"),
 }
 
@@ -185,9 +197,9 @@ def _target(t: dict) -> PR.Target:
     return PR.Target(gtin=t.get("gtin"), family=t.get("family"))
 
 
-def parse_promotions(tables: list) -> list:
+def parse_promotions(tables: list, *, where: str = CONFIG_FILE) -> list:
     """``[[promotions]]`` tables into pricing promotions (``kind``: ``item``,
-    ``multibuy``, ``threshold``)."""
+    ``multibuy``, ``threshold``); ``where`` names the source in errors."""
     out = []
     for i, t in enumerate(tables):
         t = dict(t)
@@ -204,14 +216,14 @@ def parse_promotions(tables: list) -> list:
             elif kind == "threshold":
                 out.append(PR.BasketThreshold(pid, **t, **common))
             else:
-                raise CouponGatewayError(f"{CONFIG_FILE}: promotions[{i}].kind is item, "
+                raise CouponGatewayError(f"{where}: promotions[{i}].kind is item, "
                                          "multibuy or threshold")
         except TypeError as exc:
-            raise CouponGatewayError(f"{CONFIG_FILE}: promotions[{i}]: {exc}") from None
+            raise CouponGatewayError(f"{where}: promotions[{i}]: {exc}") from None
     try:
         PR.price([], out, now=0)           # the engine's own checks of every promotion
     except PR.PricingError as exc:
-        raise CouponGatewayError(f"{CONFIG_FILE}: promotions: {exc.message}") from None
+        raise CouponGatewayError(f"{where}: promotions: {exc.message}") from None
     return out
 
 
@@ -237,6 +249,9 @@ class CouponGateway(OpServer):
         except LanecoreError as exc:
             raise CouponGatewayError(f"{CONFIG_FILE} [wallet_keys]: {exc.message}") from None
         self.promotions = parse_promotions(cfg.get("promotions", []))
+        self._promo_tables = [dict(t) for t in cfg.get("promotions", [])]
+        self._promo_cache: tuple | None = None     # ((data_version, gen), promotions)
+        self._promo_gen = 0                        # bumped by this process's changes
         pay = dict(cfg.get("payments", {}))
         if "key" in pay:        # a terminal key at rest: the owner's alone, or refused
             check_private(self.data_dir / CONFIG_FILE, error=CouponGatewayError,
@@ -386,6 +401,16 @@ class CouponGateway(OpServer):
             ("member.price", self.op_member_price,
              {"gtin": Field("str", min=14, max=14), "tier": ident,
               "price_minor": Field("int", required=False, min=0, max=10 ** 12)}, DURABLE),
+            ("promo.create", self.op_promo_create,
+             {"definition": Field("map"),
+              "valid_from": Field("int", required=False, min=0, max=2 ** 40),
+              "valid_until": Field("int", required=False, min=0, max=2 ** 40),
+              "staff": Field("str", required=False, min=1, max=64)}, DURABLE),
+            ("promo.end", self.op_promo_end,
+             {"promo_id": Field("str", min=1, max=64),
+              "staff": Field("str", required=False, min=1, max=64)}, DURABLE),
+            ("promo.list", self.op_promo_list,
+             {"include_ended": Field("bool", required=False)}, PURE),
             ("stats", self.op_stats, {}, PURE),
         ], OP_ROLES)
 
@@ -478,6 +503,156 @@ class CouponGateway(OpServer):
         return {"gtin": f["gtin"], "tier": f["tier"], "price_minor": price}
 
     # ------------------------------------------------------------------------------
+    # Promotions made at run time (promo.create / promo.end / promo.list)
+    # ------------------------------------------------------------------------------
+    def promotions_now(self) -> list:
+        """``coupons.toml``'s promotions and the database's not ended (the engine
+        leaves out those outside their window at pricing time). Read again whenever
+        the database changed (``PRAGMA data_version``: another process's commit) or
+        this process changed a promotion, so the very next basket prices with them."""
+        key = (self.con.execute("PRAGMA data_version").fetchone()[0], self._promo_gen)
+        if self._promo_cache is None or self._promo_cache[0] != key:
+            self._promo_cache = (key, self._load_db_promotions())
+        return self._promo_cache[1]
+
+    def _load_db_promotions(self) -> list:
+        out = list(self.promotions)
+        rows = self.con.execute(
+            "SELECT id, definition, valid_from, valid_until FROM promotions WHERE ended_at "
+            "IS NULL AND (valid_until IS NULL OR valid_until > ?) ORDER BY id",
+            (int(self.clock()),)).fetchall()
+        for pid, definition, valid_from, valid_until in rows:
+            try:
+                p = parse_promotions([self._promo_table(pid, json.loads(definition),
+                                                        valid_from, valid_until)],
+                                     where=DB_FILE)[0]
+                PR.price([], out + [p], now=0)     # still fits beside the others
+            except (LanecoreError, ValueError) as exc:
+                log.warning("promotion %s left out: %s", pid, exc)
+                continue
+            out.append(p)
+        return out
+
+    @staticmethod
+    def _promo_table(pid: str, definition: dict, valid_from, valid_until) -> dict:
+        t = {**definition, "id": pid, "valid_from": valid_from}
+        if valid_until is not None:
+            t["valid_until"] = valid_until
+        return t
+
+    def _promo_row(self, row, now: float) -> dict:
+        pid, definition, vf, vu, created_by, staff, created_at, ended_at, ended_by = row
+        if ended_at is not None:
+            state = "ended"
+        elif now < vf:
+            state = "scheduled"
+        elif vu is not None and now >= vu:
+            state = "expired"
+        else:
+            state = "active"
+        return {"promo_id": pid, "definition": json.loads(definition), "valid_from": vf,
+                "valid_until": vu, "created_by": created_by, "staff": staff,
+                "created_at": created_at, "ended_at": ended_at, "ended_by": ended_by,
+                "state": state, "source": "database"}
+
+    _PROMO_COLS = ("id, definition, valid_from, valid_until, created_by, staff, created_at, "
+                   "ended_at, ended_by")
+
+    def _bump_promotions(self) -> None:
+        self._promo_gen += 1
+
+    def op_promo_create(self, f, after) -> dict:
+        """A promotion from now (or ``valid_from``) until ``valid_until`` (or until
+        ended): ``definition`` is a ``[[promotions]]`` table (``kind`` …), checked as
+        ``coupons.toml``'s are (BAD_PROMOTION, details ``field``)."""
+        def bad(message: str, field: str = "definition") -> LanecoreError:
+            return LanecoreError(message, code="BAD_PROMOTION", details={"field": field})
+        now = int(self.clock())
+        d = dict(f["definition"])
+        for k in ("valid_from", "valid_until"):
+            if k in d:
+                raise bad(f"{k} is a field of promo.create, not of the definition", k)
+        pid = d.pop("id", None)
+        if pid is None:
+            pid = f"P-{now}-{os.urandom(3).hex()}"
+        if not (isinstance(pid, str) and _PROMO_ID.fullmatch(pid)):
+            raise bad("definition.id is 1-64 of A-Z a-z 0-9 . _ - (first a letter or "
+                      "digit)", "id")
+        g = d.get("gtin")
+        if isinstance(g, str) and g.isascii() and g.isdigit() and len(g) in (8, 12, 13):
+            d["gtin"] = g.zfill(14)
+        valid_from = f.get("valid_from", now)
+        valid_until = f.get("valid_until")
+        if valid_until is not None and valid_until <= max(now, valid_from):
+            raise bad("valid_until is in the past or not after valid_from", "valid_until")
+        try:
+            text = json.dumps(d, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):
+            raise bad("the definition holds values JSON cannot carry") from None
+        try:
+            p = parse_promotions([self._promo_table(pid, d, valid_from, valid_until)],
+                                 where="definition")[0]
+        except CouponGatewayError as exc:
+            raise bad(exc.message) from None
+        if pid in {q.promo_id for q in self.promotions} or self.con.execute(
+                "SELECT 1 FROM promotions WHERE id = ?", (pid,)).fetchone():
+            raise LanecoreError(f"a promotion {pid} exists already", code="PROMO_EXISTS",
+                                details={"promo_id": pid})
+        try:
+            PR.price([], self.promotions_now() + [p], now=0)
+        except PR.PricingError as exc:
+            raise bad(f"beside the promotions in place: {exc.message}",
+                      (exc.details or {}).get("field", "definition")) from None
+        created_by = self.principal.id
+        self.con.execute(
+            f"INSERT INTO promotions ({self._PROMO_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, "
+            "NULL, NULL)", (pid, text, valid_from, valid_until, created_by, f.get("staff"),
+                            self.clock()))
+        after.append(self._bump_promotions)
+        row = self.con.execute(f"SELECT {self._PROMO_COLS} FROM promotions WHERE id = ?",
+                               (pid,)).fetchone()
+        return {"promotion": self._promo_row(row, self.clock())}
+
+    def op_promo_end(self, f, after) -> dict:
+        """End a database promotion now (again: the same answer). (``promo_id``, not
+        ``id``: that is the envelope's request id.)"""
+        pid = f["promo_id"]
+        row = self.con.execute(f"SELECT {self._PROMO_COLS} FROM promotions WHERE id = ?",
+                               (pid,)).fetchone()
+        if row is None:
+            where = (" (it is in coupons.toml: edit the file)"
+                     if pid in {q.promo_id for q in self.promotions} else "")
+            raise LanecoreError(f"no promotion {pid} in the database{where}",
+                                code="UNKNOWN_PROMOTION", details={"promo_id": pid})
+        if row[7] is None:
+            by = self.principal.id + (f" ({f['staff']})" if f.get("staff") else "")
+            self.con.execute("UPDATE promotions SET ended_at = ?, ended_by = ? WHERE id = ?",
+                             (self.clock(), by, pid))
+            after.append(self._bump_promotions)
+            row = self.con.execute(f"SELECT {self._PROMO_COLS} FROM promotions WHERE id = ?",
+                                   (pid,)).fetchone()
+        return {"promotion": self._promo_row(row, self.clock())}
+
+    def op_promo_list(self, f) -> dict:
+        """The database's promotions (newest first; ended ones with
+        ``include_ended``) and ``coupons.toml``'s (``configured``)."""
+        now = self.clock()
+        sql = f"SELECT {self._PROMO_COLS} FROM promotions"
+        if not f.get("include_ended"):
+            sql += " WHERE ended_at IS NULL"
+        rows = self.con.execute(sql + " ORDER BY created_at DESC, id LIMIT 1000").fetchall()
+        configured = []
+        for i, (t, p) in enumerate(zip(self._promo_tables, self.promotions)):
+            d = {k: v for k, v in t.items() if k not in ("id", "valid_from", "valid_until")}
+            vf, vu = p.valid_from, p.valid_until
+            state = ("scheduled" if vf is not None and now < vf else
+                     "expired" if vu is not None and now >= vu else "active")
+            configured.append({"promo_id": p.promo_id, "definition": d, "valid_from": vf,
+                               "valid_until": vu, "state": state, "source": CONFIG_FILE})
+        return {"now": now, "promotions": [self._promo_row(r, now) for r in rows],
+                "configured": configured}
+
+    # ------------------------------------------------------------------------------
     # Pricing
     # ------------------------------------------------------------------------------
     def _lines(self, raw: list, member) -> list[PR.Line]:
@@ -547,12 +722,13 @@ class CouponGateway(OpServer):
     def _price(self, lines, member, uses, points_wanted: int = 0) -> PR.Priced:
         pm = PR.Member(member.member_id, member.tier) if member is not None else None
         now = int(self.clock())
+        promotions = self.promotions_now()
         if not points_wanted or member is None:
-            return PR.price(lines, self.promotions, now=now, member=pm, coupons=uses)
-        before = PR.price(lines, self.promotions, now=now, member=pm, coupons=uses)
+            return PR.price(lines, promotions, now=now, member=pm, coupons=uses)
+        before = PR.price(lines, promotions, now=now, member=pm, coupons=uses)
         most = min(points_wanted, member.points,
                    self.members.redeem_limit(before.total_minor)) if before.total_minor else 0
-        return PR.price(lines, self.promotions, now=now, member=pm, coupons=uses,
+        return PR.price(lines, promotions, now=now, member=pm, coupons=uses,
                         points_to_redeem=most, points_value_minor_per_point=self.points_value,
                         points_available=member.points)
 

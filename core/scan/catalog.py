@@ -31,7 +31,8 @@ for the GB price codes ``2011122?????``. A scan finds its item by
 Every error raised to a caller is a :class:`~lanecore.core.errors.CatalogError`
 with a stable ``code``: DB_ERROR, DB_BUSY (another connection holds the write lock
 past the 5 s busy timeout), SCHEMA_TOO_NEW, NOT_A_CATALOG, CSV_NOT_FOUND,
-CSV_UNREADABLE, BAD_CSV_HEADER, BAD_GTIN. Exceptions raised by a caller's own
+CSV_UNREADABLE, BAD_CSV_HEADER, BAD_GTIN, and from :func:`update_item` UNKNOWN_ITEM,
+BAD_PRICE, BAD_WEIGHT, BAD_ARGUMENT. Exceptions raised by a caller's own
 ``progress`` callback propagate unchanged (after the import is rolled back).
 """
 
@@ -65,6 +66,7 @@ __all__ = [
     "CatalogError", "ImportReport", "Catalog", "connect", "database_path",
     "import_csv", "load_table", "item", "line_price_minor", "parse_flags",
     "flag_names", "CATALOG_VERSION_KEY", "catalog_version", "load_versioned_table",
+    "update_item",
 ]
 
 SCHEMA_VERSION = 1
@@ -660,6 +662,87 @@ def _rows(con, reader, raw, bytes_total, index, ncols, report, progress) -> None
     report.rows_read = imported + n_bad
 
 
+# --------------------------------------------------------------------------------------
+# Editing one item
+# --------------------------------------------------------------------------------------
+
+def update_item(db_or_path, gtin, *, price_minor: int | None = None,
+                unit_weight_g: float | None = None, eas: bool | None = None) -> dict:
+    """Change one item's price, unit weight or EAS flag; return ``{"item": the row
+    as :func:`item` gives it, "catalog_version": the new version, "changed": {column:
+    [old, new]}}``.
+
+    ``None`` leaves a field as it is. The values are checked as the CSV import checks
+    them: ``price_minor`` an int (not a bool) in 0..MAX_PRICE_MINOR (BAD_PRICE);
+    ``unit_weight_g`` a finite number of grams >= 0 (BAD_WEIGHT); ``eas`` a bool
+    setting or clearing the ``eas_tagged`` flag (BAD_ARGUMENT). The row is updated
+    in its own transaction (BEGIN IMMEDIATE) together with the bump of
+    ``catalog_version``, exactly as an import that writes rows bumps it, so a running
+    service reloads. Nothing given, or nothing different from the row: nothing is
+    written and the version stays. Raises CatalogError BAD_GTIN, UNKNOWN_ITEM,
+    BAD_PRICE, BAD_WEIGHT, BAD_ARGUMENT, DB_BUSY, DB_ERROR.
+    """
+    key = _gtin14(gtin)
+    if price_minor is not None and (
+            isinstance(price_minor, bool) or not isinstance(price_minor, (int, np.integer))
+            or not 0 <= price_minor <= MAX_PRICE_MINOR):
+        raise CatalogError(f"price_minor {price_minor!r} must be a whole number of minor "
+                           f"units in 0..{MAX_PRICE_MINOR}", code="BAD_PRICE")
+    if unit_weight_g is not None:
+        try:
+            w = float(unit_weight_g) + 0.0
+        except (TypeError, ValueError):
+            w = -1.0
+        if isinstance(unit_weight_g, bool) or not 0.0 <= w < math.inf:
+            raise CatalogError(f"unit_weight_g {unit_weight_g!r} must be a finite number "
+                               "of grams >= 0", code="BAD_WEIGHT")
+        unit_weight_g = w
+    if eas is not None and not isinstance(eas, bool):
+        raise CatalogError(f"eas {eas!r} must be True or False", code="BAD_ARGUMENT")
+    eas_bit = FLAG_BITS["eas_tagged"]
+    with _connection(db_or_path) as con:
+        try:
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+            raise _db_error(exc, "cannot start the update") from exc
+        try:
+            row = con.execute("SELECT price_minor, unit_weight_g, flags FROM items "
+                              "WHERE gtin = ?", (key,)).fetchone()
+            if row is None:
+                raise CatalogError(f"GTIN {key} is not in the catalogue",
+                                   code="UNKNOWN_ITEM")
+            old_price, old_weight, old_flags = row
+            new_flags = old_flags if eas is None else (
+                old_flags | eas_bit if eas else old_flags & ~eas_bit)
+            changed = {}
+            if price_minor is not None and int(price_minor) != old_price:
+                changed["price_minor"] = [old_price, int(price_minor)]
+            if unit_weight_g is not None and unit_weight_g != old_weight:
+                changed["unit_weight_g"] = [old_weight, unit_weight_g]
+            if new_flags != old_flags:
+                changed["eas"] = [bool(old_flags & eas_bit), bool(new_flags & eas_bit)]
+            if changed:
+                con.execute(
+                    "UPDATE items SET price_minor = ?, unit_weight_g = ?, flags = ?, "
+                    "updated_at = ? WHERE gtin = ?",
+                    (changed.get("price_minor", [0, old_price])[1],
+                     changed.get("unit_weight_g", [0, old_weight])[1], new_flags,
+                     time.time(), key))
+                con.execute(_BUMP_VERSION_SQL)   # committed with the row, or not at all
+            version = _version(con)
+            con.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _db_error(exc, "update failed, nothing changed") from exc
+            raise
+        return {"item": item(con, key), "catalog_version": version, "changed": changed}
+
+
 def _gtin_problem(text: str, r) -> str:
     if not text:
         return "gtin is empty"
@@ -881,6 +964,15 @@ class Catalog:
         """Import a price-list CSV (see the module-level :func:`import_csv`)."""
         try:
             return import_csv(self._con(), csv_path, progress=progress)
+        finally:
+            self._table = None
+
+    def update_item(self, gtin, *, price_minor: int | None = None,
+                    unit_weight_g: float | None = None, eas: bool | None = None) -> dict:
+        """Change one item (see the module-level :func:`update_item`)."""
+        try:
+            return update_item(self._con(), gtin, price_minor=price_minor,
+                               unit_weight_g=unit_weight_g, eas=eas)
         finally:
             self._table = None
 

@@ -1,35 +1,14 @@
 """The merchant's analytics: sales, baskets, payments, items, alarms, audits, coupons
 and journeys, read from **rollup tables kept up to date by SQLite triggers**.
 
-Why rollups: a store-year holds millions of order lines; a report that runs a
-``GROUP BY`` over them on every page view takes seconds. :func:`ensure_rollups`
-creates small summary tables (``ru_*``) beside the raw ones, triggers that move
-their numbers in the same transaction as every write the store's processes make
-(an order submitted, paid, exited or cancelled; a verdict; a device alarm; an
-audit; a charge or refund changing state; a coupon redeemed or reversed), and fills
-them once from the raw tables (the backfill, in the same transaction as the
-triggers' creation, so no write falls between). The views read only the rollups.
+The views read only the rollup tables (``ru_*``) of ``core/rollups.py``, which lists
+them: small summaries that triggers keep in the same transaction as every write the
+store's processes make, each database's owner building them when it starts (the
+service in ``store.db``, the payment gateway in ``payments.db``, the coupon gateway
+in ``coupons.db``). This module only reads them, over read-only connections; a range
+reads whole months from the monthly twins and only its ragged edges from the days.
 (DuckDB's SQLite scanner was the other candidate engine; it downloads its extension
 at run time and the store's servers have no network, so it is not used.)
-
-The rollups, by database (each created only where its source table is):
-
-* ``store.db`` — ``ru_sales_hour`` (epoch hour, order status: orders, items, value),
-  ``ru_order_size_day`` / ``ru_order_value_day`` (local day, status, bin: orders,
-  value), ``ru_journey_day`` (day, status, journey: orders, items, value),
-  ``ru_item_day`` (day, sale 0/1, GTIN: name, units, value), ``ru_gate_day`` (day,
-  lane, outcome: n) from ``verdicts`` and the ``alarm`` rows of ``device_events``,
-  ``ru_audit_day`` (day, kind, outcome: n) from ``audits``;
-* ``payments.db`` — ``ru_charge_day`` and ``ru_refund_day`` (day, channel, state: n,
-  amount);
-* ``coupons.db`` — ``ru_clearing_day`` (day, issuer, currency, reversed: n, amount).
-
-Every daily rollup has a monthly twin (``ru_…_month``, keyed by ``YYYY-MM``) kept by
-the same triggers: a range reads whole months from the twin and only its ragged
-edges from the days. The tables and triggers live in ``core/rollups.py``; each
-database's owner builds them when it starts (the service in ``store.db``, the payment
-gateway in ``payments.db``, the coupon gateway in ``coupons.db``) and this module
-only reads them, over read-only connections.
 
 Conventions: money is integer minor units; a "day" is the local calendar date
 (SQLite's ``localtime``, so the store's processes and the console must share the

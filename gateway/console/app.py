@@ -47,7 +47,8 @@ ALARM_ACTIONS = ("ack", "override", "rescan")
 #: Every page, its title and the least role that sees it (``admin`` sees all).
 PAGES = (("/lanes", N_("Lanes"), "attendant"), ("/alarms", N_("Alarms"), "attendant"),
          ("/audits", N_("Audits"), "attendant"), ("/devices", N_("Devices"), "attendant"),
-         ("/products", N_("Products"), "manager"), ("/members", N_("Members"), "manager"),
+         ("/products", N_("Products"), "manager"),
+         ("/promotions", N_("Promotions"), "manager"), ("/members", N_("Members"), "manager"),
          ("/analytics", N_("Analytics"), "manager"), ("/staff", N_("Staff"), "admin"))
 
 #: What each error code says to a person.
@@ -431,18 +432,23 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         return render(request, "devices.html", session, floor=hub.floor.snapshot(),
                       health=health, stats=stats, problem=problem)
 
-    async def products(request: Request):
-        session, _f, refused = await gate(request, page("/products"))
-        if refused is not None:
-            return refused
-        q = (request.query_params.get("q") or "").strip()[:64]
-        found = problem = None
-        if q:
-            try:
-                found = await svc.call("scan", lane="console", code=q)
-            except LanecoreError as exc:
-                problem = exc.code
-        return render(request, "products.html", session, q=q, found=found, problem=problem)
+    def products_routes() -> list:
+        """/products and its item, edit and import pages (console/products.py)."""
+        from types import SimpleNamespace
+
+        from lanecore.gateway.console import products
+        return products.routes(SimpleNamespace(
+            gate=gate, page=page, render=render, error=error, lang_of=lang_of,
+            staff=staff, svc=svc, store_db=store_db, data_dir=data_dir, currency=currency))
+
+    def promotions_routes() -> list:
+        """/promotions: create, schedule and end promotions (console/promotions.py)."""
+        from types import SimpleNamespace
+
+        from lanecore.gateway.console import promotions
+        return promotions.routes(SimpleNamespace(
+            gate=gate, page=page, render=render, lang_of=lang_of, staff=staff, cpn=cpn,
+            currency=currency))
 
     async def members(request: Request):
         session, _f, refused = await gate(request, page("/members"))
@@ -589,8 +595,9 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         Route("/alarms/resolve", alarm_resolve, methods=["POST"]),
         Route("/audits", audits),
         Route("/devices", devices),
-        Route("/products", products),
+        *products_routes(),
         Route("/members", members),
+        *promotions_routes(),
         Route("/analytics", analytics_page),
         Route("/analytics/{name:str}.csv", analytics_csv),
         Route("/staff", staff_page, methods=["GET"]),

@@ -20,8 +20,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-sync", "--disable-dev-shm-usage"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one module. (Playwright's sync API runs an event loop on this
+    thread while it is open: kept for the whole session, it broke every later test
+    that calls asyncio.run.)"""
     assert Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK), (
         f"the browser tests need Chromium at {CHROMIUM}: `make test` installs Debian's "
         f"chromium package (apt-get install chromium)")

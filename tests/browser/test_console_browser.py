@@ -274,3 +274,129 @@ def test_analytics_shows_the_shoppers_orders_in_charts(browser, floor, screensho
         assert sum(int(x.split(",")[1]) for x in lines[1:]) >= 1
     finally:
         ctx.close()
+
+
+def test_a_csv_imported_in_the_products_page_is_served_by_scan(browser, floor, tmp_path,
+                                                              screenshot_dir):
+    """The manager imports a price list through /products/import (one listed item at a
+    new price, one new item), the page shows the import's report, and the running
+    service's ``scan`` answers the new price and the new item (it follows the
+    catalogue version the import bumped) to the demo's handheld identity."""
+    import time
+
+    from lanecore.core.errors import LanecoreError
+    from lanecore.core.scan.catalog import flag_names
+    from lanecore.gateway.net.client import Client
+
+    store = floor[0]
+    db = store.dir / "store" / "store.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        gtin, name, price, weight, sd, flags = con.execute(
+            "SELECT gtin, name, price_minor, unit_weight_g, weight_sd_g, flags FROM items "
+            "WHERE flags = 0 AND unit_weight_g IS NOT NULL ORDER BY gtin LIMIT 1").fetchone()
+        body = "299999900001"
+        new = body + str((10 - sum(int(d) * (3 if i % 2 else 1)
+                                   for i, d in enumerate(body)) % 10) % 10)
+        assert con.execute("SELECT 1 FROM items WHERE gtin = ?",
+                           (new.zfill(14),)).fetchone() is None
+    finally:
+        con.close()
+    new_price = price + 7
+    csv_path = tmp_path / "prices.csv"
+    csv_path.write_text(
+        "gtin,name,price_minor,unit_weight_g,weight_sd_g,flags\n"
+        f'{gtin},"{name}",{new_price},{weight},{"" if sd is None else sd},'
+        f'{"|".join(flag_names(flags))}\n'
+        f"{new},Console Test Candle,777,250,3,\n")
+    ctx, page = login(browser, floor, "manager")
+    try:
+        page.goto(store.console_url.rstrip("/") + "/products/import")
+        page.set_input_files("[data-testid=import-file]", str(csv_path))
+        page.click("[data-testid=import-submit]")
+        done = page.wait_for_selector("[data-testid=import-done]", timeout=60_000)
+        assert page.query_selector("[data-testid=import-progress]") is not None
+        assert (done.get_attribute("data-imported"), done.get_attribute("data-bad")) == (
+            "2", "0"), done.inner_text()
+
+        with Client(store.ep("service"), curve=store.curve[("service", "handheld")],
+                    timeout_s=2.0, retries=1) as c:
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    old_item = c.scan("HH-CONSOLE", gtin.lstrip("0").zfill(13))["item"]
+                    new_item = c.scan("HH-CONSOLE", new)["item"]
+                except LanecoreError as exc:
+                    if exc.code != "UNKNOWN_ITEM" or time.monotonic() > deadline:
+                        raise
+                    old_item = new_item = None
+                if (old_item and old_item["price_minor"] == new_price) or \
+                        time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        assert old_item is not None and old_item["price_minor"] == new_price, old_item
+        assert new_item["name"] == "Console Test Candle" and new_item["price_minor"] == 777
+
+        page.goto(store.console_url.rstrip("/") + "/products?q=Console+Test+Candle")
+        rows = page.query_selector_all("[data-testid=product-row]")
+        assert [r.get_attribute("data-gtin") for r in rows] == [new.zfill(14)]
+        page.goto(store.console_url.rstrip("/") + f"/products/item/{gtin}")
+        shown = page.wait_for_selector("[data-testid=product-price]")
+        assert shown.get_attribute("data-minor") == str(new_price)
+        page.screenshot(path=str(screenshot_dir / "products.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_a_promotion_made_in_the_page_prices_the_next_basket_until_ended(browser, floor,
+                                                                       screenshot_dir):
+    """The manager creates a 20 % promotion on an item through /promotions: the very
+    next basket the till prices at the demo's coupon gateway has it; ended in the
+    page, the next basket has it no more (no restart)."""
+    from lanecore.gateway.net.client import Client
+    store, _, run, _ = floor
+    assert run().wait(300), "the shoppers did not finish"      # no journey priced mid-way
+    gtin = store.gtin(store.coupon_goods[0])
+    promo = "BROWSER-20"
+
+    def priced(till) -> dict:
+        return till.call("price.basket", lines=[{"code": gtin, "qty": 1}])["priced"]
+
+    ctx, page = login(browser, floor, "manager")
+    try:
+        with Client(store.ep("coupons"), curve=store.curve[("coupons", "till")],
+                    timeout_s=10, retries=1) as till:
+            before = priced(till)
+            assert promo not in before["promotions_applied"], before
+            list_price = before["lines"][0]["unit_price_minor"]
+            page.goto(store.console_url.rstrip("/") + "/promotions")
+            form = page.wait_for_selector("[data-testid=promo-create]")
+            form.query_selector("select[name=kind]").select_option("item_percent")
+            form.query_selector("input[name=gtin]").fill(gtin)
+            form.query_selector("input[name=percent]").fill("20")
+            form.query_selector("input[name=promo_id]").fill(promo)
+            form.query_selector("[data-testid=promo-create-submit]").click()
+            row = page.wait_for_selector(
+                f'[data-testid=promo-row][data-promo="{promo}"][data-state="active"]')
+            assert gtin in row.inner_text()
+            page.screenshot(path=str(screenshot_dir / "promotions.png"), full_page=True)
+            with_promo = priced(till)
+            off = (list_price * 2000 + 5000) // 10000
+            assert with_promo["promotions_applied"].get(promo) == off, with_promo
+            assert with_promo["total_minor"] == before["total_minor"] - off, with_promo
+            row.query_selector("[data-testid=promo-end]").click()
+            page.wait_for_selector(
+                f'[data-testid=promo-row][data-promo="{promo}"][data-state="ended"]')
+            after = priced(till)
+            assert promo not in after["promotions_applied"], after
+            assert after["total_minor"] == before["total_minor"], after
+    finally:
+        ctx.close()
+    con = sqlite3.connect(f"file:{store.dir / 'console' / 'console.db'}?mode=ro", uri=True)
+    try:
+        acts = con.execute("SELECT staff, action, target, result FROM actions WHERE action "
+                           "LIKE 'promo.%' ORDER BY action_id").fetchall()
+    finally:
+        con.close()
+    assert acts[-2:] == [("manager", "promo.create", promo, "ok"),
+                         ("manager", "promo.end", promo, "ok")], acts

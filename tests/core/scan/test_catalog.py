@@ -408,6 +408,47 @@ def test_catalog_version_counts_imports_that_write_rows(cat, tmp_path):
         "SELECT value FROM meta WHERE key = 'catalog_version'").fetchone() == ("2",)
 
 
+def test_update_item_validates_writes_and_bumps_the_version_like_an_import(cat, tmp_path):
+    cat.import_csv(write(tmp_path / "a.csv", "gtin,name,price_minor,unit_weight_g,flags\n"
+                                             "4006381333931,Soap,250,100,\n"))
+    assert cat.version() == 1
+    out = catalog.update_item(cat.path, "4006381333931", price_minor=275,
+                              unit_weight_g=101.5, eas=True)
+    assert out["catalog_version"] == 2 and cat.version() == 2
+    assert out["changed"] == {"price_minor": [250, 275], "unit_weight_g": [100.0, 101.5],
+                              "eas": [False, True]}
+    row = cat.item("4006381333931")
+    assert (row["price_minor"], row["unit_weight_g"], row["flags"]) == (
+        275, 101.5, ["eas_tagged"])
+    assert out["item"] == row
+    version, table = catalog.load_versioned_table(cat)
+    assert version == 2 and int(table.price_minor[table.lookup(4006381333931)]) == 275
+    # Through the Catalog, one field at a time; nothing different: no new version.
+    assert cat.update_item("4006381333931", eas=False)["changed"] == {"eas": [True, False]}
+    assert cat.version() == 3
+    assert cat.update_item("4006381333931", price_minor=275)["changed"] == {}
+    assert cat.update_item("4006381333931")["catalog_version"] == 3 == cat.version()
+    # Refused as the import refuses, and nothing written.
+    for kw, code in [({"price_minor": -1}, "BAD_PRICE"), ({"price_minor": 12.5}, "BAD_PRICE"),
+                     ({"price_minor": True}, "BAD_PRICE"),
+                     ({"price_minor": catalog.MAX_PRICE_MINOR + 1}, "BAD_PRICE"),
+                     ({"unit_weight_g": -0.1}, "BAD_WEIGHT"),
+                     ({"unit_weight_g": float("nan")}, "BAD_WEIGHT"),
+                     ({"unit_weight_g": "abc"}, "BAD_WEIGHT"),
+                     ({"eas": 1}, "BAD_ARGUMENT")]:
+        with pytest.raises(CatalogError) as e:
+            cat.update_item("4006381333931", **kw)
+        assert e.value.code == code, kw
+    with pytest.raises(CatalogError) as e:
+        cat.update_item("4006381333948", price_minor=1)
+    assert e.value.code == "UNKNOWN_ITEM"
+    with pytest.raises(CatalogError) as e:
+        cat.update_item("12", price_minor=1)
+    assert e.value.code == "BAD_GTIN"
+    assert cat.version() == 3 and cat.item("4006381333931")["price_minor"] == 275
+    assert not cat.connection.in_transaction
+
+
 # --------------------------------------------------------------------------------------
 # Scan lookups
 # --------------------------------------------------------------------------------------

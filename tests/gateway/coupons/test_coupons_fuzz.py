@@ -131,12 +131,53 @@ def test_random_requests_get_documented_answers(gw, req):
         assert r["error"]["code"] != "INTERNAL", r
 
 
+@st.composite
+def promo_requests(draw):
+    """The promotion ops (promo.create, promo.end, promo.list), near-valid and
+    mutated: never on the goods the final checkout below buys, nor a threshold."""
+    op = draw(st.sampled_from(["promo.create", "promo.end", "promo.list"]))
+    f = {}
+    if op == "promo.create":
+        f["definition"] = draw(st.one_of(st.fixed_dictionaries(
+            {"kind": st.just("item"), "gtin": st.sampled_from(GTINS[2:]),
+             "percent_bp": st.integers(1, 10000)}), st.fixed_dictionaries(
+            {"kind": st.sampled_from(["item", "multibuy", "x"]),
+             "gtin": st.sampled_from(GTINS[2:])},
+            optional={"percent_bp": st.integers(-1, 20000),
+                      "id": st.sampled_from(["PR-1", "PR-2", "bad id"]),
+                      "buy_qty": st.integers(0, 4), "pay_qty": st.integers(0, 3),
+                      "amount_off_minor": st.integers(-1, 900), "bogus": scalars})))
+        f.update(draw(st.fixed_dictionaries({}, optional={
+            "valid_from": st.integers(-5, 2 ** 41), "valid_until": st.integers(-5, 2 ** 41),
+            "staff": scalars})))
+    elif op == "promo.end":
+        f["promo_id"] = draw(st.sampled_from(["PR-1", "PR-2", "nope", ""]))
+    for _ in range(draw(st.integers(0, 1))):
+        name = draw(st.sampled_from(sorted(f) + ["include_ended", "bogus"]))
+        f[name] = draw(scalars)
+    return {"op": op, "id": next(IDS), **f}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(req=promo_requests())
+def test_random_promotion_requests_get_documented_answers(gw, req):
+    r = gw.handle(req, "fuzz")
+    SEEN[(req["op"], r["error"]["code"] if not r.get("ok") else "ok")] += 1
+    assert isinstance(r, dict) and isinstance(r.get("ok"), bool), r
+    if not r["ok"]:
+        assert r["error"]["code"] in DOC_CODES, f"undocumented: {r}"
+        assert r["error"]["code"] != "INTERNAL", r
+
+
 def test_afterwards_nothing_is_redeemed_twice(gw):
     # the fuzz reached the ops, not only the field checks
     reached = {op for (op, code), n in SEEN.items() if code == "ok"}
     assert {"price.basket", "coupon.issue", "wallet.coupons", "coupon.parse",
             "clearing.report", "member.enrol", "member.find"} <= reached
     assert any(op == "checkout.mqr" and code.startswith("MQR_") for op, code in SEEN)
+    assert {("promo.create", "ok"), ("promo.create", "BAD_PROMOTION"),
+            ("promo.end", "UNKNOWN_PROMOTION"), ("promo.list", "ok")} <= set(SEEN)
     # and a well-formed one-scan checkout still works after all that (its payment
     # stays pending: the fuzz gateway's payment endpoint is nowhere)
     text = make_mqr(SIGNER, key_id="w1", issuer="w", customer="C-9",
