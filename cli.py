@@ -62,6 +62,10 @@ environment:
   LANECORE_COUPONS_CRASH   tests only: crash the coupon gateway at a named point
   LANECORE_BENCH_JSON      make bench: where the benchmark figures are saved
   LANECORE_BENCH_PROFILE   make bench: also profile the 500-lane service
+  LANECORE_CHROMIUM        tests only: the Chromium the browser tests drive
+                           (default /usr/bin/chromium)
+  LANECORE_SCREENSHOT_DIR  tests only: where the browser tests save screenshots
+                           (make screenshots: docs/console/)
   TERM=dumb                plain progress lines instead of a progress bar
 
 docs: README.md and docs/ in the source tree."""
@@ -708,22 +712,13 @@ def _warn_dev_open(what: str) -> None:
 
 def _terminals(args):
     """The payment gateway's terminal registry (in its ledger database)."""
-    import sqlite3
-
     from lanecore.core.config import resolve_data_dir, writable_dir
     from lanecore.gateway.payments.gateway import LEDGER_FILE
-    from lanecore.gateway.payments.terminals import Terminals
-    from lanecore.core.sqltxn import private_database
+    from lanecore.gateway.payments.terminals import open_registry
     data_dir = writable_dir(resolve_data_dir(args.data_dir, create=True))
-    path = data_dir / LEDGER_FILE
-    try:
-        private_database(path)   # it holds the terminals' keys: 0600, -wal and -shm too
-        con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
-        con.execute("PRAGMA journal_mode=WAL")
-        return con, Terminals(con)
-    except (OSError, sqlite3.Error) as exc:
-        raise LanecoreError(f"cannot open the terminal registry {path}: {exc}",
-                            code="DB_ERROR") from exc
+    # private (0600, -wal and -shm too: it holds the terminals' keys), WAL; the
+    # console's /terminals page writes through the same function (docs/console.md)
+    return open_registry(data_dir / LEDGER_FILE)
 
 
 def cmd_terminal_add(args) -> int:
@@ -1166,6 +1161,17 @@ def _http_bind(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _console_terminals(ledger_db):
+    """The console's /terminals: the payment gateway's registry in ``--ledger-db``
+    (gateway/payments/terminals.py's ``open_registry``, as ``lanecore terminal``)."""
+    if not ledger_db:
+        return None
+    import functools
+
+    from lanecore.gateway.payments.terminals import open_registry
+    return functools.partial(open_registry, ledger_db)
+
+
 def cmd_console(args) -> int:
     if getattr(args, "console_command", None) == "user":
         return cmd_console_user_add(args)
@@ -1205,6 +1211,7 @@ def cmd_console(args) -> int:
                      coupons=args.coupons, coupons_curve=coupons_curve,
                      floor_db=args.floor_db, store_db=args.store_db,
                      ledger_db=args.ledger_db, coupons_db=args.coupons_db,
+                     terminals=_console_terminals(args.ledger_db),
                      secure_cookies=args.secure_cookies, ready=ready)
     try:
         serve(app, host, port, on_bound=on_bound)
@@ -1639,7 +1646,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the console's secret key file at the coupon gateway")
     sp.add_argument("--floor-db", metavar="F", help="the floor's audits (read only)")
     sp.add_argument("--store-db", metavar="F", help="store.db, for analytics (read only)")
-    sp.add_argument("--ledger-db", metavar="F", help="payments.db, for analytics (read only)")
+    sp.add_argument("--ledger-db", metavar="F",
+                    help="payments.db: analytics (read only) and /terminals (the POS "
+                         "terminal registry: its add, disable and limits write there)")
     sp.add_argument("--coupons-db", metavar="F", help="coupons.db, for analytics (read only)")
     sp.add_argument("--secure-cookies", action="store_true",
                     help="mark cookies Secure (behind an HTTPS proxy)")

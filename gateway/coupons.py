@@ -102,6 +102,8 @@ OP_ROLES = {
     "hello": ANY,
     "issuer.add": roles("manager"),
     "coupon.define": roles("manager"),
+    "issuer.list": roles("manager", "hq"),
+    "coupon.list": roles("manager", "hq"),
     "coupon.issue": roles("manager", "hq"),
     "wallet.coupons": _SELLING | roles("manager"),
     "coupon.parse": _SELLING,
@@ -366,6 +368,9 @@ class CouponGateway(OpServer):
             ("hello", self.op_hello, {}, PURE),
             ("issuer.add", self.op_issuer_add, {"issuer_id": ident, "name": ident}, DURABLE),
             ("coupon.define", self.op_define, {"definition": Field("map")}, DURABLE),
+            ("issuer.list", self.op_issuer_list, {}, PURE),
+            ("coupon.list", self.op_coupon_list,
+             {"issuer_id": Field("str", required=False, min=1, max=64)}, PURE),
             ("coupon.issue", self.op_issue,
              {"coupon_def_id": ident, "customer_id": ident,
               "coupon_id": Field("str", required=False, max=40)}, DURABLE),
@@ -441,6 +446,14 @@ class CouponGateway(OpServer):
         except TypeError as exc:
             raise CouponError(f"definition: {exc}", code="BAD_COUPON_DEF") from None
         return {"definition": self.book.define(definition).to_dict()}
+
+    def op_issuer_list(self, f) -> dict:
+        return {"issuers": [{"issuer_id": i.issuer_id, "name": i.name}
+                            for i in self.book.issuers()]}
+
+    def op_coupon_list(self, f) -> dict:
+        return {"definitions": [d.to_dict() for d in self.book.definitions(
+            f.get("issuer_id"))]}
 
     def op_issue(self, f, after) -> dict:
         c = self.book.issue(f["coupon_def_id"], f["customer_id"],

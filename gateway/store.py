@@ -239,14 +239,6 @@ class Tally:
             self.events.append(ev)
 
 
-def _free_port() -> int:
-    """A free TCP port on loopback (for a process's --metrics)."""
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _money(minor: int) -> str:
     return f"{minor / 100:,.2f}"
 
@@ -269,8 +261,6 @@ class Store:
         self._watcher: threading.Thread | None = None
         self._progress = None          # start-up progress (a terminal only)
         self._steps_done = 0
-        #: process name -> the loopback port its /metrics is served on
-        self.metrics_ports: dict[str, int] = {}
         self.latency = Latency()
         self.tally = Tally()
         self.rng = random.Random(spec.seed)
@@ -295,6 +285,17 @@ class Store:
     OBSERVED = ("serve", "payments", "coupons")
 
     @property
+    def metrics_ports(self) -> dict[str, int]:
+        """Process name -> the loopback port its /metrics is served on (from its ready
+        line: a restarted process names its new one)."""
+        out = {}
+        for name, child in (self.supervisor.children.items() if self.supervisor else ()):
+            bound = child.ready_info.get("metrics")
+            if name in self.OBSERVED and isinstance(bound, str):
+                out[name] = int(bound.rsplit(":", 1)[1])
+        return out
+
+    @property
     def procs(self) -> list[tuple[str, subprocess.Popen]]:
         """(name, process) of every supervised process, in start order (a restarted
         one: its current process)."""
@@ -305,10 +306,9 @@ class Store:
 
     def _process(self, name: str, *args: str, after=()) -> str:
         """One ``[process.NAME]`` table of the demo's store file."""
-        if name in self.OBSERVED:      # one JSON object a log line; /metrics on loopback
-            port = _free_port()
-            self.metrics_ports[name] = port
-            args = (*args, "--log-format", "json", "--metrics", f"127.0.0.1:{port}")
+        if name in self.OBSERVED:      # one JSON object a log line; /metrics on loopback,
+            # on a port the process picks and names in its ready line (metrics_ports)
+            args = (*args, "--log-format", "json", "--metrics", "127.0.0.1:0")
         return (f"[process.{name}]\ncommand = {json.dumps(list(args))}\n"
                 f"after = {json.dumps(list(after))}\n")
 

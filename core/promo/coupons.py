@@ -840,6 +840,14 @@ class CouponBook:
                               details={"coupon_def_id": coupon_def_id})
         return d
 
+    def definitions(self, issuer_id: str | None = None) -> list[Definition]:
+        """Every coupon definition (or ``issuer_id``'s), by id."""
+        where, params = ("WHERE issuer_id = ?", (_ident(issuer_id, "issuer_id"),)) \
+            if issuer_id is not None else ("", ())
+        rows = self._read(f"SELECT {', '.join(_DEF_COLS)} FROM coupon_defs {where} "
+                          "ORDER BY coupon_def_id", params)
+        return [Definition(**dict(zip(_DEF_COLS, r))) for r in rows]
+
     def _definition(self, coupon_def_id: str) -> Definition | None:
         row = self.con.execute(f"SELECT {', '.join(_DEF_COLS)} FROM coupon_defs "
                                "WHERE coupon_def_id = ?", (coupon_def_id,)).fetchone()

@@ -48,7 +48,8 @@ ALARM_ACTIONS = ("ack", "override", "rescan")
 PAGES = (("/lanes", N_("Lanes"), "attendant"), ("/alarms", N_("Alarms"), "attendant"),
          ("/audits", N_("Audits"), "attendant"), ("/devices", N_("Devices"), "attendant"),
          ("/products", N_("Products"), "manager"),
-         ("/promotions", N_("Promotions"), "manager"), ("/members", N_("Members"), "manager"),
+         ("/promotions", N_("Promotions"), "manager"), ("/coupons", N_("Coupons"), "manager"),
+         ("/members", N_("Members"), "manager"), ("/terminals", N_("POS terminals"), "manager"),
          ("/analytics", N_("Analytics"), "manager"), ("/staff", N_("Staff"), "admin"))
 
 #: What each error code says to a person.
@@ -164,7 +165,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
                curve=None, coupons: str | None = None, coupons_curve=None,
                floor_db=None, store_db=None, ledger_db=None, coupons_db=None,
                analytics=None, clock=time.time, secure_cookies: bool = False,
-               ready=None, currency: str = "GBP") -> Starlette:
+               ready=None, currency: str = "GBP", terminals=None) -> Starlette:
     """The console app over ``DATA_DIR/console.db``.
 
     ``service``/``events``: the verification service's ROUTER and PUB endpoints
@@ -172,7 +173,10 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
     (``coupons_curve``); ``floor_db``: the audits' database (read only);
     ``store_db``, ``ledger_db``, ``coupons_db``: what analytics reads. ``analytics``:
     an object with the ``Analytics`` interface (default: ``console.analytics``'s,
-    made lazily over those databases). ``ready``: called once the app has started."""
+    made lazily over those databases). ``ready``: called once the app has started.
+    ``terminals``: the payment gateway's terminal registry for ``/terminals``, as
+    ``open(readonly=False) -> (con, registry)`` (the command line passes
+    ``gateway/payments/terminals.py``'s ``open_registry`` over ``--ledger-db``)."""
     data_dir = Path(data_dir)
     from lanecore.core.config import private_dir
     private_dir(data_dir)
@@ -450,20 +454,15 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             gate=gate, page=page, render=render, lang_of=lang_of, staff=staff, cpn=cpn,
             currency=currency))
 
-    async def members(request: Request):
-        session, _f, refused = await gate(request, page("/members"))
-        if refused is not None:
-            return refused
-        q = (request.query_params.get("q") or "").strip()[:64]
-        member = history = problem = None
-        if q:
-            try:
-                member = (await cpn.call("member.find", identifier=q)).get("member")
-                history = (await cpn.call("member.history", identifier=q)).get("purchases")
-            except LanecoreError as exc:
-                problem = exc.code
-        return render(request, "members.html", session, q=q, member=member,
-                      history=history or [], problem=problem, configured=cpn.configured)
+    def backoffice_routes() -> list:
+        """/coupons, /members, /terminals (console/coupons.py, members.py,
+        terminals.py)."""
+        from types import SimpleNamespace
+
+        from lanecore.gateway.console import coupons, members, terminals as pos
+        ctx = SimpleNamespace(gate=gate, page=page, render=render, lang_of=lang_of,
+                              staff=staff, cpn=cpn, currency=currency, terminals=terminals)
+        return coupons.routes(ctx) + members.routes(ctx) + pos.routes(ctx)
 
     async def analytics_page(request: Request):
         session, _f, refused = await gate(request, page("/analytics"))
@@ -596,7 +595,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         Route("/audits", audits),
         Route("/devices", devices),
         *products_routes(),
-        Route("/members", members),
+        *backoffice_routes(),
         *promotions_routes(),
         Route("/analytics", analytics_page),
         Route("/analytics/{name:str}.csv", analytics_csv),

@@ -113,12 +113,27 @@ def check_address(addr: str, *, allow_remote: bool = False) -> tuple[str, int]:
     return host, number
 
 
+#: ``HOST:PORT`` the metrics are served on, once ``serve`` has bound it (port 0 asks
+#: for a free one: this says which); the ready line carries it as ``metrics``.
+_METRICS_BOUND: str | None = None
+
+
 def serve(server, addr: str, *, process: str, allow_remote: bool = False):
-    """Start serving ``server``'s metrics on ``addr`` (a daemon thread)."""
+    """Start serving ``server``'s metrics on ``addr`` (a daemon thread). Port 0: a
+    free port, named in the ready line (``metrics``). An address that cannot be bound
+    is LanecoreError ``CANNOT_BIND`` naming it."""
+    global _METRICS_BOUND
     from prometheus_client import start_http_server
     host, port = check_address(addr, allow_remote=allow_remote)
     registry = enable(server, process=process)
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        from lanecore.core.errors import LanecoreError
+        raise LanecoreError(f"--metrics {addr}: cannot bind: {exc.strerror or exc}",
+                            code="CANNOT_BIND") from None
+    port = httpd.server_address[1]
+    _METRICS_BOUND = f"{host}:{port}"
     logging.getLogger("lanecore.metrics").info("metrics on http://%s:%d/metrics", host, port)
     return registry
 
@@ -206,4 +221,6 @@ def ready(text: str, **fields) -> None:
     import os
     announce(text)
     if _READY_JSON:
+        if _METRICS_BOUND is not None:
+            fields = {**fields, "metrics": _METRICS_BOUND}
         print(json.dumps({"ready": True, "pid": os.getpid(), **fields}), flush=True)

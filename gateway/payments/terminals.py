@@ -236,6 +236,22 @@ class Terminals:
                              "WHERE id = ?", (self.clock(), terminal_id))
         return self.get(terminal_id)
 
+    def set_limits(self, terminal_id: str, *, max_payment_minor: int | None = None,
+                   max_day_minor: int | None = None, methods=None) -> Terminal:
+        """Replace a terminal's limits (``None``: no such limit), keeping its key, roles
+        and state; the gateway reads them at its next request."""
+        maxp = _check_limit("max_payment_minor", max_payment_minor)
+        maxd = _check_limit("max_day_minor", max_day_minor)
+        methods = _check_methods(methods)
+        if self.get(_check_id(terminal_id)) is None:
+            raise TerminalError(f"no terminal {terminal_id}", code="UNKNOWN_TERMINAL")
+        with self.con:
+            self.con.execute("UPDATE pos_terminals SET max_payment_minor = ?, "
+                             "max_day_minor = ?, methods = ? WHERE id = ?",
+                             (maxp, maxd, ",".join(methods) if methods else None,
+                              terminal_id))
+        return self.get(terminal_id)
+
     def authenticate(self, frame: bytes | None, payload: bytes, *,
                      max_skew_s: float = MAX_SKEW_S) -> Terminal:
         """The terminal that sent ``payload`` with authentication ``frame``; raises
@@ -292,3 +308,31 @@ class Terminals:
             raise AuthError("this authentication frame was used before (a replay): "
                             "every request, a retry too, needs a fresh nonce",
                             code="AUTH_REPLAYED") from None
+
+
+def open_registry(path, *, readonly: bool = False, clock=time.time):
+    """The registry in the ledger database ``path`` on a connection of its own:
+    ``(con, Terminals)``; the caller closes ``con``. Read-write (``lanecore terminal
+    …`` and the console's ``/terminals`` add, disable and limits): the file made
+    private first (it holds the keys: 0600, ``-wal`` and ``-shm`` too), WAL.
+    ``readonly``: ``mode=ro``, nothing written; ``(con, None)`` when the gateway has
+    not made the table yet. DB_ERROR when it cannot be opened."""
+    from pathlib import Path
+
+    from lanecore.core.sqltxn import private_database
+    path = Path(path)
+    try:
+        if readonly:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                  timeout=10.0)
+            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
+                           "'pos_terminals'").fetchone() is None:
+                return con, None
+            return con, Terminals(con, clock=clock)
+        private_database(path)
+        con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        con.execute("PRAGMA journal_mode=WAL")
+        return con, Terminals(con, clock=clock)
+    except (OSError, sqlite3.Error) as exc:
+        raise LanecoreError(f"cannot open the terminal registry {path}: {exc}",
+                            code="DB_ERROR") from exc

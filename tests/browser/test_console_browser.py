@@ -23,10 +23,10 @@ pytestmark = pytest.mark.slow
 PASSWORD = "a long attendant passphrase"
 #: What each role's session may open, and a page each may not.
 PAGES = {"attendant": ["/lanes", "/alarms", "/audits", "/devices"],
-         "manager": ["/lanes", "/alarms", "/audits", "/devices", "/products", "/members",
-                     "/analytics"],
-         "admin": ["/lanes", "/alarms", "/audits", "/devices", "/products", "/members",
-                   "/analytics", "/staff"]}
+         "manager": ["/lanes", "/alarms", "/audits", "/devices", "/products", "/promotions",
+                     "/coupons", "/members", "/terminals", "/analytics"],
+         "admin": ["/lanes", "/alarms", "/audits", "/devices", "/products", "/promotions",
+                   "/coupons", "/members", "/terminals", "/analytics", "/staff"]}
 ALL = sorted({p for pages in PAGES.values() for p in pages})
 
 

@@ -31,7 +31,7 @@ def test_the_chinese_pages_carry_no_english_message(make_app):
         token = c.get("/lanes").text.split('name="csrf" content="')[1].split('"')[0]
         c.post("/lang", data={"lang": "zh_Hans", "csrf": token})
         for path in ("/lanes", "/alarms", "/audits", "/devices", "/products", "/members",
-                     "/analytics", "/staff"):
+                     "/promotions", "/coupons", "/terminals", "/analytics", "/staff"):
             text = c.get(path).text
             leaked = sorted(m for m in english if f">{m}<" in text)
             assert leaked == [], (path, leaked)
