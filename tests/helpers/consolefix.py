@@ -33,3 +33,22 @@ def login(client, name: str, password: str = PASSWORD):
     return client.post("/login", data={"username": name, "password": password,
                                        "csrf": csrf_of(page.text)},
                        follow_redirects=False)
+
+
+def route_coupons_to(monkeypatch, gw, principal) -> None:
+    """Make the console's coupon Upstream call ``gw`` (a CouponGateway in this
+    process) as ``principal`` — what ``--coupons`` with the console's key does over
+    ZeroMQ — raising ServiceError for an error reply as the real client does."""
+    import itertools
+
+    from lanecore.gateway.console.app import Upstream
+    from lanecore.gateway.net.client import ServiceError
+    ids = itertools.count()
+
+    def call(self, op, fields):
+        assert self.endpoint == "test://coupons"
+        r = gw.handle({"op": op, "id": f"c{next(ids)}", **fields}, "console", principal)
+        if not r["ok"]:
+            raise ServiceError(r["error"]["code"], r["error"]["message"], r["error"])
+        return r
+    monkeypatch.setattr(Upstream, "_call", call)

@@ -18,11 +18,9 @@ import re
 
 import msgpack
 import pytest
-from consolefix import Clock, csrf_of, login
+from consolefix import Clock, csrf_of, login, route_coupons_to
 from lanecore.core.scan.catalog import import_csv
-from lanecore.gateway.console.app import Upstream
 from lanecore.gateway.coupons import CouponGateway
-from lanecore.gateway.net.client import ServiceError
 from lanecore.gateway.net.identity import Principal
 from lanecore.gateway.payments import terminals as T
 from lanecore.gateway.payments.gateway import LEDGER_FILE, PaymentGateway
@@ -47,15 +45,7 @@ def coupons(tmp_path, monkeypatch):
     (d / "coupons.toml").write_text('currency = "GBP"\nstore_id = "RM-01"\n')
     clock = Clock(T0)
     gw = CouponGateway(d, clock=clock)
-    ids = itertools.count()
-
-    def call(self, op, fields):
-        assert self.endpoint == "test://coupons"
-        r = gw.handle({"op": op, "id": f"c{next(ids)}", **fields}, "console", CONSOLE)
-        if not r["ok"]:
-            raise ServiceError(r["error"]["code"], r["error"]["message"], r["error"])
-        return r
-    monkeypatch.setattr(Upstream, "_call", call)
+    route_coupons_to(monkeypatch, gw, CONSOLE)
     gw.clock_ = clock
     yield gw
     gw.close()

@@ -10,11 +10,9 @@ import datetime as dt
 import itertools
 
 import pytest
-from consolefix import Clock, csrf_of, login
+from consolefix import Clock, csrf_of, login, route_coupons_to
 from lanecore.core.scan.catalog import import_csv
-from lanecore.gateway.console.app import Upstream
 from lanecore.gateway.coupons import CouponGateway
-from lanecore.gateway.net.client import ServiceError
 from lanecore.gateway.net.identity import Principal
 from starlette.testclient import TestClient
 
@@ -35,15 +33,8 @@ def coupons(tmp_path, monkeypatch):
     (d / "coupons.toml").write_text('currency = "GBP"\n')
     clock = Clock()
     gw = CouponGateway(d, clock=clock)
+    route_coupons_to(monkeypatch, gw, CONSOLE)
     ids = itertools.count()
-
-    def call(self, op, fields):
-        assert self.endpoint == "test://coupons"
-        r = gw.handle({"op": op, "id": f"c{next(ids)}", **fields}, "console", CONSOLE)
-        if not r["ok"]:
-            raise ServiceError(r["error"]["code"], r["error"]["message"], r["error"])
-        return r
-    monkeypatch.setattr(Upstream, "_call", call)
     gw.clock_ = clock
 
     def total(qty=1):

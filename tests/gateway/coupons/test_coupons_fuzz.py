@@ -119,6 +119,17 @@ def gw(tmp_path_factory):
     g.close()
 
 
+def answer_documented(gw, req: dict) -> None:
+    """Send one fuzzed request; its answer is a reply map, any error a documented
+    code and never INTERNAL; counted in SEEN by op and outcome."""
+    r = gw.handle(req, "fuzz")
+    SEEN[(req["op"], r["error"]["code"] if not r.get("ok") else "ok")] += 1
+    assert isinstance(r, dict) and isinstance(r.get("ok"), bool), r
+    if not r["ok"]:
+        assert r["error"]["code"] in DOC_CODES, f"undocumented: {r}"
+        assert r["error"]["code"] != "INTERNAL", r
+
+
 #: One well-formed request per op the fuzz must reach (``@example``s run first, every
 #: time): whether the drawn requests include a valid one of each turned out to depend
 #: on what ran before in the same process, so the coverage check rests on these.
@@ -145,12 +156,7 @@ def _with_examples(test):
 @_with_examples
 @given(req=requests())
 def test_random_requests_get_documented_answers(gw, req):
-    r = gw.handle(req, "fuzz")
-    SEEN[(req["op"], r["error"]["code"] if not r.get("ok") else "ok")] += 1
-    assert isinstance(r, dict) and isinstance(r.get("ok"), bool), r
-    if not r["ok"]:
-        assert r["error"]["code"] in DOC_CODES, f"undocumented: {r}"
-        assert r["error"]["code"] != "INTERNAL", r
+    answer_documented(gw, req)
 
 
 @st.composite
@@ -184,12 +190,7 @@ def promo_requests(draw):
           suppress_health_check=list(HealthCheck))
 @given(req=promo_requests())
 def test_random_promotion_requests_get_documented_answers(gw, req):
-    r = gw.handle(req, "fuzz")
-    SEEN[(req["op"], r["error"]["code"] if not r.get("ok") else "ok")] += 1
-    assert isinstance(r, dict) and isinstance(r.get("ok"), bool), r
-    if not r["ok"]:
-        assert r["error"]["code"] in DOC_CODES, f"undocumented: {r}"
-        assert r["error"]["code"] != "INTERNAL", r
+    answer_documented(gw, req)
 
 
 def test_afterwards_nothing_is_redeemed_twice(gw):
