@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH_JSON ?= bench/results/bench-$(BENCH_STAMP).json
 
-.PHONY: all build demo test lint test-compiled test-twins bench screenshots clean
+.PHONY: all build demo test lint test-compiled test-twins bench bench-check screenshots clean
 
 all: build
 
@@ -76,6 +76,17 @@ bench: $(BUILT)
 	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
 		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds
 	@echo "saved $(BENCH_JSON)"
+
+# The same real run, then bench/check.py compares its figures with bench/targets.toml:
+# a table of figure, measured, target, pass/MISS/MISSING and the machine's load;
+# fails on any miss or any guarded figure missing from the run (the benches' own
+# assertions failing fails it too, after the table).
+bench-check: $(BUILT)
+	@mkdir -p $(dir $(BENCH_JSON))
+	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
+		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds; \
+	status=$$?; echo "saved $(BENCH_JSON)"; \
+	$(PY) bench/check.py $(BENCH_JSON) || status=1; exit $$status
 
 # The console's screenshots in docs/console/, made by its browser tests.
 screenshots: $(BUILT) $(BROWSER)

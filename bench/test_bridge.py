@@ -23,6 +23,8 @@ from lanecore.drivers.bridge import BridgeDecoder, BridgeDriver, BridgeFrame
 from lanecore.drivers.link import BAD_FRAME, GARBAGE, SEQUENCE_GAP, DeviceFault
 from lanecore.drivers.sim.loadcell import BridgeSim
 
+from _paired import LoadProbe  # bench/ is on sys.path (pyproject: pythonpath)
+
 FS_HZ = 2000
 SPF = 20
 
@@ -75,7 +77,8 @@ def bare_reader(path: str, stop: threading.Event, out: dict) -> None:
         out["chunks"] = chunks
 
 
-def test_bridge_2khz_nothing_lost_silently_and_its_cpu(sizes, note, benchmark, record):
+def test_bridge_2khz_nothing_lost_silently_and_its_cpu(sizes, note, benchmark, record,
+                                                      figures):
     seconds = 60.0 if sizes.real else 3.0
     # The driver's own START begins the stream: frames numbered before the driver
     # had the port open would be flushed by the open and count as lost otherwise.
@@ -87,6 +90,7 @@ def test_bridge_2khz_nothing_lost_silently_and_its_cpu(sizes, note, benchmark, r
         reader = threading.Thread(target=bare_reader, args=(floor_sim.path, stop, floor),
                                   daemon=True)
         wall0, proc0 = time.monotonic(), time.process_time()
+        probe = LoadProbe().__enter__()     # both loops run in this process, together
         reader.start()
         drv = BridgeDriver(sim.path, on_event=got).start()
         try:
@@ -96,6 +100,7 @@ def test_bridge_2khz_nothing_lost_silently_and_its_cpu(sizes, note, benchmark, r
             drv.stop()
             stop.set()
             reader.join(5)
+            probe.__exit__(None, None, None)
         wall = time.monotonic() - wall0
         proc = time.process_time() - proc0
         d = drv.decoder
@@ -126,6 +131,10 @@ def test_bridge_2khz_nothing_lost_silently_and_its_cpu(sizes, note, benchmark, r
     assert dec.frames >= 0.9 * floor_frames
     record(benchmark, "bridge decode, 2 kHz stream", "BridgeDecoder.feed", "candidate",
            dec.frames, seconds=round(signal_s, 1))
+    # the driver and the bare read loop ran side by side over the same window: paired
+    figures.add("bridge 2 kHz over a pty: driver thread CPU / bare pyserial read loop",
+                drv.cpu_s / max(floor["cpu_s"], 1e-9), "x time", rounds=1, paired=True,
+                load=probe.load, seconds=round(seconds, 1))
     note(f"bridge 2 kHz × {seconds:.0f} s over a pty: {d.frames} frames, {d.samples} samples "
          f"received + {d.samples_lost} reported lost == {sim.samples_numbered} sent "
          f"(faults {got.faults or 'none'}; {sim.frames_send_failed} frames the pty "

@@ -22,6 +22,7 @@ flooder gets ``TOO_COMPLEX`` and ``BUSY``.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 
 import _service as S
+from _paired import LoadProbe
 
 HERE = Path(__file__).resolve().parent
 GROUP = "victim hello round trip (tcp)"
@@ -136,7 +138,7 @@ def test_victim_quiet(benchmark, record, service, plan):
     rt.check()
 
 
-def test_victim_flooded(benchmark, record, note, service, flooder, plan):
+def test_victim_flooded(benchmark, record, note, figures, service, flooder, plan):
     quiet, flooded = victim(service), victim(service)
 
     def setup():                        # flood off, drained: a quiet block; flood on
@@ -150,7 +152,8 @@ def test_victim_flooded(benchmark, record, note, service, flooder, plan):
             flooded()
     cpu0 = service.cpu_s()
     rss0 = service_rss_mib(service)
-    benchmark.pedantic(block, setup=setup, rounds=plan.rounds)
+    with LoadProbe(pids=[service.popen.pid, flooder.proc.pid]) as probe:
+        benchmark.pedantic(block, setup=setup, rounds=plan.rounds)
     flooder.off()
     cpu = service.cpu_s() - cpu0
     quiet.check()
@@ -162,6 +165,14 @@ def test_victim_flooded(benchmark, record, note, service, flooder, plan):
            **{f"paired_{k}_us_{w}": round(v, 1) for w, p in (("quiet", pq), ("flooded", pf))
               for k, v in p.items()},
            **{f"paired_{k}_slowdown": round(pf[k] / pq[k], 2) for k in pq})
+    per_round = [statistics.median(flooded.ns[i:i + plan.per_block]) /
+                 statistics.median(quiet.ns[i:i + plan.per_block])
+                 for i in range(0, len(flooded.ns), plan.per_block)]
+    for k in pq:
+        figures.add(f"{GROUP}: {k} one client flooding / no flood", pf[k] / pq[k],
+                    "x time", rounds=plan.rounds, paired=True, load=probe.load,
+                    **({"min": min(per_round), "median": statistics.median(per_round),
+                        "max": max(per_round)} if k == "p50" else {}))
     codes = ", ".join(f"{k} {v:,}" for k, v in sorted(flooder.totals.items()))
     note(f"victim hello round trip tcp, paired blocks of {plan.per_block} over "
          f"{plan.rounds} rounds: p50/p99/p999 without flood {S.fmt_us(pq)}, with one "

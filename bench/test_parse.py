@@ -1,6 +1,9 @@
-"""Parse the same mixed scans with the compiled kernel, its twin and biip.
+"""Parse the same mixed scans with the compiled kernel, its twin and biip, interleaved.
 
-Target (issue 2): the compiled parse is at least 50x faster per scan than biip.
+Target (issue 2): the compiled parse is at least 50x faster per scan than biip — timed
+paired (issue 19): every round parses the same block of scans with every side, in an
+order that alternates round by round (``bench/_paired.py``), and the ratio is judged on
+the medians and on the per-round ratios.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from biip import ParseConfig
 from lanecore.core.scan.scanmix import mixed_scans
 from lanecore.ext import _barcode, _barcode_py
 
+from _paired import paired  # bench/ is on sys.path (pyproject: pythonpath)
+
 GROUP = "parse: mixed scans"
 REGION = "GB"
+TARGET = 50
+BLOCK = 10_000            # scans per round and side; rounds walk through the scans
 
 # Each timed loop handles one scan at a time and drops its result, as a lane
 # controller does. (Keeping 100k results alive would mostly time the cyclic GC,
@@ -25,62 +32,75 @@ def scans(sizes):
     return [s.code for s in mixed_scans(sizes.scans, seed=2026, region=REGION)]
 
 
-def _rounds(sizes, real):
-    return real if sizes.real else 1
-
-
-def _one_by_one(parse, scans):
-    """A timed loop: parse each scan, keep only the last result."""
-    def run():
-        r = None
-        for c in scans:
-            r = parse(c, REGION)
-        return r
-    return run
-
-
-def test_parse_compiled(benchmark, record, scans, sizes):
+def _compiled(block):
     parse = _barcode.parse_scan
-    benchmark.pedantic(_one_by_one(parse, scans), rounds=_rounds(sizes, 30),
-                       warmup_rounds=1)
-    record(benchmark, GROUP, "lanecore compiled", "candidate", len(scans), target=50)
-    twin = [_barcode_py.parse_scan(c, REGION).to_dict() for c in scans[:2000]]
-    assert [parse(c, REGION).to_dict() for c in scans[:2000]] == twin
+    r = None
+    for c in block:
+        r = parse(c, REGION)
+    return r
 
 
-def test_parse_compiled_to_dict(benchmark, record, scans, sizes):
+def _compiled_to_dict(block):
     """The same, also building every result's JSON row (what the CLI prints)."""
     parse = _barcode.parse_scan
-
-    def run():
-        ok = 0
-        for c in scans:
-            ok += parse(c, REGION).to_dict()["ok"]
-        return ok
-
-    ok = benchmark.pedantic(run, rounds=_rounds(sizes, 15), warmup_rounds=1)
-    record(benchmark, GROUP, "lanecore compiled+to_dict", "candidate", len(scans))
-    assert ok > 0.9 * len(scans)
+    ok = 0
+    for c in block:
+        ok += parse(c, REGION).to_dict()["ok"]
+    return ok
 
 
-def test_parse_twin(benchmark, record, scans, sizes):
-    benchmark.pedantic(_one_by_one(_barcode_py.parse_scan, scans), rounds=_rounds(sizes, 3),
-                       warmup_rounds=0)
-    record(benchmark, GROUP, "lanecore twin", "candidate", len(scans))
+def _twin(block):
+    parse = _barcode_py.parse_scan
+    r = None
+    for c in block:
+        r = parse(c, REGION)
+    return r
 
 
-def test_parse_biip(benchmark, record, scans, sizes):
-    config = ParseConfig(rcn_region=REGION.lower())
-    parse = biip.parse
+_BIIP_CONFIG = ParseConfig(rcn_region=REGION.lower())
 
-    def run():
-        read = 0
-        for c in scans:
-            r = parse(c, config=config)
-            read += r.gtin is not None or r.gs1_message is not None
-        return read
 
-    read = benchmark.pedantic(run, rounds=_rounds(sizes, 3), warmup_rounds=0)
-    record(benchmark, GROUP, "biip", "baseline", len(scans))
-    # the baseline did real work: it read most scans
-    assert read > 0.8 * len(scans)
+def _biip(block):
+    parse, config = biip.parse, _BIIP_CONFIG
+    read = 0
+    for c in block:
+        r = parse(c, config=config)
+        read += r.gtin is not None or r.gs1_message is not None
+    return read
+
+
+def test_parse_paired(scans, sizes, record, figures, note):
+    blocks = [scans[i:i + BLOCK] for i in range(0, len(scans), BLOCK)]
+    # real: two passes over all the scans; CI: one round over the (small) set
+    rounds = 2 * len(blocks) if sizes.real else 1
+
+    def block_of(r, side):
+        return (blocks[r % len(blocks)],)
+
+    def check(out):
+        # the baseline did real work: it read most scans; the compiled results agree
+        assert out["biip"] > 0.8 * min(BLOCK, len(scans))
+        assert out["compiled+to_dict"] > 0.9 * min(BLOCK, len(scans))
+
+    res = paired({"compiled": _compiled, "compiled+to_dict": _compiled_to_dict,
+                  "twin": _twin, "biip": _biip},
+                 rounds=rounds, warmup=int(sizes.real), setup=block_of, check=check)
+    twin = [_barcode_py.parse_scan(c, REGION).to_dict() for c in scans[:2000]]
+    assert [_barcode.parse_scan(c, REGION).to_dict() for c in scans[:2000]] == twin
+    if not sizes.real:
+        return
+    n = len(blocks[0])
+    record(res.side("biip"), GROUP, "biip", "baseline", n)
+    record(res.side("compiled"), GROUP, "lanecore compiled", "candidate", n, target=TARGET)
+    record(res.side("compiled+to_dict"), GROUP, "lanecore compiled+to_dict", "candidate", n)
+    record(res.side("twin"), GROUP, "lanecore twin", "candidate", n)
+    fig = figures.speedup(f"{GROUP}: lanecore compiled vs biip", res, "compiled", "biip",
+                          scans_per_round=n)
+    figures.speedup(f"{GROUP}: lanecore compiled+to_dict vs biip", res, "compiled+to_dict",
+                    "biip")
+    figures.speedup(f"{GROUP}: lanecore twin vs biip", res, "twin", "biip")
+    note(f"parse, {res.rounds} interleaved rounds of {n:,} mixed scans each: "
+         f"{res.summary(n)}; compiled {fig['value']:.1f}× biip (per-round pairs "
+         f"{fig['min']:.1f} / {fig['median']:.1f} / {fig['max']:.1f}); {res.load}; "
+         f"target ≥ {TARGET}×: "
+         f"{'met' if min(fig['value'], fig['median']) >= TARGET else 'NOT MET'}")

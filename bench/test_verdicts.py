@@ -38,6 +38,7 @@ from lanecore.ext import tolerance as T
 from lanecore.ext.lookup import FLAG_WEIGHT_EXEMPT, CatalogTable
 
 from _data import gtin13_keys  # bench/ is on sys.path (pyproject: pythonpath)
+from _paired import paired
 
 N_CATALOGUE = 3_000
 P_EXEMPT = 0.03
@@ -185,23 +186,30 @@ def verdicts(sim):
                       **_kernel_args())
 
 
-def test_verdicts_numpy_baseline(benchmark, record, sim, sizes, verdicts):
+def test_verdicts_paired(record, figures, note, sim, sizes, verdicts):
+    """The batch kernel and the numpy baseline on the same exits, in one loop (ABBA)."""
     args = (sim["mu"], sim["sd"], sim["q"], sim["offsets"], sim["measured"])
-    out = benchmark.pedantic(lambda: _numpy_verdicts(*args, **_kernel_args()),
-                             rounds=20 if sizes.real else 1, warmup_rounds=1)
-    record(benchmark, GROUP, "numpy bincount", "baseline", sim["n"])
-    assert (out["code"] == verdicts["code"]).all()
-    np.testing.assert_allclose(out["band_g"], verdicts["band_g"], rtol=1e-12)
 
+    def check(out):
+        for side in ("numpy", "kernel"):
+            assert (out[side]["code"] == verdicts["code"]).all(), side
+        np.testing.assert_allclose(out["numpy"]["band_g"], verdicts["band_g"], rtol=1e-12)
+        assert set(np.unique(out["kernel"]["code"]).tolist()) <= {
+            T.VERDICT_OK, T.VERDICT_SHORT, T.VERDICT_OVER}
 
-def test_verdicts_batch_kernel(benchmark, record, sim, sizes, verdicts):
-    args = (sim["mu"], sim["sd"], sim["q"], sim["offsets"], sim["measured"])
-    out = benchmark.pedantic(lambda: T.verdicts(*args, **_kernel_args()),
-                             rounds=50 if sizes.real else 1, warmup_rounds=1)
-    record(benchmark, GROUP, f"lanecore {T.IMPLEMENTATION} batch", "candidate", sim["n"])
-    assert (out["code"] == verdicts["code"]).all()
-    assert set(np.unique(out["code"]).tolist()) <= {T.VERDICT_OK, T.VERDICT_SHORT,
-                                                    T.VERDICT_OVER}
+    res = paired({"numpy": lambda: _numpy_verdicts(*args, **_kernel_args()),
+                  "kernel": lambda: T.verdicts(*args, **_kernel_args())},
+                 rounds=40 if sizes.real else 1, warmup=int(sizes.real), check=check)
+    if not sizes.real:
+        return
+    name = f"lanecore {T.IMPLEMENTATION} batch"
+    record(res.side("numpy"), GROUP, "numpy bincount", "baseline", sim["n"])
+    record(res.side("kernel"), GROUP, name, "candidate", sim["n"])
+    fig = figures.speedup(f"{GROUP}: {name} vs numpy bincount", res, "kernel", "numpy",
+                          exits=sim["n"])
+    note(f"verdicts, {sim['n']:,} exits, {res.rounds} interleaved rounds: "
+         f"{res.summary(sim['n'])}; kernel {fig['value']:.1f}× numpy (per-round "
+         f"{fig['min']:.1f} / {fig['median']:.1f} / {fig['max']:.1f}); {res.load}")
 
 
 def _rate_check(name, hits, p, note):
@@ -437,27 +445,37 @@ def _short_cases(sim, verdicts, explained, n_cases):
     return out
 
 
-def test_explain_python_brute_force(benchmark, record, sim, verdicts, explained, sizes):
+def test_explain_paired(record, figures, note, sim, verdicts, explained, sizes):
+    """Brute force and the pruned kernel on the same short exits, in one loop (ABBA);
+    each round takes the next block of cases, so every round pairs the same cases."""
     cases = _short_cases(sim, verdicts, explained, 60 if sizes.real else 10)
+    block = 10
+    blocks = [cases[i:i + block] for i in range(0, len(cases), block)]
 
-    def run():
+    def brute(part):
         return [_brute_force_missing(mu, sd, q, e - m, v, POLICY.max_units, POLICY.p_miss)
-                for mu, sd, q, m, e, v in cases]
+                for mu, sd, q, m, e, v in part]
 
-    best = benchmark.pedantic(run, rounds=3 if sizes.real else 1, warmup_rounds=0)
-    record(benchmark, "explain a short exit", "python brute force", "baseline", len(cases))
-    for (score, counts), (mu, sd, q, m, e, v) in zip(best, cases):
-        got_counts, got_scores = T.explain_missing(mu, sd, q, m, e, v)
-        assert got_counts[0].tolist() == counts
-        assert math.isclose(got_scores[0], score, rel_tol=1e-9, abs_tol=1e-9)
+    def pruned(part):
+        return [T.explain_missing(mu, sd, q, m, e, v) for mu, sd, q, m, e, v in part]
 
+    def check(out):
+        for (score, counts), (got_counts, got_scores) in zip(out["brute"], out["kernel"]):
+            assert got_counts[0].tolist() == counts
+            assert math.isclose(got_scores[0], score, rel_tol=1e-9, abs_tol=1e-9)
 
-def test_explain_kernel(benchmark, record, sim, verdicts, explained, sizes):
-    cases = _short_cases(sim, verdicts, explained, 60 if sizes.real else 10)
-
-    def run():
-        return [T.explain_missing(mu, sd, q, m, e, v) for mu, sd, q, m, e, v in cases]
-
-    benchmark.pedantic(run, rounds=200 if sizes.real else 1, warmup_rounds=1)
-    record(benchmark, "explain a short exit", f"lanecore {T.IMPLEMENTATION} pruned",
-           "candidate", len(cases))
+    res = paired({"brute": brute, "kernel": pruned},
+                 rounds=len(blocks) * (2 if sizes.real else 1), warmup=int(sizes.real),
+                 setup=lambda r, side: (blocks[r % len(blocks)],), check=check)
+    if len(blocks) > 1:     # every case, not only the checked rounds' blocks
+        check({"brute": brute(cases), "kernel": pruned(cases)})
+    if not sizes.real:
+        return
+    group = "explain a short exit"
+    name = f"lanecore {T.IMPLEMENTATION} pruned"
+    record(res.side("brute"), group, "python brute force", "baseline", block)
+    record(res.side("kernel"), group, name, "candidate", block)
+    fig = figures.speedup(f"{group}: {name} vs python brute force", res, "kernel", "brute")
+    note(f"explain, {len(cases)} short exits in blocks of {block}, {res.rounds} interleaved "
+         f"rounds: {res.summary(block)}; kernel {fig['value']:.0f}× brute force (per-round "
+         f"{fig['min']:.0f} / {fig['median']:.0f} / {fig['max']:.0f}); {res.load}")

@@ -4,8 +4,9 @@ path against scipy and against real time.
 
 Issue 3 targets: RMS error ≤ 1.25 × σ/√N on white noise; settled within mechanical
 settling + stability window + 20 ms at 1 kHz with the default configuration; the
-batched cascade at least as fast as scipy.signal.sosfilt (outputs equal within 1e-9);
-1000 lanes × 1 kHz in ≤ 5 % of one core.
+batched cascade at least as fast as scipy.signal.sosfilt (outputs equal within 1e-9) —
+issue 19 raised that to ≥ 1.5×, timed interleaved with sosfilt and a plain numba loop
+in one loop (``bench/_paired.py``); 1000 lanes × 1 kHz in ≤ 5 % of one core.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import scipy.signal
 from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
 from lanecore.drivers.loadcell_sim import Placement, TraceSpec, generate
 from lanecore.ext import filters
+from lanecore.ext._numba import kernel
 from lanecore.ext.loadcell import LaneBank
+
+from _paired import LoadProbe, paired  # bench/ is on sys.path (pyproject: pythonpath)
 
 CONFIG = LaneConfig()           # the default: 1 kHz, e = 5 g, window 0.25 s
 E = CONFIG.e_g
 WINDOW_S = CONFIG.stable_window_s
+CASCADE_TARGET = 1.5            # × scipy.signal.sosfilt, paired (issue 19)
+LANES_CORE_SHARE_TARGET = 0.05  # 1000 lanes × 1 kHz in ≤ 5 % of one core (issue 3)
 
 
 def _first_settled(bank, x, after_s=0.0, frame=50):
@@ -35,7 +41,7 @@ def _first_settled(bank, x, after_s=0.0, frame=50):
     return None
 
 
-def test_estimator_against_cramer_rao(sizes, note):
+def test_estimator_against_cramer_rao(sizes, note, figures):
     """Constant load + white noise: RMS error of the settled weight vs σ/√N."""
     n_traces = 1000 if sizes.real else 100
     bank = LaneBank(1)
@@ -58,6 +64,8 @@ def test_estimator_against_cramer_rao(sizes, note):
              f"{rms:.4f} g over N = {n} samples = {ratio:.3f} × Cramér–Rao σ/√N "
              f"(target ≤ 1.25); mean reported σ_g {np.mean(reported):.4f} g "
              f"(= {np.mean(reported) / rms:.2f} × the RMS error)")
+        figures.add(f"estimator RMS error / Cramér–Rao bound, white noise σ = {sigma} g",
+                    ratio, "of the bound", rounds=n_traces)
         assert ratio <= 1.25
         # the reported uncertainty is honest: errors / sigma_g have unit spread
         z = np.array(errors) / np.array(reported)
@@ -104,29 +112,72 @@ def cascade_case(sizes):
     return sos, x
 
 
-def test_cascade_scipy(benchmark, record, cascade_case, sizes):
-    sos, x = cascade_case
-    zi = np.zeros((sos.shape[0], x.shape[0], 2))
-    y = benchmark.pedantic(lambda: scipy.signal.sosfilt(sos, x, axis=-1, zi=zi)[0],
-                           rounds=30 if sizes.real else 1, warmup_rounds=1)
-    record(benchmark, "SOS cascade: 3 sections", "scipy.signal.sosfilt", "baseline", x.size)
-    assert y.shape == x.shape
+@kernel()
+def _plain_biquads(sos, x, zi, y):
+    """The reference: the textbook numba loop — one section at a time over the whole
+    row, coefficients read from the array, state kept in ``zi`` between sections."""
+    n_rows, n = x.shape
+    for r in range(n_rows):
+        for s in range(sos.shape[0]):
+            src = x if s == 0 else y
+            for i in range(n):
+                v = src[r, i]
+                o = sos[s, 0] * v + zi[r, s, 0]
+                zi[r, s, 0] = sos[s, 1] * v - sos[s, 4] * o + zi[r, s, 1]
+                zi[r, s, 1] = sos[s, 2] * v - sos[s, 5] * o
+                y[r, i] = o
 
 
-def test_cascade_lanecore(benchmark, record, cascade_case, sizes):
+def test_cascade_paired_with_scipy(figures, record, note, cascade_case, sizes):
+    """The cascade, scipy.signal.sosfilt and the plain numba loop in one loop (ABBA
+    order), same SOS, same data; outputs compared in the first and last rounds."""
     sos, x = cascade_case
     per_lane = np.ascontiguousarray(np.broadcast_to(sos, (x.shape[0],) + sos.shape))
-    y = np.empty_like(x)
+    y_lc, y_plain = np.empty_like(x), np.empty_like(x)
+    zi_scipy = np.zeros((sos.shape[0], x.shape[0], 2))
 
-    def run():
-        zi = np.zeros((x.shape[0], sos.shape[0], 2))
-        filters.sos_cascade(per_lane, x, zi, y)
-        return y
+    def lanecore():
+        filters.sos_cascade(per_lane, x, np.zeros((x.shape[0], sos.shape[0], 2)), y_lc)
+        return y_lc
 
-    out = benchmark.pedantic(run, rounds=30 if sizes.real else 1, warmup_rounds=1)
-    record(benchmark, "SOS cascade: 3 sections", "lanecore sos_cascade", "candidate", x.size,
-           target=1)
-    assert np.max(np.abs(out - scipy.signal.sosfilt(sos, x, axis=-1))) < 1e-9
+    def plain():
+        _plain_biquads(sos, x, np.zeros((x.shape[0], sos.shape[0], 2)), y_plain)
+        return y_plain
+
+    def check(out):
+        ref = out["scipy"]
+        assert ref.shape == x.shape
+        assert np.max(np.abs(out["lanecore"] - ref)) < 1e-9
+        assert np.max(np.abs(out["plain numba"] - ref)) < 1e-9
+
+    res = paired({"scipy": lambda: scipy.signal.sosfilt(sos, x, axis=-1, zi=zi_scipy)[0],
+                  "lanecore": lanecore, "plain numba": plain},
+                 rounds=40 if sizes.real else 1, warmup=2 if sizes.real else 0, check=check)
+    if not sizes.real:
+        return
+    group = "SOS cascade: 3 sections"
+    record(res.side("scipy"), group, "scipy.signal.sosfilt", "baseline", x.size)
+    record(res.side("plain numba"), group, "plain numba biquads", "baseline", x.size,
+           target_baseline=False)
+    record(res.side("lanecore"), group, "lanecore sos_cascade", "candidate", x.size,
+           target=CASCADE_TARGET)
+    fig = figures.speedup(f"{group}: lanecore sos_cascade vs scipy.signal.sosfilt", res,
+                          "lanecore", "scipy", lanes=x.shape[0], samples=x.shape[1])
+    figures.speedup(f"{group}: lanecore sos_cascade vs plain numba biquads", res,
+                    "lanecore", "plain numba")
+    plain_vs_scipy = res.speedup("plain numba", "scipy")
+    ns = res.side("lanecore").min / x.size * 1e9
+    note(f"cascade, {x.shape[0]} lanes × {x.shape[1]} samples, 3 sections, {res.rounds} "
+         f"interleaved rounds: {res.summary(x.size)} (min / median / max); lanecore "
+         f"{fig['value']:.2f}× sosfilt (per-round pairs {fig['min']:.2f} / "
+         f"{fig['median']:.2f} / {fig['max']:.2f}); the plain numba loop "
+         f"{plain_vs_scipy:.2f}× sosfilt; {res.load}; target ≥ {CASCADE_TARGET}×: "
+         f"{'met' if min(fig['value'], fig['median']) >= CASCADE_TARGET else 'NOT MET'}")
+    note(f"    the floor: each section is a recurrence in time (o = b0·v + z0, then z0 "
+         f"needs a1·o), three dependent floating-point operations per section per sample "
+         f"for one lane; lanecore's best {ns:.2f} ns per sample through 3 sections is that "
+         f"chain's latency (sections overlap, lanes do not: interleaving 2–8 lanes with "
+         f"scalar registers measured no faster, and numba did not vectorise across lanes)")
 
 
 def test_thousand_lanes_at_1khz(benchmark, record, note, sizes):
@@ -156,7 +207,7 @@ def test_thousand_lanes_at_1khz(benchmark, record, note, sizes):
     assert bank.stable(0)
 
 
-def test_cpu_share_measured_by_the_process_clock(sizes, note):
+def test_cpu_share_measured_by_the_process_clock(sizes, note, figures):
     """The same share from the process's own CPU clock (not wall time)."""
     lanes = 1000 if sizes.real else 50
     bank = LaneBank(lanes)
@@ -168,9 +219,15 @@ def test_cpu_share_measured_by_the_process_clock(sizes, note):
     seq = np.full(lanes, -1, dtype=np.int64)
     bank.step(f, nsamp, seq)
     seconds = 10 if sizes.real else 1
-    t0 = time.process_time()
-    for _ in range(20 * seconds):
-        bank.step(f, nsamp, seq)
-    share = (time.process_time() - t0) / seconds
+    shares = []
+    with LoadProbe() as probe:
+        for _ in range(seconds):            # one second of signal a round
+            t0 = time.process_time()
+            for _ in range(20):
+                bank.step(f, nsamp, seq)
+            shares.append(time.process_time() - t0)
+    share = sum(shares) / seconds
+    figures.values(f"signal path: {lanes} lanes × 1 kHz, share of one core", shares,
+                   "core", load=probe.load)
     note(f"signal path (process CPU clock): {lanes} lanes × 1 kHz = {100 * share:.1f} % of "
          f"one core over {seconds} s of signal")
