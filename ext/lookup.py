@@ -38,12 +38,37 @@ FLAG_BITS = {
 }
 
 
+#: Largest ``price_minor`` the table holds: the column is int32. The catalogue
+#: import refuses a larger price (BAD_PRICE, ``core/scan/catalog.MAX_PRICE_MINOR``).
+MAX_PRICE_MINOR = 2**31 - 1
+
+
+def _column(values, dtype, name: str, n: int, lo=None, hi=None) -> np.ndarray:
+    a = np.asarray(values)
+    if a.shape != (n,):
+        raise ValueError(f"column {name} has shape {a.shape}; want ({n},)")
+    if lo is not None and n:
+        low, high = a.min(), a.max()
+        if not (lo <= low and high <= hi):   # NaN fails too
+            bad = low if not lo <= low else high
+            raise ValueError(f"column {name} holds {bad}, outside {lo}..{hi} "
+                             f"(the table stores it as {np.dtype(dtype).name})")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 class CatalogTable:
     """The columns the hot paths need, one row per SKU, and the GTIN index over them.
 
-    Columns (row-aligned numpy arrays): ``gtin`` uint64, ``price_minor`` int64,
-    ``weight_mean_g`` and ``weight_sd_g`` float64 (grams), ``flags`` uint8
-    (``FLAG_*`` bits).
+    Columns (row-aligned numpy arrays): ``gtin`` uint64 (read-only), ``price_minor``
+    int32 (0..MAX_PRICE_MINOR minor units; ``int()`` it before arithmetic that could
+    pass 2**31), ``weight_mean_g`` and ``weight_sd_g`` float64 (grams), ``flags``
+    uint8 (``FLAG_*`` bits): 29 bytes a row, plus the index's bucket starts (about 1
+    byte a row): about 30 bytes per SKU at any size.
+
+    Rows are in the index's order, not the input's: the constructor applies the
+    index's permutation (``GtinIndex.order``) to every column, so the position the
+    index answers for a key is the key's row and the index needs no row numbers.
+    Row numbers are handles into these columns; use ``gtin[row]`` to name the item.
     """
 
     __slots__ = ("gtin", "price_minor", "weight_mean_g", "weight_sd_g", "flags",
@@ -51,18 +76,24 @@ class CatalogTable:
 
     def __init__(self, gtin, price_minor, weight_mean_g, weight_sd_g, flags, *,
                  index_type=None):
-        """``index_type`` overrides the selected GtinIndex (benchmarks pin one)."""
-        self.gtin = np.ascontiguousarray(gtin, dtype=np.uint64)
-        n = self.gtin.shape[0]
-        self.price_minor = np.ascontiguousarray(price_minor, dtype=np.int64)
-        self.weight_mean_g = np.ascontiguousarray(weight_mean_g, dtype=np.float64)
-        self.weight_sd_g = np.ascontiguousarray(weight_sd_g, dtype=np.float64)
-        self.flags = np.ascontiguousarray(flags, dtype=np.uint8)
-        for name in ("price_minor", "weight_mean_g", "weight_sd_g", "flags"):
-            shape = getattr(self, name).shape
-            if shape != (n,):
-                raise ValueError(f"column {name} has shape {shape}; want ({n},)")
-        self.index = (index_type or GtinIndex)(self.gtin)
+        """``index_type`` overrides the selected GtinIndex (benchmarks pin one).
+
+        Raises ValueError for a column of the wrong length, a price outside
+        0..MAX_PRICE_MINOR, or a key the index refuses (above GTIN-14, repeated)."""
+        keys = np.ascontiguousarray(gtin, dtype=np.uint64)
+        n = keys.shape[0]
+        price = _column(price_minor, np.int32, "price_minor", n, 0, MAX_PRICE_MINOR)
+        mean = _column(weight_mean_g, np.float64, "weight_mean_g", n)
+        sd = _column(weight_sd_g, np.float64, "weight_sd_g", n)
+        fl = _column(flags, np.uint8, "flags", n)
+        self.index = (index_type or GtinIndex)(keys)
+        order = self.index.order
+        self.index.order = None        # 8 bytes a row, not needed once applied
+        self.gtin = self.index.keys    # read-only; the index compares keys in it
+        self.price_minor = price[order]
+        self.weight_mean_g = mean[order]
+        self.weight_sd_g = sd[order]
+        self.flags = fl[order]
         # Bound methods of the index, so a lookup costs one call, not two.
         self.lookup = self.index.lookup
         self.lookup_many = self.index.lookup_many

@@ -7,8 +7,9 @@ mode with ``synchronous=FULL``. Table ``items``, one row per SKU:
 =============  =======  ===========================================================
 gtin           TEXT     primary key, exactly 14 digits (GTIN-14 form)
 name           TEXT     1-200 characters
-price_minor    INTEGER  price in integer minor units (pence, öre, cent), >= 0; for a
-                        variable-measure item the price per kilogram
+price_minor    INTEGER  price in integer minor units (pence, öre, cent), 0 ..
+                        MAX_PRICE_MINOR (2**31 - 1: the lookup table's price column is
+                        int32); for a variable-measure item the price per kilogram
 unit_weight_g  REAL     expected weight of one unit in grams (NULL: weight-exempt or
                         variable-measure item)
 weight_sd_g    REAL     standard deviation of that weight in grams (NULL: unknown)
@@ -59,6 +60,7 @@ from lanecore.core.sqltxn import private_database
 from lanecore.ext.barcode import parse_scan
 from lanecore.ext.lookup import (FLAG_BITS, FLAG_VARIABLE_MEASURE, FLAG_WEIGHT_EXEMPT,
                                  CatalogTable)
+from lanecore.ext.lookup import MAX_PRICE_MINOR as _TABLE_MAX_PRICE_MINOR
 
 __all__ = [
     "SCHEMA_VERSION", "CSV_COLUMNS", "REQUIRED_COLUMNS", "TEXT_COLUMNS", "MAX_NAME_LEN",
@@ -84,9 +86,10 @@ TEXT_COLUMNS = ("origin", "producer", "inspection", "supply_chain", "promotion")
 
 MAX_NAME_LEN = 200
 MAX_TEXT_LEN = 2000
-#: Largest accepted price in minor units: far above any shelf price, far below the
-#: int64 range of SQLite and numpy.
-MAX_PRICE_MINOR = 10 ** 15 - 1
+#: Largest accepted price in minor units: 2**31 - 1, the int32 ``price_minor`` column
+#: of the lookup table (``lanecore.ext.lookup.MAX_PRICE_MINOR``): 21,474,836.47 in a
+#: currency of cents, far above any shelf price (a larger price is BAD_PRICE).
+MAX_PRICE_MINOR = _TABLE_MAX_PRICE_MINOR
 #: Bad rows kept in detail in an ImportReport (all are counted).
 MAX_ERROR_DETAILS = 1000
 #: Rows per executemany batch, and about how often ``progress`` is called.
@@ -97,7 +100,7 @@ _ITEM_COLUMNS = ("gtin", "name", "price_minor", "unit_weight_g", "weight_sd_g", 
                  "updated_at")
 
 # The CHECKs are a second line behind the import's validation, kept to what
-# load_table relies on (14-digit GTINs, prices below 2**53, weights >= 0, flags
+# load_table relies on (14-digit GTINs, prices below 2**31, weights >= 0, flags
 # that fit a uint8). They run for every row written, so they are the cheap kind: a
 # GLOB of 14 digit classes, not NOT GLOB '*[^0-9]*' (a leading "*" makes SQLite try
 # every position).
@@ -111,7 +114,7 @@ _SCHEMA = (
         name          TEXT NOT NULL,
         price_minor   INTEGER NOT NULL
                       CHECK (typeof(price_minor) = 'integer'
-                             AND price_minor BETWEEN 0 AND 999999999999999),
+                             AND price_minor BETWEEN 0 AND 2147483647),
         unit_weight_g REAL CHECK (unit_weight_g IS NULL OR unit_weight_g >= 0),
         weight_sd_g   REAL CHECK (weight_sd_g IS NULL OR weight_sd_g >= 0),
         flags         INTEGER NOT NULL DEFAULT 0 CHECK (flags BETWEEN 0 AND 255),
@@ -300,7 +303,8 @@ def _price_problem(text: str) -> str:
     if text.startswith("-") and text[1:].isdigit():
         return f"price_minor {text!r} is negative"
     if text.isascii() and text.isdigit():
-        return f"price_minor {text} exceeds {MAX_PRICE_MINOR} minor units"
+        return (f"price_minor {text} exceeds {MAX_PRICE_MINOR} minor units (the "
+                f"lookup table keeps prices as int32)")
     try:
         float(text)
     except ValueError:
@@ -535,6 +539,7 @@ def _rows(con, reader, raw, bytes_total, index, ncols, report, progress) -> None
     flag_get = flag_cache.get
     exempt_bits = FLAG_WEIGHT_EXEMPT | FLAG_VARIABLE_MEASURE
     max_price_len = len(str(MAX_PRICE_MINOR))
+    max_price = MAX_PRICE_MINOR
     max_text = MAX_TEXT_LEN
     inf = math.inf
     batch: list[tuple] = []
@@ -580,9 +585,8 @@ def _rows(con, reader, raw, bytes_total, index, ncols, report, progress) -> None
                     continue
 
                 p = row[i_price].strip()
-                if p.isascii() and p.isdigit() and len(p) <= max_price_len:
-                    price = int(p)
-                else:
+                if not (p.isascii() and p.isdigit() and len(p) <= max_price_len
+                        and (price := int(p)) <= max_price):
                     bad(start, "BAD_PRICE", _price_problem(p))
                     continue
 
@@ -760,11 +764,13 @@ def _gtin_problem(text: str, r) -> str:
 def load_table(db_or_path) -> CatalogTable:
     """The whole catalogue as a CatalogTable (numpy columns and the GTIN index).
 
-    Columns: ``gtin`` (uint64, the GTIN-14 as an integer), ``price_minor`` (int64,
-    minor units), ``weight_mean_g`` and ``weight_sd_g`` (float64 grams, NaN where
-    NULL), ``flags`` (uint8). Rows are read in one read transaction, so the table is
-    a consistent snapshot even while another process imports. Raises CatalogError
-    DB_ERROR.
+    Columns: ``gtin`` (uint64, the GTIN-14 as an integer), ``price_minor`` (int32,
+    minor units, at most MAX_PRICE_MINOR), ``weight_mean_g`` and ``weight_sd_g``
+    (float64 grams, NaN where NULL), ``flags`` (uint8), in the index's row order (see
+    :class:`~lanecore.ext.lookup.CatalogTable`). Rows are read in one read
+    transaction, so the table is a consistent snapshot even while another process
+    imports. Raises CatalogError DB_ERROR, or BAD_PRICE for a price above
+    MAX_PRICE_MINOR (a database written before that bound: re-import the item).
     """
     with _connection(db_or_path) as con:
         try:
@@ -809,7 +815,7 @@ def load_versioned_table(db_or_path) -> tuple[int, CatalogTable]:
 
 
 # Every value of a row passes through one float64 array: the schema keeps GTINs
-# (< 10**14), prices (< 10**15) and flags below 2**53, where float64 is exact, and
+# (< 10**14), prices (< 2**31, older databases < 10**15) and flags below 2**53, where float64 is exact, and
 # weights are >= 0, so -1 can stand for NULL. One flat np.fromiter over the cursor
 # avoids a Python list per column.
 _LOAD_SQL = ("SELECT CAST(gtin AS INTEGER), price_minor, IFNULL(unit_weight_g, -1.0), "
@@ -836,7 +842,15 @@ def _load(con: sqlite3.Connection) -> CatalogTable:
     weight[weight < 0] = np.nan
     sd = rows[:, 3].copy()
     sd[sd < 0] = np.nan
-    return CatalogTable(rows[:, 0].astype(np.uint64), rows[:, 1].astype(np.int64),
+    price = rows[:, 1]
+    if n and price.max() > MAX_PRICE_MINOR:
+        i = int(np.argmax(price))
+        raise CatalogError(
+            f"item {int(rows[i, 0]):014d} has price_minor {int(price[i])}, above "
+            f"{MAX_PRICE_MINOR} (the lookup table keeps prices as int32; this database "
+            f"was written before that bound): re-import the item with a smaller price",
+            code="BAD_PRICE")
+    return CatalogTable(rows[:, 0].astype(np.uint64), price.astype(np.int32),
                         weight, sd, rows[:, 4].astype(np.uint8))
 
 

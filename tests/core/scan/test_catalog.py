@@ -361,6 +361,50 @@ def test_load_table_agrees_with_item(tmp_path):
     assert table.lookup(99999999999999) == -1
 
 
+def test_price_bound_is_the_tables_int32(cat, tmp_path):
+    """Prices are int32 in the lookup table: the import refuses 2**31 and above as
+    BAD_PRICE (naming the bound), takes 2**31 - 1, and the table returns it exactly."""
+    assert catalog.MAX_PRICE_MINOR == 2**31 - 1
+    path = write(tmp_path / "bound.csv", "\n".join([
+        "gtin,name,price_minor,unit_weight_g",
+        f"{ean13(1)},Most Expensive,2147483647,100",   # 2 good: the bound itself
+        f"{ean13(2)},One Too Many,2147483648,100",     # 3 BAD_PRICE
+        f"{ean13(3)},Ten Digits,9999999999,100",       # 4 BAD_PRICE
+        f"{ean13(4)},Free,0,100",                      # 5 good
+    ]) + "\n")
+    report = cat.import_csv(path)
+    assert codes(report) == [(3, "BAD_PRICE"), (4, "BAD_PRICE")]
+    assert "exceeds 2147483647 minor units" in report.errors[0][2]
+    table = cat.table()
+    assert table.price_minor.dtype == np.int32
+    row = table.lookup(int(ean13(1)))
+    assert int(table.price_minor[row]) == 2**31 - 1
+    assert int(table.price_minor[row]) * 1000 == (2**31 - 1) * 1000   # int(): no wrap
+    with pytest.raises(CatalogError) as e:
+        cat.update_item(ean13(4), price_minor=2**31)
+    assert e.value.code == "BAD_PRICE"
+
+
+def test_a_price_above_the_bound_in_an_older_database_is_bad_price(tmp_path):
+    """A database written before the int32 bound (its CHECK allowed 10**15 - 1)
+    cannot become a table: load_table says which item, as BAD_PRICE."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with Catalog.open(data) as c:
+        c.import_csv(write(tmp_path / "a.csv", "gtin,name,price_minor,unit_weight_g\n"
+                           f"{ean13(1)},Old,5,100\n{ean13(2)},Older,7,100\n"))
+    con = sqlite3.connect(data / DATABASE_FILE)
+    con.execute("PRAGMA ignore_check_constraints = ON")
+    con.execute("UPDATE items SET price_minor = ? WHERE gtin = ?",
+                (10**15 - 1, "%014d" % int(ean13(2))))
+    con.commit()
+    con.close()
+    with pytest.raises(CatalogError) as e:
+        catalog.load_table(data / DATABASE_FILE)
+    assert e.value.code == "BAD_PRICE"
+    assert "%014d" % int(ean13(2)) in str(e.value) and "999999999999999" in str(e.value)
+
+
 def test_empty_catalogue_loads(cat):
     table = cat.table()
     assert len(table) == 0 and table.lookup(4006381333931) == -1
