@@ -46,7 +46,7 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from lanecore.core.errors import LanecoreError
 from lanecore.core.sqltxn import private_database
@@ -184,12 +184,16 @@ class Ledger:
 
     def create(self, order_no: str, attempt: int, amount_minor: int, currency: str,
                method: str, channel: str, terminal: str, payer: str | None = None,
-               *, scope: str = "", lines: list | None = None) -> tuple[Charge, bool]:
+               *, scope: str = "", lines: list | None = None,
+               sent: bool = False) -> tuple[Charge, bool]:
         """Write a new charge in ``created`` (nothing sent yet). Returns
         ``(charge, created)``: when the attempt exists already (a retried request) it
         is returned unchanged with ``created`` False, after checking that it is the
         same charge (else ``BAD_CHARGE``). ``scope``: whose order number it is (module
-        notes); ``lines``: what was sold (JSON-able maps, kept for the receipt)."""
+        notes); ``lines``: what was sold (JSON-able maps, kept for the receipt).
+        ``sent``: written and marked ``sent`` at once (both steps in its history),
+        as ``create`` then ``move(ref, SENT)`` in one transaction would leave it — the
+        payment gateway's intent before it asks the provider."""
         if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) \
                 or amount_minor <= 0:
             raise LedgerError(f"amount_minor must be a positive integer, got {amount_minor!r}",
@@ -214,18 +218,23 @@ class Ledger:
                     raise LedgerError(f"{ref} exists with other terms; a retry must repeat "
                                       "the same charge", code="BAD_CHARGE")
                 return row, False
+            state = SENT if sent else CREATED
             self.con.execute(
                 "INSERT INTO charges (merchant_ref, order_no, attempt, amount_minor, "
-                "currency, method, channel, terminal, payer, state, created_at, updated_at, "
-                "scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "currency, method, channel, terminal, payer, state, created_at, sent_at, "
+                "updated_at, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (ref, order_no, attempt, amount_minor, currency, method, channel, terminal,
-                 payer, CREATED, now, now, scope))
+                 payer, state, now, now if sent else None, now, scope))
             if lines:
                 self.con.execute("INSERT INTO charge_lines (merchant_ref, lines) VALUES "
                                  "(?, ?)", (ref, json.dumps(lines, ensure_ascii=False,
                                                             separators=(",", ":"))))
             self._step(ref, None, CREATED, None, now)
-            made = self._row(ref)
+            if sent:
+                self._step(ref, CREATED, SENT, None, now)
+            made = Charge(ref, order_no, attempt, amount_minor, currency, method, channel,
+                          terminal, payer, state, None, None, now, now if sent else None,
+                          None, now, 0, 0, scope)
         if self.on_move is not None:
             self.on_move(None, made)
         return made, True
@@ -267,7 +276,14 @@ class Ledger:
             self.con.execute(f"UPDATE charges SET {', '.join(sets)} WHERE merchant_ref = ?",
                              (*args, ref))
             self._step(ref, row.state, to, detail or reason, now)
-            after = self._row(ref)
+            # the row as the UPDATE left it (no second read)
+            after = replace(
+                row, state=to, updated_at=now,
+                sent_at=now if to == SENT else row.sent_at,
+                paid_at=now if to == PAID else row.paid_at,
+                queries=row.queries + 1 if to == QUERIED else row.queries,
+                provider_ref=row.provider_ref if provider_ref is None else provider_ref,
+                reason=row.reason if reason is None else reason)
         if self.on_move is not None:
             self.on_move(row, after)
         return after
@@ -384,6 +400,12 @@ class Ledger:
             cur = self.con.execute(f"SELECT {_COLS} FROM charges WHERE order_no = ? AND "
                                    "scope = ? ORDER BY attempt", (order_no, scope))
         return [Charge(*r) for r in cur]
+
+    def order(self, order_no: str) -> list[Charge]:
+        """Every charge of an order in every scope (one read: :meth:`attempts` of one
+        scope and :meth:`last_attempt` come from it), first attempt first."""
+        return [Charge(*r) for r in self.con.execute(
+            f"SELECT {_COLS} FROM charges WHERE order_no = ? ORDER BY attempt", (order_no,))]
 
     def last_attempt(self, order_no: str) -> int:
         """The highest attempt number of ``order_no`` in any scope (0: none): the next

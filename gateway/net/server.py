@@ -29,11 +29,18 @@ identity: a reply is recorded under (identity, request id) with a digest of the 
 and body, and the same id with another op or body is ``IDEMPOTENCY_MISMATCH``. Only
 the development principal's requests may name their ``client``. The verification service (``gateway/service.py``) and the payment gateway
 (``gateway/payments/gateway.py``) are OpServers.
+
+A subclass may answer some requests later than it reads them: it overrides
+:meth:`OpServer.on_io` (with :meth:`~OpServer.io_sockets`, :meth:`~OpServer.io_ready`),
+which the loop then calls after every drain and on every quiet poll, polling those
+sockets too (the payment gateway's provider links: its charges in flight, their ledger
+writes grouped). A server that does not override it runs the loop as before.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import hashlib
 import logging
@@ -348,15 +355,25 @@ class OpServer:
             if kind is STATEFUL:
                 self._remember(key, out, digest)
             return out
-        except ProtocolError as exc:
+        except Exception as exc:  # the loop must never die on one request
+            return self.failure_reply(exc, op, rid, key, kind, req)
+
+    def failure_reply(self, exc: Exception, op, rid, key, kind, req) -> bytes:
+        """The reply frame for a request that raised ``exc`` (called in the except
+        block): a ProtocolError or LanecoreError is its code (recorded for a DURABLE
+        or RECORDED op unless TRANSIENT or FORBIDDEN, remembered for a STATEFUL one);
+        anything else is INTERNAL, logged, not recorded. ``key``: (client, id), or
+        None before the envelope was read. A server that answers some requests later
+        than it reads them (the payment gateway's grouped charges) uses it too."""
+        if isinstance(exc, ProtocolError):
             self._op_error(op, exc.code)
             reply = P.error(rid, exc.code, exc.message)
-        except LanecoreError as exc:
+        elif isinstance(exc, LanecoreError):
             self._op_error(op, exc.code)
             reply = P.error(rid, exc.code, exc.message)
             reply["error"].update({k: v for k, v in exc.to_dict().items()
                                    if k not in ("code", "message")})
-        except Exception as exc:  # the loop must never die on one request
+        else:
             log.exception("request failed", extra={"op": op, "id": rid})
             self._op_error(op, "INTERNAL")
             return P.pack(P.error(rid, "INTERNAL",
@@ -451,6 +468,21 @@ class OpServer:
             con.execute("COMMIT")
         return out
 
+    def io_sockets(self):
+        """Sockets besides the request socket the loop polls for :meth:`on_io` (a
+        subclass that overrides ``on_io``; e.g. the payment gateway's provider links)."""
+        return ()
+
+    def io_ready(self) -> bool:
+        """Whether :meth:`on_io` has work now (the loop then does not wait)."""
+        return False
+
+    def on_io(self, send) -> None:
+        """Called by the loop after each drain when a subclass overrides it: work on
+        its own sockets, and replies it answers late, sent with ``send(frames_list)``
+        (the payment gateway's grouped charges). The base does nothing, and a server
+        that does not override it runs the plain loop."""
+
     def on_idle(self) -> None:
         """Called by the loop when no request waits (at least every 0.2 s): work a
         service does in the background (driving open payments to a final state)."""
@@ -541,9 +573,30 @@ class OpServer:
         #: peer identity -> [deque of reply frames its full pipe did not take, bytes]
         self._held: dict[bytes, list] = {}
         waiting, held = self._peers, self._held
+        # a server with work of its own in the loop (io_sockets, on_io): the payment
+        # gateway's provider links; the others take the plain path below
+        with_io = type(self).on_io is not OpServer.on_io
+        io: tuple = ()
+        send = functools.partial(self._send_all, sock)
         try:
             while self._running:
-                if poller.poll(0 if waiting else 10 if held else 200) or waiting or held:
+                if with_io:
+                    now_io = tuple(self.io_sockets())
+                    if now_io != io:
+                        poller = zmq.Poller()
+                        poller.register(sock, zmq.POLLIN)
+                        for s in now_io:
+                            poller.register(s, zmq.POLLIN)
+                        io = now_io
+                    work = self.io_ready()
+                    busy = poller.poll(0 if waiting or work else 10 if held else 200) \
+                        or waiting or held or work
+                    if busy:
+                        self._drain(sock, security)
+                    self.on_io(send)              # also on a quiet poll: its deadlines
+                    if busy and time.monotonic() - last_idle < 0.2:
+                        continue
+                elif poller.poll(0 if waiting else 10 if held else 200) or waiting or held:
                     self._drain(sock, security)
                     if time.monotonic() - last_idle < 0.2:
                         continue           # under load, background work every 0.2 s

@@ -12,9 +12,21 @@ their routing fields (``core/pay/routing.py``) plus ``endpoint`` and ``timeout_s
 their provider; the ``[policy]`` for unknown results; the ``[qr]`` merchant for
 ``pay.qr``.
 
+**Group commit.** Served from its socket, the gateway handles the charges in flight
+together: each loop turn admits the new ``pay.charge`` requests (checks, limits and
+routing, one after another, so each sees the ones before it) and writes their intents
+(``created`` → ``sent``), writes the provider answers that arrived since the last turn
+(and a fall-back attempt's intent after a decline), all in one transaction — one
+flush to disk for the whole turn — and only after that commit sends the new provider
+requests (without waiting: their answers come back on the connectors' sockets, polled
+by the same loop) and the replies. A request for an order with a charge in flight
+waits for it and is then answered as a new request would be. ``handle()`` (tools and
+tests) still runs one request at a time.
+
 Fault injection for tests: ``LANECORE_PAY_CRASH="after_ledger:0.05,after_provider:0.05,
 before_reply:0.05"`` makes the process kill itself (SIGKILL) at
-those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``).
+those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``);
+:data:`CRASH_POINTS` lists them all.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import NAME, Field
 from lanecore.gateway.payments.providers import Card, Connector, ProviderError, connector
-from lanecore.gateway.net.server import PURE, RECORDED, REPLAY_WINDOW_S, OpServer
+from lanecore.gateway.net.server import (PURE, RECORDED, REPLAY_WINDOW_S, OpServer,
+                                         request_digest)
 from lanecore.gateway.payments.terminals import MAX_SKEW_S, AuthError, Terminal, Terminals
 
 log = logging.getLogger("lanecore.payments")
@@ -86,7 +99,12 @@ _TRUST_SCHEMA = (
 ENTRY_MODES = ("magstripe", "chip", "nfc")
 #: Channel kinds the gateway settles itself, in its own database.
 LOCAL_KINDS = ("cash", "stored_value")
-CRASH_POINTS = ("after_ledger", "after_provider", "before_reply")
+#: after_ledger: intents committed, nothing sent; after_provider: answers in, not yet
+#: written; before_reply: outcomes committed, no reply sent. The grouped path adds
+#: in_group (inside the group's transaction, before its commit), during_sends (some
+#: of a group's provider requests sent, not all) and during_replies (some replies sent).
+CRASH_POINTS = ("after_ledger", "after_provider", "before_reply", "in_group",
+                "during_sends", "during_replies")
 #: Charges that count against today's limits: paid, and those still open (an unknown
 #: result may yet be a deduction).
 _COUNTED = frozenset((L.PAID, L.SENT, L.UNKNOWN, L.QUERIED))
@@ -139,6 +157,24 @@ OP_ROLES = {
     "sv.balance": roles("handheld", "kiosk", "till", "pos", "attendant", "manager"),
     "stats": roles("manager", "hq"),
 }
+
+
+class _Job:
+    """A ``pay.charge`` read from the socket and answered later (the grouped path)."""
+
+    __slots__ = ("key", "op", "rid", "digest", "req", "fields", "principal", "caller",
+                 "head", "readmit", "order_no", "scope", "request", "means", "lines",
+                 "usage", "tried", "attempt", "channel", "ref", "conn", "waiters", "next")
+
+    def __init__(self, key, op, rid, digest, req, fields, principal, caller) -> None:
+        self.key, self.op, self.rid, self.digest = key, op, rid, digest
+        self.req, self.fields, self.principal, self.caller = req, fields, principal, caller
+        self.head: list = []
+        self.readmit = False
+        self.order_no = fields["order_no"]
+        self.waiters: list[_Job] = []
+        self.tried: list[str] = []
+        self.ref = self.conn = self.channel = self.next = None
 
 
 class PaymentGateway(OpServer):
@@ -221,6 +257,20 @@ class PaymentGateway(OpServer):
         self._last_query: dict[str, float] = {}
         self._last_refund_try: dict[str, float] = {}
         self._crash, self._crash_rng = _crash_plan()
+        # the grouped path (on_batch, on_io): charges read and not yet admitted, those
+        # waiting behind an order in flight, provider answers not yet written, the
+        # requests at the providers (their id → (job, deadline)), the orders and
+        # merchant references in flight (on_idle leaves those alone)
+        self._grouping = False
+        self._new: list[_Job] = []
+        self._ready: list[_Job] = []
+        self._arrived: list[tuple[_Job, dict | None]] = []
+        self._flight: dict[str, tuple[_Job, float]] = {}
+        self._orders: dict[str, _Job] = {}
+        self._refs: set[str] = set()
+        self._io: tuple | None = None
+        #: the grouped path's commits, and the intents and outcomes they carried
+        self.group_stats = {"commits": 0, "intents": 0, "outcomes": 0}
         super().__init__(self.ledger.con, publish=publish)
         self.recover()
 
@@ -778,13 +828,17 @@ class PaymentGateway(OpServer):
         means = self._means(f)
         lines = self._charge_lines(f)
         usage = self._usage()
-        tried: list[str] = []
         attempt = self.ledger.last_attempt(order_no)   # over every namespace
         channels = self.router.route_request(req, usage)
-        channel = channels[0]
+        return self._charge_from(order_no, attempt + 1, req, channels[0], means,
+                                 scope=scope, lines=lines, usage=usage, tried=[])
+
+    def _charge_from(self, order_no, attempt, req, channel, means, *, scope, lines, usage,
+                     tried: list[str]) -> dict:
+        """Attempt ``attempt`` on ``channel``, and the next attempts on the channels a
+        decline may fall back to; the reply of the last."""
         try:
             while True:
-                attempt += 1
                 charge = self._attempt(order_no, attempt, req, channel, means,
                                        scope=scope, lines=lines)
                 if charge.state != L.FAILED or not charge.reason:
@@ -800,6 +854,7 @@ class PaymentGateway(OpServer):
                 if self.con.in_transaction:   # the decline, before the next attempt
                     self.con.execute("COMMIT")
                 channel = nxt
+                attempt += 1
         except BaseException:
             if self.con.in_transaction:       # the outcome is undone: recovery asks again
                 self.con.execute("ROLLBACK")
@@ -901,7 +956,9 @@ class PaymentGateway(OpServer):
         """One attempt on one channel. Two flushes to disk for a provider charge: the
         charge written and marked ``sent`` in one transaction before the provider is
         called (write-ahead), and its outcome, left open here, committed with the
-        record of the reply (``OpServer._recorded``)."""
+        record of the reply (``OpServer._recorded``). This is the one-at-a-time path
+        (``handle()``, cash, stored value); served from the socket, wallet and card
+        charges share those flushes (:meth:`_turn`)."""
         if channel.kind == "cash":
             charge, _ = self.ledger.create(order_no, attempt, req.amount_minor,
                                            req.currency, req.method, channel.name,
@@ -1039,6 +1096,11 @@ class PaymentGateway(OpServer):
         return charge
 
     def _reply(self, order_no: str, charge: L.Charge) -> dict:
+        out = self._reply_map(order_no, charge)
+        self._maybe_crash("before_reply")
+        return out
+
+    def _reply_map(self, order_no: str, charge: L.Charge) -> dict:
         status = {L.PAID: "paid", L.FAILED: "failed", L.REVERSED: "reversed"}.get(
             charge.state, "pending")
         out = {"order_no": order_no, "status": status, "merchant_ref": charge.merchant_ref,
@@ -1049,7 +1111,6 @@ class PaymentGateway(OpServer):
                "change": None, "_final": status != "pending"}
         if status == "paid" and self._is_cash(charge):
             out["change"] = self._cash_record(charge)
-        self._maybe_crash("before_reply")
         return out
 
     # ------------------------------------------------------------------------------
@@ -1120,6 +1181,8 @@ class PaymentGateway(OpServer):
         except Exception:
             log.exception("the SMS outbox failed")
         for charge in self.ledger.open_charges():
+            if charge.merchant_ref in self._refs:
+                continue                     # in flight: its answer is on its way
             try:
                 self.drive(charge)
             except Exception:
@@ -1138,6 +1201,325 @@ class PaymentGateway(OpServer):
                 self._send_refund(refund, conn)
             except Exception:
                 log.exception("refund %s failed", refund.refund_ref)
+
+    # ------------------------------------------------------------------------------
+    # Group commit: the charges in flight, handled together (module notes)
+    # ------------------------------------------------------------------------------
+    def _recorded(self, key, op, rid, fn, schema, req):
+        """Served from the socket (:meth:`on_batch`), a ``pay.charge`` that has no
+        recorded reply is checked and queued for the next turn (:meth:`_turn`);
+        everything else runs now, as in :class:`OpServer`."""
+        if not self._grouping or op != "pay.charge":
+            return super()._recorded(key, op, rid, fn, schema, req)
+        digest = request_digest(op, req)
+        recorded = self._recorded_reply(key, op, rid, digest)
+        if recorded is not None:
+            return recorded
+        job = _Job(key, op, rid, digest, req, P.check(req, schema), self.principal,
+                   self.caller)
+        self._new.append(job)
+        return job
+
+    def on_batch(self, batch, security=None):
+        """As :meth:`OpServer.on_batch`, but the charges it queues are answered by
+        :meth:`on_io` once their outcome is committed."""
+        out = []
+        self._grouping = True
+        try:
+            for frames in batch:
+                reply = self.on_frames(frames, security)
+                if reply is None:
+                    continue
+                if isinstance(reply[-1], _Job):
+                    reply[-1].head = reply[:-1]
+                else:
+                    out.append(reply)
+        finally:
+            self._grouping = False
+        return out
+
+    def io_sockets(self):
+        if self._io is None:
+            self._io = tuple(c.async_socket() for c in self.connectors.values())
+        return self._io
+
+    def io_ready(self) -> bool:
+        return bool(self._new or self._ready or self._arrived)
+
+    def on_io(self, send) -> None:
+        """Take the providers' answers (and the requests past their deadline); when
+        there is anything to do, one turn."""
+        if self._io is not None:
+            self._collect()
+        if self._new or self._ready or self._arrived:
+            self._turn(send)
+
+    def _collect(self) -> None:
+        flight, arrived = self._flight, self._arrived
+        for conn in self.connectors.values():
+            for reply in conn.answers():
+                rid = reply["id"]
+                hit = flight.pop(rid, None) if isinstance(rid, str) else None
+                if hit is not None:          # else: a late answer, or none of ours
+                    arrived.append((hit[0], reply))
+        if flight:
+            now = time.monotonic()
+            for rid, (job, deadline) in list(flight.items()):
+                if now >= deadline:
+                    del flight[rid]
+                    arrived.append((job, None))     # unknown (TIMEOUT): queried later
+
+    def _turn(self, send) -> None:
+        """One group: every answer that arrived and every new charge, written in one
+        transaction; then the provider requests, then the replies, then the charges
+        that run one at a time (an open charge to ask about, cash, stored value)."""
+        arrived, self._arrived = self._arrived, []
+        jobs, self._ready, self._new = self._ready + self._new, [], []
+        replies: list = []
+        posts: list = []
+        later: list[_Job] = []
+        if arrived:
+            self._maybe_crash("after_provider")
+        con = self.con
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            for job, reply in arrived:
+                self._settle(job, reply, replies, posts, later)
+            for job in jobs:
+                self._admit(job, replies, posts, later)
+            self._maybe_crash("in_group")
+            con.execute("COMMIT")
+            stats = self.group_stats
+            stats["commits"] += 1
+            stats["intents"] += len(posts)
+            stats["outcomes"] += len(arrived)
+        except Exception as exc:
+            # nothing of this turn happened: no request goes out, every request of
+            # the turn is answered with the failure (charges answered by a provider
+            # stay `sent`: on_idle asks about them)
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            self._usage_day = None
+            log.exception("a group of %d charges failed", len(arrived) + len(jobs))
+            replies = []
+            for job in [j for j, _ in arrived] + jobs:
+                self._forget(job)
+                replies.append(job.head + [self.failure_reply(
+                    exc, job.op, job.rid, job.key, RECORDED, job.req)])
+            posts, later = [], []
+        finally:
+            self.caller = None
+        if posts:
+            self._maybe_crash("after_ledger")
+            now = time.monotonic()
+            for i, (conn, rid, frame, job) in enumerate(posts):
+                if i == 1:
+                    self._maybe_crash("during_sends")
+                if conn.post(frame):
+                    self._flight[rid] = (job, now + conn.timeout_s)
+                else:
+                    self._arrived.append((job, None))   # not even queued: unknown
+        if replies:
+            self._maybe_crash("before_reply")
+            send(replies[:1])
+            if len(replies) > 1:
+                self._maybe_crash("during_replies")
+                send(replies[1:])
+        for job in later:
+            send([self._one_at_a_time(job)])
+
+    def _admit(self, job: _Job, replies: list, posts: list, later: list) -> None:
+        """A new charge, inside the group's transaction: answered now (paid already,
+        refused), queued behind its order's charge in flight, left to run alone, or
+        its first attempt's intent written and its provider request prepared."""
+        self.principal, self.caller = job.principal, job.caller
+        f = job.fields
+        con = self.con
+        try:
+            if job.readmit:               # it waited: its id may have a reply by now
+                recorded = self._recorded_reply(job.key, job.op, job.rid, job.digest)
+                if recorded is not None:
+                    replies.append(job.head + [recorded])
+                    return
+            order_no = job.order_no
+            busy = self._orders.get(order_no)
+            if busy is not None:          # never two charges of one order at once
+                busy.waiters.append(job)
+                return
+            if self.caller is not None:
+                self._terminal_for(f)     # FORBIDDEN: paying in another terminal's name
+            scope = self._scope()
+            every = self.ledger.order(order_no)           # every namespace's attempts
+            attempts = [c for c in every if c.scope == scope]
+            paid = [c for c in attempts if c.state == L.PAID]
+            if paid:
+                self._same_terms(order_no, paid[-1], f)
+                self._answer_job(job, paid[-1], replies)
+                return
+            if any(not c.final for c in attempts):
+                self._orders[order_no] = job      # asked about, alone, after the commit
+                later.append(job)
+                return
+            self._check_terminal_limits(f)
+            req = self._request(f)
+            means = self._means(f)
+            lines = self._charge_lines(f)
+            usage = self._usage()
+            attempt = max((c.attempt for c in every), default=0) + 1
+            channel = self.router.route_request(req, usage)[0]
+            if channel.kind in LOCAL_KINDS:
+                self._orders[order_no] = job      # cash, stored value: alone, after
+                later.append(job)
+                return
+            job.scope, job.request, job.means, job.lines, job.usage = (
+                scope, req, means, lines, usage)
+        except Exception as exc:          # refused before anything was written
+            replies.append(job.head + [self.failure_reply(exc, job.op, job.rid, job.key,
+                                                          RECORDED, job.req)])
+            return
+        con.execute("SAVEPOINT charge")
+        try:
+            self._post_attempt(job, attempt, channel, posts)
+            con.execute("RELEASE charge")
+        except Exception as exc:
+            con.execute("ROLLBACK TO charge")
+            con.execute("RELEASE charge")
+            self._usage_day = None        # the totals may have followed a move undone
+            self._forget(job)
+            replies.append(job.head + [self.failure_reply(exc, job.op, job.rid, job.key,
+                                                          RECORDED, job.req)])
+
+    def _post_attempt(self, job: _Job, attempt: int, channel, posts: list) -> None:
+        """Attempt ``attempt`` of the job's order on a provider channel: its request
+        prepared (checked), then the charge written and marked ``sent`` in the
+        group's transaction; it goes out once that commits (write-ahead)."""
+        conn = self.connectors[channel.name]
+        req, means = job.request, job.means
+        self._check_pin(channel, req, means)
+        ref = L.merchant_ref(job.order_no, attempt)
+        rid, frame = conn.prepare_charge(
+            ref, req.amount_minor, req.currency, terminal=req.terminal,
+            **{k: v for k, v in means.items() if k in ("auth_code", "card", "coupons")})
+        self.ledger.create(job.order_no, attempt, req.amount_minor, req.currency,
+                           req.method, channel.name, req.terminal, payer=req.payer,
+                           scope=job.scope, lines=job.lines, sent=True)
+        job.attempt, job.channel, job.ref, job.conn = attempt, channel, ref, conn
+        self._orders[job.order_no] = job
+        self._refs.add(ref)
+        posts.append((conn, rid, frame, job))
+
+    def _settle(self, job: _Job, reply: dict | None, replies: list, posts: list,
+                later: list) -> None:
+        """A provider's answer (None: none in time), inside the group's transaction:
+        the outcome written and the reply made, or after a decline that may fall
+        back, the next attempt's intent written."""
+        self.principal, self.caller = job.principal, job.caller
+        con = self.con
+        con.execute("SAVEPOINT charge")
+        try:
+            res = job.conn.result("charge", job.ref, reply)
+            self._refs.discard(job.ref)
+            charge = self._apply(self.ledger.get(job.ref), res)
+            if charge.state == L.FAILED and charge.reason:
+                job.usage = self._usage()       # today's totals as they are now
+                decline = Decline(job.request, job.usage, job.channel.name, charge.reason,
+                                  tuple(job.tried))
+                job.tried.append(job.channel.name)
+                try:
+                    nxt = self.router.next_after(decline)
+                except NoEligibleChannel:
+                    nxt = None
+                if nxt is not None and nxt.kind in LOCAL_KINDS:
+                    job.next = (job.attempt + 1, nxt)   # alone, after the commit
+                    later.append(job)
+                    con.execute("RELEASE charge")
+                    return
+                if nxt is not None:
+                    # the decline stays written even if the next attempt is refused
+                    # (PIN_REQUIRED on a card channel, …), as one at a time
+                    con.execute("SAVEPOINT next")
+                    try:
+                        self._post_attempt(job, job.attempt + 1, nxt, posts)
+                    except Exception as exc:
+                        con.execute("ROLLBACK TO next")
+                        con.execute("RELEASE next")
+                        con.execute("RELEASE charge")
+                        self._usage_day = None
+                        self._done(job)
+                        replies.append(job.head + [self.failure_reply(
+                            exc, job.op, job.rid, job.key, RECORDED, job.req)])
+                        return
+                    con.execute("RELEASE next")
+                    con.execute("RELEASE charge")
+                    return
+            self._answer_job(job, charge, replies)
+            con.execute("RELEASE charge")
+            self._done(job)
+        except Exception as exc:
+            # the answer is not written (a provider's ok: false, a bad step): the
+            # charge stays `sent` and on_idle asks the provider about it
+            con.execute("ROLLBACK TO charge")
+            con.execute("RELEASE charge")
+            self._usage_day = None
+            self._done(job)
+            replies.append(job.head + [self.failure_reply(exc, job.op, job.rid, job.key,
+                                                          RECORDED, job.req)])
+
+    def _answer_job(self, job: _Job, charge: L.Charge, replies: list) -> None:
+        """The job's reply, recorded in the group's transaction when final."""
+        out = self._reply_map(job.order_no, charge)
+        final = out.pop("_final")
+        frame = P.pack(P.ok(job.rid, **out))
+        if final:
+            self.con.execute("INSERT OR IGNORE INTO service_requests (client, id, op, "
+                             "reply, at, digest) VALUES (?, ?, ?, ?, ?, ?)",
+                             (*job.key, job.op, frame, time.time(), job.digest))
+        replies.append(job.head + [frame])
+
+    def _one_at_a_time(self, job: _Job) -> list:
+        """After the group's commit: a charge that runs alone, in its own
+        transactions (an order with an open charge, cash, stored value, or a fall-back
+        to one of those), as :meth:`OpServer._recorded` runs it."""
+        self.principal, self.caller = job.principal, job.caller
+        try:
+            if job.next is None:
+                fn = self.op_charge
+            else:
+                attempt, channel = job.next
+
+                def fn(f, job=job, attempt=attempt, channel=channel):
+                    return self._charge_from(job.order_no, attempt, job.request, channel,
+                                             job.means, scope=job.scope, lines=job.lines,
+                                             usage=job.usage, tried=job.tried)
+            return job.head + [OpServer._recorded(self, job.key, job.op, job.rid, fn,
+                                                  self.ops[job.op][1], job.req)]
+        except Exception as exc:
+            return job.head + [self.failure_reply(exc, job.op, job.rid, job.key, RECORDED,
+                                                  job.req)]
+        finally:
+            self.caller = None
+            self._done(job)
+
+    def _done(self, job: _Job) -> None:
+        """The job is answered: its order is free, and the requests that waited for
+        it are admitted again in the next turn."""
+        if self._orders.get(job.order_no) is job:
+            del self._orders[job.order_no]
+        if job.ref is not None:
+            self._refs.discard(job.ref)
+        for w in job.waiters:
+            w.readmit = True
+        self._ready += job.waiters
+        job.waiters = []
+
+    def _forget(self, job: _Job) -> None:
+        """Undo what a job did in memory in a turn that is rolled back."""
+        self._done(job)
+        for other in self._orders.values():
+            if job in other.waiters:
+                other.waiters.remove(job)
+        if job in self._ready:
+            self._ready.remove(job)
 
     # ------------------------------------------------------------------------------
     def op_status(self, f) -> dict:

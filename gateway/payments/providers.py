@@ -264,6 +264,7 @@ class Connector:
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         self._sock: zmq.Socket | None = None
+        self._async: zmq.Socket | None = None
         #: CurveKeys for a CurveZMQ link (None: plain).
         self.curve = curve
 
@@ -286,6 +287,70 @@ class Connector:
 
     def close(self) -> None:
         self._reset()
+        if self._async is not None:
+            self._async.close(0)
+            self._async = None
+
+    # -- many requests in flight (the payment gateway's loop) -------------------------
+    # A second socket, so a blocking call() never reads (and drops) their answers:
+    # requests go out with post(), answers come back by id through answers(), and the
+    # caller keeps the deadlines (an id it no longer waits for is a late answer: it
+    # is dropped, never taken for another request's).
+    def async_socket(self) -> zmq.Socket:
+        """The socket of requests in flight (made on first use), for the caller's poller."""
+        if self._async is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+            s.setsockopt(zmq.SNDHWM, 100_000)
+            s.setsockopt(zmq.RCVHWM, 100_000)
+            if self.curve is not None:
+                self.curve.apply(s)
+            s.connect(self.endpoint)
+            self._async = s
+        return self._async
+
+    def prepare_charge(self, merchant_ref: str, amount_minor: int, currency: str, *,
+                       terminal: str | None = None, **means) -> tuple[str, bytes]:
+        """``(id, frame)`` of a charge request, checked as :meth:`charge` checks it
+        (ProviderError before anything is written or sent), for :meth:`post`."""
+        _check_money(amount_minor, currency)
+        _check_ref(merchant_ref)
+        fields = {"amount_minor": amount_minor, "currency": currency, **self._means(**means)}
+        if terminal is not None:
+            fields["terminal"] = terminal
+        rid = f"{self._prefix}:{next(self._ids)}"
+        return rid, msgpack.packb({"id": rid, "op": "charge", "merchant_ref": merchant_ref,
+                                   **fields}, use_bin_type=True)
+
+    def post(self, frame: bytes) -> bool:
+        """Send a prepared request without waiting; False when it could not even be
+        queued (no provider connected): the caller treats it as unanswered."""
+        try:
+            self.async_socket().send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            log.warning("%s: %s is not reachable", self.kind, self.endpoint)
+            return False
+
+    def answers(self) -> list[dict]:
+        """The answers that have arrived on the in-flight socket (maps with an
+        ``id``), without waiting; a garbled frame is nobody's answer."""
+        sock = self._async
+        out: list[dict] = []
+        if sock is None:
+            return out
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                reply = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+            except Exception:
+                continue
+            if isinstance(reply, dict) and "id" in reply:
+                out.append(reply)
 
     def __enter__(self):
         return self
@@ -336,7 +401,16 @@ class Connector:
         return reply
 
     def _result(self, op: str, merchant_ref: str, **fields) -> ProviderResult:
-        reply = self._checked(op, merchant_ref=merchant_ref, **fields)
+        return self.result(op, merchant_ref, self.call(op, merchant_ref=merchant_ref,
+                                                       **fields))
+
+    def result(self, op: str, merchant_ref: str, reply: dict | None) -> ProviderResult:
+        """The :class:`ProviderResult` of a trade op's answer (None: none came in
+        time, ``unknown``/``TIMEOUT``); ProviderError for an ``ok: false`` answer."""
+        if reply is not None and reply.get("ok") is not True:
+            err = reply.get("error") if isinstance(reply.get("error"), Mapping) else {}
+            raise ProviderError(str(err.get("message", "refused")),
+                                code=str(err.get("code", "BAD_REPLY")))
         if reply is None:
             return ProviderResult("unknown", decline_code="TIMEOUT", merchant_ref=merchant_ref,
                                   message=f"no answer to {op} within {self.timeout_s:g} s")
