@@ -493,11 +493,12 @@ def cmd_serve(args) -> int:
         if args.workers > 1:
             from lanecore.gateway.net.broker import Broker
             Broker(data_dir, workers=args.workers, region=args.region,
-                   max_lanes=args.max_lanes).serve(args.bind, events=args.events,
-                                                   security=guard, ready=ready, ctx=ctx)
+                   max_lanes=args.max_lanes, store_risk=args.store_risk).serve(
+                args.bind, events=args.events, security=guard, ready=ready, ctx=ctx)
         else:
             from lanecore.gateway.service import Service
-            svc = Service(data_dir, region=args.region, max_lanes=args.max_lanes)
+            svc = Service(data_dir, region=args.region, max_lanes=args.max_lanes,
+                          store_risk=args.store_risk)
             try:
                 if metrics_addr:
                     from lanecore.gateway.net import metrics
@@ -518,7 +519,8 @@ def cmd_worker(args) -> int:
 
     from lanecore.gateway.service import Service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    svc = Service(args.data_dir, region=args.region, max_lanes=args.max_lanes)
+    svc = Service(args.data_dir, region=args.region, max_lanes=args.max_lanes,
+                  store_risk=args.store_risk)
     try:
         svc.serve_worker(args.connect, args.slot, events_connect=args.events_connect)
     finally:
@@ -733,17 +735,7 @@ def cmd_terminal_add(args) -> int:
                                      rotate=args.rotate, roles=args.role)
     finally:
         con.close()
-    out = {**terminal.to_dict(), "key": key_text(key)}
-    if args.key_file:
-        from lanecore.core.config import write_private
-        try:        # 0600 under an O_EXCL temporary name, renamed into place
-            write_private(args.key_file, (out["key"] + "\n").encode("ascii"))
-        except OSError as exc:
-            return _die("BAD_KEY_FILE", f"cannot write {args.key_file}: {exc.strerror} "
-                        f"(the key is registered: give it a new one with --rotate)")
-        out["key_file"] = args.key_file
-    print(json.dumps(out))
-    return EXIT_OK
+    return _print_key({**terminal.to_dict(), "key": key_text(key)}, args.key_file)
 
 
 def cmd_terminal_list(args) -> int:
@@ -756,10 +748,59 @@ def cmd_terminal_list(args) -> int:
     return EXIT_OK
 
 
+def _print_key(out: dict, key_file: str | None) -> int:
+    """Print a terminal with its key (once); with ``key_file`` also write the key
+    there, 0600 under an O_EXCL temporary name renamed into place."""
+    if key_file:
+        from lanecore.core.config import write_private
+        try:
+            write_private(key_file, (out["key"] + "\n").encode("ascii"))
+        except OSError as exc:
+            return _die("BAD_KEY_FILE", f"cannot write {key_file}: {exc.strerror} "
+                        "(the key is registered: give it a new one with "
+                        "`lanecore terminal rotate`)")
+        out["key_file"] = key_file
+    print(json.dumps(out))
+    return EXIT_OK
+
+
+def cmd_terminal_rotate(args) -> int:
+    """Give a terminal a new key (roles, limits and state kept); print it once."""
+    from lanecore.gateway.payments.terminals import key_text
+    con, reg = _terminals(args)
+    try:
+        terminal, key = reg.rotate_key(args.id)
+    finally:
+        con.close()
+    return _print_key({**terminal.to_dict(), "key": key_text(key)}, args.key_file)
+
+
+def cmd_terminal_limits(args) -> int:
+    """Replace a terminal's limits (an option left out: no such limit)."""
+    con, reg = _terminals(args)
+    try:
+        methods = args.methods.split(",") if args.methods else None
+        print(json.dumps(reg.set_limits(args.id, max_payment_minor=args.max_payment_minor,
+                                        max_day_minor=args.max_day_minor,
+                                        methods=methods).to_dict()))
+    finally:
+        con.close()
+    return EXIT_OK
+
+
 def cmd_terminal_disable(args) -> int:
     con, reg = _terminals(args)
     try:
         print(json.dumps(reg.disable(args.id).to_dict()))
+    finally:
+        con.close()
+    return EXIT_OK
+
+
+def cmd_terminal_enable(args) -> int:
+    con, reg = _terminals(args)
+    try:
+        print(json.dumps(reg.enable(args.id).to_dict()))
     finally:
         con.close()
     return EXIT_OK
@@ -1209,7 +1250,7 @@ def cmd_console(args) -> int:
                       process="console", bind=where, url=url, data_dir=str(data_dir))
     app = create_app(data_dir, service=args.service, events=args.events, curve=curve,
                      coupons=args.coupons, coupons_curve=coupons_curve,
-                     floor_db=args.floor_db, store_db=args.store_db,
+                     store_db=args.store_db,
                      ledger_db=args.ledger_db, coupons_db=args.coupons_db,
                      terminals=_console_terminals(args.ledger_db),
                      secure_cookies=args.secure_cookies, ready=ready)
@@ -1382,6 +1423,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the store's, lanecore.toml)")
     sp.add_argument("--max-lanes", type=int, default=4096, metavar="N",
                     help="lanes the service keeps load-cell state for")
+    sp.add_argument("--store-risk", choices=("low", "medium", "high"), default="medium",
+                    help="the store's risk level for handheld audits: a trusted "
+                         "shopper's order is checked 5 / 10 / 15%% of the time "
+                         "(audit.decide, docs/store/handheld.md)")
     sp.add_argument("--curve", action="store_true",
                     help="CurveZMQ: server key and allowed devices from DATA_DIR/keys")
     sp.add_argument("--allow-plain", action="store_true",
@@ -1403,6 +1448,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ISO 3166 alpha-2 code whose in-store code rules apply")
     sp.add_argument("--max-lanes", type=int, default=4096, metavar="N",
                     help="lanes the worker keeps load-cell state for")
+    sp.add_argument("--store-risk", choices=("low", "medium", "high"), default="medium",
+                    help="the store's risk level for handheld audits")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_worker)
     keys = sub.add_parser("keys", help="CurveZMQ keys").add_subparsers(
@@ -1508,6 +1555,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id", help="the terminal id")
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_terminal_disable)
+    sp = term.add_parser("enable", help="accept a disabled terminal's requests again")
+    sp.add_argument("id", help="the terminal id")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_terminal_enable)
+    sp = term.add_parser("rotate", help="give a terminal a new key and print it (once); "
+                                        "roles, limits and state are kept")
+    sp.add_argument("id", help="the terminal id")
+    sp.add_argument("--key-file", metavar="PATH", help="also write the key here (mode 0600)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_terminal_rotate)
+    sp = term.add_parser("limits", help="replace a terminal's limits (an option left out: "
+                                        "no such limit)")
+    sp.add_argument("id", help="the terminal id")
+    sp.add_argument("--max-payment-minor", type=int, metavar="N",
+                    help="largest single payment, minor units")
+    sp.add_argument("--max-day-minor", type=int, metavar="N",
+                    help="most the terminal takes in a UTC day, minor units")
+    sp.add_argument("--methods", metavar="M,M",
+                    help="payment methods it may take (auth_code,card,cash,qr,stored_value)")
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_terminal_limits)
 
     sp = sub.add_parser("recon", help="reconcile a day's ledger against the bill files",
                         description="reconcile a day's ledger against the providers' "
@@ -1644,7 +1712,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--coupons-key", metavar="F", help="the coupon gateway's public key file")
     sp.add_argument("--coupons-client-key", metavar="F",
                     help="the console's secret key file at the coupon gateway")
-    sp.add_argument("--floor-db", metavar="F", help="the floor's audits (read only)")
     sp.add_argument("--store-db", metavar="F", help="store.db, for analytics (read only)")
     sp.add_argument("--ledger-db", metavar="F",
                     help="payments.db: analytics (read only) and /terminals (the POS "

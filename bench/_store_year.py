@@ -1,10 +1,10 @@
 """A synthetic store-year for the analytics benchmark and tests: ``store.db`` (the
-catalogue, baskets, lines, orders, verdicts, device events, audits), ``payments.db``
-(charges, refunds) and ``coupons.db`` (issuers, redemptions), every table created by
-the module that owns it (``Catalog``, ``BasketStore``, the service's schema,
-``Audits``, ``Ledger``, ``CouponBook``) and filled in bulk (``executemany`` in one
-transaction per table chunk, no triggers: the rollups are built once afterwards by
-``ensure_rollups``' backfill).
+catalogue, baskets, lines, orders, verdicts, device events, audits and alarm actions,
+with findings), ``payments.db`` (charges, refunds) and ``coupons.db`` (issuers,
+redemptions), every table created by the module that owns it (``Catalog``,
+``BasketStore``, the service's schema, ``Audits``, ``Ledger``, ``CouponBook``) and
+filled in bulk (``executemany`` in one transaction per table chunk, no triggers: the
+rollups are built once afterwards by ``ensure_rollups``' backfill).
 
 Also the raw-table baselines of the benchmark: for each analytics view, the same
 aggregate as a plain ``GROUP BY`` over the raw tables (``RAW``), giving the very rows
@@ -78,6 +78,10 @@ def make_store_year(data_dir: Path, *, lines: int, days: int = 365, seed: int = 
     BasketStore(con)
     for stmt in SERVICE_SCHEMA:
         con.execute(stmt)
+    # what staff found behind an alarm (alarm.resolve's finding): a column the
+    # service adds to an older alarm_actions table when it opens it
+    if "finding" not in {r[1] for r in con.execute("PRAGMA table_info(alarm_actions)")}:
+        con.execute("ALTER TABLE alarm_actions ADD COLUMN finding TEXT")
     Audits(con)
     ledger_path = data_dir / "payments.db"
     ledger = Ledger.open(ledger_path)
@@ -109,6 +113,7 @@ def make_store_year(data_dir: Path, *, lines: int, days: int = 365, seed: int = 
         which = rng.choice(n_cat, int(k.sum()), p=pop)
         qty = np.where(rng.random(len(which)) < 0.85, 1, rng.integers(2, 5, len(which)))
         baskets, blines, orders, verdicts, events, audits = [], [], [], [], [], []
+        actions = []
         charges, refunds, clearing = [], [], []
         pos = 0
         for j in range(n):
@@ -137,15 +142,26 @@ def make_store_year(data_dir: Path, *, lines: int, days: int = 365, seed: int = 
                 v = "ok" if u < 0.994 else ("short" if u < 0.997 else "over")
                 verdicts.append((at + 120, lane, order_no, 1000.0, v, 0.0, 1000.0, 20.0,
                                  "[]"))
+                if v != "ok":
+                    # staff resolve the alarm; most say what it was, some do not
+                    act = ("ack", "override", "rescan")[oid % 3]
+                    actions.append((at + 180, lane, order_no, act,
+                                    "checked" if act == "override" else "", None,
+                                    f"staff{oid % 4}", "key:console", None,
+                                    (None, "theft", "mistake", "false_alarm",
+                                     "false_alarm")[oid % 5]))
                 if oid % 331 == 0:
                     events.append((at + 121, lane, "eas_gate", "alarm", "EAS", "tag"))
                 if oid % 97 == 0:
                     events.append((at + 122, lane, "scale", "fault", "E1", "drift"))
             if oid % 29 == 0:
                 out = "discrepancy" if oid % 7 == 0 else "clean"
+                # a discrepancy's finding; an older record (before findings) has none
+                finding = None if out == "clean" else (
+                    None, "theft", "mistake", "mistake")[oid % 4]
                 audits.append((order_no, None, "visual" if oid % 2 else "rescan", "[]",
                                "random", 0.03, out, "[1]" if out == "discrepancy" else "[]",
-                               None, None, at + 90))
+                               None, None, at + 90, finding))
             if st in ("paid", "exited") or (st == "cancelled" and oid % 2):
                 ch, method = CHANNELS[oid % len(CHANNELS)]
                 cstate = "paid" if st != "cancelled" else "reversed"
@@ -184,7 +200,10 @@ def make_store_year(data_dir: Path, *, lines: int, days: int = 365, seed: int = 
                         "VALUES (?,?,?,?,?,?)", events)
         con.executemany("INSERT INTO audits (order_no, shopper, kind, items, reason, "
                         "probability, outcome, found, trust_before, trust_after, "
-                        "recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", audits)
+                        "recorded_at, finding) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", audits)
+        con.executemany("INSERT INTO alarm_actions (at, lane, order_no, action, reason, "
+                        "weight_g, staff, principal, learning, finding) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?)", actions)
         con.execute("COMMIT")
         lcon.execute("BEGIN")
         lcon.executemany("INSERT INTO charges (merchant_ref, order_no, attempt, "
@@ -342,6 +361,20 @@ def raw_audits(db, rng):
     return [[k, n, hit, round(hit / n, 6)] for k, n, hit in db["store"].execute(
         "SELECT kind, count(*), sum(outcome = 'discrepancy') FROM audits "
         f"WHERE {where} GROUP BY kind ORDER BY kind", args)]
+
+
+def raw_caught(db, rng):
+    w1, a1 = _day_where(rng, A.day_sql("recorded_at"))
+    w2, a2 = _day_where(rng, A.day_sql("at"))
+    got = db["store"].execute(
+        "SELECT source, finding, count(*) FROM ("
+        f"SELECT 'audit' AS source, finding FROM audits WHERE outcome = 'discrepancy' "
+        f"AND finding IS NOT NULL AND {w1} UNION ALL "
+        f"SELECT 'exit', finding FROM alarm_actions WHERE finding IS NOT NULL AND {w2}) "
+        "GROUP BY source, finding", a1 + a2).fetchall()
+    order = {k: i for i, k in enumerate(A.FINDING_SOURCES + A.FINDINGS)}
+    return sorted(([s, f, n] for s, f, n in got),
+                  key=lambda r: (order.get(r[0], 99), r[0], order.get(r[1], 99), r[1]))
 
 
 def raw_coupons_by_manufacturer(db, rng):

@@ -36,7 +36,8 @@ CACHE = Path(__file__).parent / ".cache"
 @pytest.fixture(scope="module")
 def year(sizes, tmp_path_factory):
     if sizes.real:
-        d = CACHE / f"store-year-{REAL_LINES}-v2"
+        # -v3: audits and alarm actions with findings (the "caught" view)
+        d = CACHE / f"store-year-{REAL_LINES}-v3"
         if not (d / "READY").exists():
             if d.exists():
                 import shutil

@@ -23,7 +23,9 @@ The rollups, by database (each created only where its source table is):
   value), ``ru_journey_day`` (day, status, journey: orders, items, value),
   ``ru_item_day`` (day, sale 0/1, GTIN: name, units, value), ``ru_gate_day`` (day,
   lane, outcome: n) from ``verdicts`` and the ``alarm`` rows of ``device_events``,
-  ``ru_audit_day`` (day, kind, outcome: n) from ``audits``;
+  ``ru_audit_day`` (day, kind, outcome: n) from ``audits``, ``ru_finding_day`` (day,
+  source ``audit`` or ``exit``, finding: n) from the findings of discrepant
+  ``audits`` (theft, mistake) and of ``alarm_actions`` (theft, mistake, false_alarm);
 * ``payments.db`` — ``ru_charge_day`` and ``ru_refund_day`` (day, channel, state: n,
   amount);
 * ``coupons.db`` — ``ru_clearing_day`` (day, issuer, currency, reversed: n, amount).
@@ -125,6 +127,9 @@ class _Family:
     backfill: tuple[str, ...]
     update_of: str | None          # the column whose change moves the row's numbers
     insert_when: str | None = None  # only rows matching (NEW.…) count
+    #: built only where the source table has this column (one added to it later: a
+    #: reader's older database may not have it yet)
+    column: str | None = None
 
 
 _ORDER_TABLES = (
@@ -197,6 +202,10 @@ _GATE_TABLE = """CREATE TABLE IF NOT EXISTS ru_gate_day (
     day TEXT NOT NULL, lane TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (day, lane, outcome)) WITHOUT ROWID"""
 
+_FINDING_TABLE = """CREATE TABLE IF NOT EXISTS ru_finding_day (
+    day TEXT NOT NULL, source TEXT NOT NULL, finding TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (day, source, finding)) WITHOUT ROWID"""
+
 _FAMILIES = (
     _Family("orders", "orders", _ORDER_TABLES, _order_stmts,
             _ORDERS_BACKFILL, update_of="status"),
@@ -229,6 +238,28 @@ _FAMILIES = (
                  SELECT {day_sql('recorded_at')} AS d, kind, outcome, count(*)
                  FROM audits GROUP BY d, kind, outcome""",),
             update_of="outcome"),
+    # what staff made of it: an audit's discrepancy (source 'audit', on the day it was
+    # recorded) and an exit alarm's resolution (source 'exit', on the day of the action)
+    _Family("audit_findings", "audits", (_FINDING_TABLE,),
+            lambda r, s: [_upsert("ru_finding_day", ("day", "source", "finding"), ("n",),
+                                  f"SELECT {day_sql(r + '.recorded_at')}, 'audit', "
+                                  f"{r}.finding, {s} WHERE {r}.outcome = 'discrepancy' "
+                                  f"AND {r}.finding IS NOT NULL")],
+            (f"""INSERT INTO ru_finding_day (day, source, finding, n)
+                 SELECT {day_sql('recorded_at')} AS d, 'audit', finding, count(*)
+                 FROM audits WHERE outcome = 'discrepancy' AND finding IS NOT NULL
+                 GROUP BY d, finding
+                 ON CONFLICT (day, source, finding) DO UPDATE SET n = n + excluded.n""",),
+            update_of="finding", column="finding"),
+    _Family("exit_findings", "alarm_actions", (_FINDING_TABLE,),
+            lambda r, s: [_upsert("ru_finding_day", ("day", "source", "finding"), ("n",),
+                                  f"SELECT {day_sql(r + '.at')}, 'exit', {r}.finding, "
+                                  f"{s} WHERE {r}.finding IS NOT NULL")],
+            (f"""INSERT INTO ru_finding_day (day, source, finding, n)
+                 SELECT {day_sql('at')} AS d, 'exit', finding, count(*)
+                 FROM alarm_actions WHERE finding IS NOT NULL GROUP BY d, finding
+                 ON CONFLICT (day, source, finding) DO UPDATE SET n = n + excluded.n""",),
+            update_of="finding", column="finding"),
     _Family("charges", "charges",
             ("""CREATE TABLE IF NOT EXISTS ru_charge_day (
                 day TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL,
@@ -276,6 +307,18 @@ _FAMILIES = (
 
 def _table_names(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _sources(con: sqlite3.Connection) -> set[str]:
+    """The families whose source ``con``'s database holds (with its column, for a
+    family that needs one)."""
+    have = _table_names(con)
+    out = set()
+    for f in _FAMILIES:
+        if f.source in have and (f.column is None or f.column in {
+                r[1] for r in con.execute(f"PRAGMA table_info({f.source})")}):
+            out.add(f.name)
+    return out
 
 
 def _triggers(f: _Family) -> list[str]:
@@ -336,7 +379,8 @@ def _month_backfill(con: sqlite3.Connection, day_table: str) -> None:
 
 def ensure_rollups(con: sqlite3.Connection) -> None:
     """Create the rollup tables and triggers for the source tables ``con``'s database
-    holds (store.db: orders and lines, verdicts, device alarms, audits; payments.db:
+    holds (store.db: orders and lines, verdicts, device alarms, audits, findings of
+    audits and alarm actions; payments.db:
     charges and refunds; coupons.db: coupon redemptions) and backfill them from the
     raw rows, once: ``rollup_meta`` records each family built. A family of an older
     ROLLUP_VERSION is dropped and rebuilt. All in one ``BEGIN IMMEDIATE``
@@ -347,12 +391,13 @@ def ensure_rollups(con: sqlite3.Connection) -> None:
             con.execute("CREATE TABLE IF NOT EXISTS rollup_meta (family TEXT PRIMARY KEY, "
                         "version INTEGER NOT NULL)")
             built = dict(con.execute("SELECT family, version FROM rollup_meta"))
-            have = _table_names(con)
-            todo = [f for f in _FAMILIES if f.source in have
+            have = _sources(con)
+            todo = [f for f in _FAMILIES if f.name in have
                     and built.get(f.name) != ROLLUP_VERSION]
-            # families sharing a rollup table (the gate's) are rebuilt together
+            # families sharing a rollup table (the gate's, the findings') are rebuilt
+            # together
             shared = {t for f in todo for t in f.tables}
-            todo += [f for f in _FAMILIES if f not in todo and f.source in have
+            todo += [f for f in _FAMILIES if f not in todo and f.name in have
                      and shared & set(f.tables)]
             for f in todo:
                 for kind in ("ins", "del", "upd"):
@@ -391,11 +436,11 @@ def rollups_built(con: sqlite3.Connection) -> list[str]:
     """The families whose source table ``con``'s database holds but whose rollups
     are not built at this ROLLUP_VERSION (empty: the views can read it)."""
     try:
-        have = _table_names(con)
         built = dict(con.execute("SELECT family, version FROM rollup_meta")) \
-            if "rollup_meta" in have else {}
+            if "rollup_meta" in _table_names(con) else {}
+        have = _sources(con)
     except sqlite3.Error as exc:
         raise LanecoreError(f"cannot read the analytics rollups: {exc}",
                             code="DB_ERROR") from exc
-    return [f.name for f in _FAMILIES if f.source in have
+    return [f.name for f in _FAMILIES if f.name in have
             and built.get(f.name) != ROLLUP_VERSION]

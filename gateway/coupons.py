@@ -90,7 +90,14 @@ SCHEMA = (
         id TEXT PRIMARY KEY, definition TEXT NOT NULL, valid_from INTEGER NOT NULL,
         valid_until INTEGER, created_by TEXT NOT NULL, staff TEXT,
         created_at REAL NOT NULL, ended_at REAL, ended_by TEXT)""",
+    # coupons.toml's promotions ended at run time (promo.end): the file is not
+    # rewritten; an id here stops applying until it is removed from this table
+    """CREATE TABLE IF NOT EXISTS promo_overrides (
+        promo_id TEXT PRIMARY KEY, ended_at REAL NOT NULL, ended_by TEXT NOT NULL,
+        staff TEXT)""",
 )
+#: The most points one ``member.points`` adjustment may add or take.
+MAX_ADJUST_POINTS = 10 ** 9
 #: What a promotion made with ``promo.create`` may be called (its ``id``).
 _PROMO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -116,6 +123,9 @@ OP_ROLES = {
     "member.find": _SELLING | roles("attendant", "manager"),
     "member.history": roles("attendant", "manager"),
     "member.price": roles("manager"),
+    "member.list": roles("attendant", "manager"),
+    "member.tier": roles("manager"),
+    "member.points": roles("manager"),
     "promo.create": roles("manager"),
     "promo.end": roles("manager"),
     "promo.list": roles("manager"),
@@ -406,6 +416,21 @@ class CouponGateway(OpServer):
             ("member.price", self.op_member_price,
              {"gtin": Field("str", min=14, max=14), "tier": ident,
               "price_minor": Field("int", required=False, min=0, max=10 ** 12)}, DURABLE),
+            ("member.list", self.op_member_list,
+             {"query": Field("str", required=False, max=32),
+              "tier": Field("str", required=False, min=1, max=32),
+              "limit": Field("int", required=False, min=1, max=200),
+              "offset": Field("int", required=False, min=0, max=10 ** 9)}, PURE),
+            ("member.tier", self.op_member_tier,
+             {"identifier": Field("str", min=1, max=32),
+              "tier": Field("str", min=1, max=32)}, DURABLE),
+            ("member.points", self.op_member_points,
+             {"identifier": Field("str", min=1, max=32),
+              "points": Field("int", min=-MAX_ADJUST_POINTS, max=MAX_ADJUST_POINTS,
+                              code="BAD_POINTS"),
+              "reason": Field("str", min=1, max=200),
+              "ref": Field("str", min=1, max=100),
+              "staff": Field("str", min=1, max=64)}, DURABLE),
             ("promo.create", self.op_promo_create,
              {"definition": Field("map"),
               "valid_from": Field("int", required=False, min=0, max=2 ** 40),
@@ -509,7 +534,30 @@ class CouponGateway(OpServer):
     def op_member_history(self, f) -> dict:
         m = self.members.find(f["identifier"])
         return {"member": m.to_dict(),
-                "purchases": [p.to_dict() for p in self.members.history(m.member_id)]}
+                "purchases": [p.to_dict() for p in self.members.history(m.member_id)],
+                "moves": [mv.to_dict() for mv in self.members.recent_moves(m.member_id)]}
+
+    def op_member_list(self, f) -> dict:
+        """Members whose card, phone, name or id starts with ``query``, newest first,
+        a page of ``limit`` from ``offset``, and how many match in all."""
+        found, total = self.members.search(f.get("query"), tier=f.get("tier"),
+                                           limit=f.get("limit", 50),
+                                           offset=f.get("offset", 0))
+        return {"members": [m.to_dict() for m in found], "total": total}
+
+    def op_member_tier(self, f, after) -> dict:
+        m = self.members.find(f["identifier"])
+        return {"member": self.members.set_tier(m.member_id, f["tier"]).to_dict()}
+
+    def op_member_points(self, f, after) -> dict:
+        """A staff adjustment of a member's points (move kind ``adjust``), idempotent
+        by ``ref``; ``staff`` is the person the caller vouches for, kept beside the
+        caller's proved identity."""
+        m = self.members.find(f["identifier"])
+        move = self.members.adjust(m.member_id, f["points"], ref=f["ref"],
+                                   reason=f["reason"], now=self.clock(), staff=f["staff"],
+                                   principal=self.principal.id)
+        return {"member": self.members.find(m.member_id).to_dict(), "move": move.to_dict()}
 
     def op_member_price(self, f, after) -> dict:
         price = self.members.set_member_price(f["gtin"], f["tier"], f.get("price_minor"))
@@ -519,7 +567,7 @@ class CouponGateway(OpServer):
     # Promotions made at run time (promo.create / promo.end / promo.list)
     # ------------------------------------------------------------------------------
     def promotions_now(self) -> list:
-        """``coupons.toml``'s promotions and the database's not ended (the engine
+        """``coupons.toml``'s promotions and the database's, those not ended (the engine
         leaves out those outside their window at pricing time). Read again whenever
         the database changed (``PRAGMA data_version``: another process's commit) or
         this process changed a promotion, so the very next basket prices with them."""
@@ -528,8 +576,15 @@ class CouponGateway(OpServer):
             self._promo_cache = (key, self._load_db_promotions())
         return self._promo_cache[1]
 
+    def _file_ended(self) -> dict:
+        """``coupons.toml``'s promotions ended at run time: promo_id → (ended_at,
+        ended_by, staff)."""
+        return {r[0]: r[1:] for r in self.con.execute(
+            "SELECT promo_id, ended_at, ended_by, staff FROM promo_overrides")}
+
     def _load_db_promotions(self) -> list:
-        out = list(self.promotions)
+        ended = self._file_ended()
+        out = [p for p in self.promotions if p.promo_id not in ended]
         rows = self.con.execute(
             "SELECT id, definition, valid_from, valid_until FROM promotions WHERE ended_at "
             "IS NULL AND (valid_until IS NULL OR valid_until > ?) ORDER BY id",
@@ -566,7 +621,7 @@ class CouponGateway(OpServer):
         return {"promo_id": pid, "definition": json.loads(definition), "valid_from": vf,
                 "valid_until": vu, "created_by": created_by, "staff": staff,
                 "created_at": created_at, "ended_at": ended_at, "ended_by": ended_by,
-                "state": state, "source": "database"}
+                "state": state, "source": "db"}
 
     _PROMO_COLS = ("id, definition, valid_from, valid_until, created_by, staff, created_at, "
                    "ended_at, ended_by")
@@ -627,16 +682,25 @@ class CouponGateway(OpServer):
         return {"promotion": self._promo_row(row, self.clock())}
 
     def op_promo_end(self, f, after) -> dict:
-        """End a database promotion now (again: the same answer). (``promo_id``, not
-        ``id``: that is the envelope's request id.)"""
+        """End a promotion now, a database one or one of ``coupons.toml`` (recorded in
+        ``promo_overrides``; the file is not touched); again: the same answer.
+        (``promo_id``, not ``id``: that is the envelope's request id.)"""
         pid = f["promo_id"]
         row = self.con.execute(f"SELECT {self._PROMO_COLS} FROM promotions WHERE id = ?",
                                (pid,)).fetchone()
         if row is None:
-            where = (" (it is in coupons.toml: edit the file)"
-                     if pid in {q.promo_id for q in self.promotions} else "")
-            raise LanecoreError(f"no promotion {pid} in the database{where}",
-                                code="UNKNOWN_PROMOTION", details={"promo_id": pid})
+            index = {p.promo_id: i for i, p in enumerate(self.promotions)}
+            if pid not in index:
+                raise LanecoreError(f"no promotion {pid}", code="UNKNOWN_PROMOTION",
+                                    details={"promo_id": pid})
+            if pid not in self._file_ended():
+                self.con.execute(
+                    "INSERT INTO promo_overrides (promo_id, ended_at, ended_by, staff) "
+                    "VALUES (?, ?, ?, ?)", (pid, self.clock(), self.principal.id,
+                                            f.get("staff")))
+                after.append(self._bump_promotions)
+            return {"promotion": self._file_promo(index[pid], self.clock(),
+                                                  self._file_ended())}
         if row[7] is None:
             by = self.principal.id + (f" ({f['staff']})" if f.get("staff") else "")
             self.con.execute("UPDATE promotions SET ended_at = ?, ended_by = ? WHERE id = ?",
@@ -654,16 +718,28 @@ class CouponGateway(OpServer):
         if not f.get("include_ended"):
             sql += " WHERE ended_at IS NULL"
         rows = self.con.execute(sql + " ORDER BY created_at DESC, id LIMIT 1000").fetchall()
-        configured = []
-        for i, (t, p) in enumerate(zip(self._promo_tables, self.promotions)):
-            d = {k: v for k, v in t.items() if k not in ("id", "valid_from", "valid_until")}
-            vf, vu = p.valid_from, p.valid_until
-            state = ("scheduled" if vf is not None and now < vf else
-                     "expired" if vu is not None and now >= vu else "active")
-            configured.append({"promo_id": p.promo_id, "definition": d, "valid_from": vf,
-                               "valid_until": vu, "state": state, "source": CONFIG_FILE})
+        ended = self._file_ended()
+        configured = [self._file_promo(i, now, ended) for i in range(len(self.promotions))]
+        if not f.get("include_ended"):
+            configured = [p for p in configured if p["ended_at"] is None]
         return {"now": now, "promotions": [self._promo_row(r, now) for r in rows],
                 "configured": configured}
+
+    def _file_promo(self, i: int, now: float, ended: dict) -> dict:
+        """``coupons.toml``'s ``i``-th promotion as ``promo.list`` shows it."""
+        t, p = self._promo_tables[i], self.promotions[i]
+        d = {k: v for k, v in t.items() if k not in ("id", "valid_from", "valid_until")}
+        vf, vu = p.valid_from, p.valid_until
+        ended_at, ended_by, staff = ended.get(p.promo_id, (None, None, None))
+        state = ("ended" if ended_at is not None else
+                 "scheduled" if vf is not None and now < vf else
+                 "expired" if vu is not None and now >= vu else "active")
+        return {"promo_id": p.promo_id, "definition": d, "valid_from": vf,
+                "valid_until": vu, "created_by": None, "staff": None, "created_at": None,
+                "ended_at": ended_at,
+                "ended_by": None if ended_by is None
+                else ended_by + (f" ({staff})" if staff else ""),
+                "state": state, "source": "file"}
 
     # ------------------------------------------------------------------------------
     # Pricing

@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import random
+import re
 import sqlite3
 import threading
 import time
@@ -25,6 +27,7 @@ import lanecore
 from lanecore.core.scan import catalog as catalog_mod
 from lanecore.core.config import load_config, resolve_data_dir
 from lanecore.core.errors import LanecoreError
+from lanecore.core.store.audit import MAX_FOUND, Audits
 from lanecore.core.weigh.learning import ScaleHealth, WeightBook
 from lanecore.core.weigh.verify import VerifyPolicy, verify
 from lanecore.core.weigh.laneconfig import LaneConfig, configure_lane
@@ -75,16 +78,28 @@ _SCHEMA_SQL = (
         action_id INTEGER PRIMARY KEY, at REAL NOT NULL, lane TEXT NOT NULL,
         order_no TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
         weight_g REAL, staff TEXT NOT NULL, principal TEXT NOT NULL,
-        learning TEXT)""",
+        learning TEXT, finding TEXT)""",
     "CREATE INDEX IF NOT EXISTS alarm_actions_order ON alarm_actions (order_no)",
+    # alarm.list: the newest alarms without reading every verdict
+    "CREATE INDEX IF NOT EXISTS verdicts_alarms ON verdicts (at) WHERE verdict != 'ok'",
+    "CREATE INDEX IF NOT EXISTS device_alarms ON device_events (at) WHERE kind = 'alarm'",
 )
+#: Columns added to a table after its first layout: added to an older store at start.
+_ADDED_COLUMNS = (("alarm_actions", "finding", "TEXT"),)
 
 #: What a lane controller reports about its devices (``device.event``).
 DEVICE_KINDS = ("scale", "bridge", "scanner", "eas_gate", "eas_deactivator", "printer",
                 "qr_display")
 DEVICE_EVENT_KINDS = ("alarm", "fault", "recovered")
-#: What staff may do about an alarm (``alarm.resolve``).
+#: What staff may do about an alarm (``alarm.resolve``), and what they made of it.
 ALARM_ACTIONS = ("ack", "override", "rescan")
+ALARM_FINDINGS = ("theft", "mistake", "false_alarm")
+#: What an attendant made of an audit's discrepancy (``audit.record``).
+AUDIT_FINDINGS = ("theft", "mistake")
+#: Most entries one ``audit.list`` or ``alarm.list`` returns.
+MAX_LIST = 500
+#: A shopper id as the trust score keys it (``core/store/audit.py``).
+_SHOPPER_RE = re.compile(r"[A-Za-z0-9._:@+-]{1,64}")
 
 
 def _num(v):
@@ -122,6 +137,11 @@ OP_ROLES = {
     "verify.order": roles("lane"),
     "weights.confirm": roles("attendant", "manager"),
     "alarm.resolve": roles("attendant", "manager"),
+    "alarm.list": roles("attendant", "manager"),
+    "audit.decide": roles("handheld"),
+    "audit.get": roles("handheld", "attendant", "manager"),
+    "audit.list": roles("attendant", "manager"),
+    "audit.record": roles("attendant", "manager"),
     "device.event": roles("lane", "kiosk", "till"),
     "stats": roles("attendant", "manager", "hq"),
 }
@@ -131,7 +151,8 @@ class Service(OpServer):
     """Everything one service process holds: the store, the lanes, the counters."""
 
     def __init__(self, data_dir, *, region: str | None = None, max_lanes: int = 4096,
-                 policy: VerifyPolicy | None = None, publish=None):
+                 policy: VerifyPolicy | None = None, publish=None,
+                 store_risk: str = "medium"):
         self.data_dir = resolve_data_dir(data_dir)
         config = load_config(self.data_dir)
         config.apply()
@@ -144,6 +165,15 @@ class Service(OpServer):
         self.con = catalog_mod.connect(catalog_mod.database_path(self.data_dir))
         for stmt in _SCHEMA_SQL:
             self.con.execute(stmt)
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {r[1] for r in self.con.execute(f"PRAGMA table_info({table})")}:
+                self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        # the handheld audits and the shoppers' trust (core/store/audit.py), decided
+        # with the system's randomness: nobody can predict or replay a draw
+        self.audits = Audits(self.con)
+        self.audits.policy.rate(store_risk)          # BAD_RISK at start, not per order
+        self.store_risk = store_risk
+        self.audit_rng = random.SystemRandom()
         #: The catalogue version ``self.table`` was loaded at (``meta.catalog_version``);
         #: ``on_idle`` reloads the table when an import bumps it (``_check_catalog``).
         self.catalog_version, self.table = catalog_mod.load_versioned_table(self.catalog)
@@ -310,6 +340,23 @@ class Service(OpServer):
               "action": Field("str", choices=ALARM_ACTIONS),
               "reason": Field("str", required=False, max=256),
               "weight_g": Field("float", required=False, min=0.0, max=1e6),
+              "finding": Field("str", required=False, choices=ALARM_FINDINGS),
+              "staff": NAME}, DURABLE),
+            ("alarm.list", self.op_alarm_list,
+             {"since": Field("float", required=False, min=0.0, max=1e11),
+              "limit": Field("int", required=False, min=1, max=MAX_LIST)}, PURE),
+            ("audit.decide", self.op_audit_decide,
+             {"order_no": Field("str", min=1, max=64), "shopper": NAME}, DURABLE),
+            ("audit.get", self.op_audit_get, {"order_no": Field("str", min=1, max=64)},
+             PURE),
+            ("audit.list", self.op_audit_list,
+             {"state": Field("str", required=False, choices=("pending", "done", "all")),
+              "limit": Field("int", required=False, min=1, max=MAX_LIST)}, PURE),
+            ("audit.record", self.op_audit_record,
+             {"order_no": Field("str", min=1, max=64),
+              "outcome": Field("str", choices=("clean", "discrepancy")),
+              "found": Field("list", required=False, max=MAX_FOUND),
+              "finding": Field("str", required=False, choices=AUDIT_FINDINGS),
               "staff": NAME}, DURABLE),
             ("device.event", self.op_device_event,
              {"lane": NAME, "device": Field("str", choices=DEVICE_KINDS),
@@ -870,12 +917,147 @@ class Service(OpServer):
         at = time.time()
         cur = self.con.execute(
             "INSERT INTO alarm_actions (at, lane, order_no, action, reason, weight_g, staff, "
-            "principal, learning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "principal, learning, finding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (at, f["lane"], f["order_no"], action, reason, f.get("weight_g"), f["staff"],
-             self.principal.id, None if learning is None else json.dumps(learning)))
+             self.principal.id, None if learning is None else json.dumps(learning),
+             f.get("finding")))
         record = {"action_id": cur.lastrowid, "at": at, "lane": f["lane"],
                   "order_no": f["order_no"], "action": action, "reason": reason,
                   "weight_g": f.get("weight_g"), "staff": f["staff"],
-                  "principal": self.principal.id, "learning": learning}
+                  "principal": self.principal.id, "learning": learning,
+                  "finding": f.get("finding")}
         after.append(lambda: self.publish("alarm", {"resolved": record}))
         return {"resolved": record}
+
+    def op_alarm_list(self, f) -> dict:
+        """The newest exit alarms (verdicts other than ``ok``, since ``since``), each
+        with what staff did about it (``alarm_actions`` of its order from its verdict
+        on, until the order's next verdict), and the newest EAS and other device
+        alarms: what an attendant's screen shows after a restart."""
+        since, limit = f.get("since"), f.get("limit", 100)
+        rows = self.con.execute(
+            "SELECT verdict_id, at, gate, order_no, verdict, measured_g, expected_g, band_g, "
+            "z, explanations FROM verdicts WHERE verdict != 'ok' AND at >= ? "
+            "ORDER BY at DESC, verdict_id DESC LIMIT ?", (since or 0.0, limit)).fetchall()
+        alarms = [{"verdict_id": r[0], "at": r[1], "lane": r[2], "order_no": r[3],
+                   "verdict": r[4], "measured_g": _num(r[5]), "expected_g": _num(r[6]),
+                   "band_g": _num(r[7]), "z": _num(r[8]), "explanations": json.loads(r[9]),
+                   "actions": []} for r in rows]
+        orders = sorted({a["order_no"] for a in alarms})
+        if orders:
+            marks = ", ".join("?" * len(orders))
+            # every verdict of these orders (ok ones too): an action belongs to the
+            # latest verdict of its order at or before it
+            verdicts = collections.defaultdict(list)
+            for vid, at, order_no in self.con.execute(
+                    f"SELECT verdict_id, at, order_no FROM verdicts WHERE order_no IN "
+                    f"({marks}) ORDER BY at, verdict_id", orders):
+                verdicts[order_no].append((at, vid))
+            by_id = {a["verdict_id"]: a for a in alarms}
+            for row in self.con.execute(
+                    "SELECT action_id, at, lane, order_no, action, reason, weight_g, staff, "
+                    f"principal, learning, finding FROM alarm_actions WHERE order_no IN "
+                    f"({marks}) ORDER BY at, action_id", orders):
+                seen = verdicts[row[3]]
+                owner = seen[0][1]
+                for at, vid in seen:
+                    if at <= row[1]:
+                        owner = vid
+                if owner in by_id:
+                    by_id[owner]["actions"].append(_action(row))
+        device = self.con.execute(
+            "SELECT event_id, at, lane, device, kind, code, message FROM device_events "
+            "WHERE kind = 'alarm' AND at >= ? ORDER BY at DESC, event_id DESC LIMIT ?",
+            (since or 0.0, limit)).fetchall()
+        cols = ("event_id", "at", "lane", "device", "kind", "code", "message")
+        return {"alarms": alarms, "device_alarms": [dict(zip(cols, r)) for r in device]}
+
+    # handheld audits -----------------------------------------------------------------
+    def _voids(self, basket_id: str) -> int:
+        """Whole lines the shopper scanned and then took out of the basket: line
+        numbers are never reused (core/store/basket.py), so the numbers given out
+        less the lines left. Units taken off a line that keeps some are not seen."""
+        row = self.con.execute(
+            "SELECT next_line_no - 1 - (SELECT COUNT(*) FROM basket_lines WHERE basket_id "
+            "= b.basket_id) FROM baskets b WHERE basket_id = ?", (basket_id,)).fetchone()
+        return max(0, int(row[0])) if row is not None else 0
+
+    def op_audit_decide(self, f, after) -> dict:
+        """Whether an attendant checks a paid handheld order, decided once (asked
+        again: the stored decision, never a fresh draw); the shopper's trust first
+        loses the voids the service saw in the order's basket; a chosen order is
+        queued and published on ``audit`` as ``{requested: …}``."""
+        shopper = f["shopper"]
+        if not _SHOPPER_RE.fullmatch(shopper):
+            raise ProtocolError("BAD_FIELD", "field 'shopper' must be 1-64 of A-Z a-z 0-9 "
+                                             ". _ : @ + -")
+        order = self._basket_store().order(f["order_no"])          # UNKNOWN_ORDER
+        have = self.audits.entry(order["order_no"])
+        if have is not None:
+            return {"audit": have}
+        if order["status"] not in ("paid", "exited"):
+            raise LanecoreError(f"order {order['order_no']} is {order['status']}, not paid: "
+                                "an audit is decided once it is paid", code="NOT_PAID",
+                                details={"order_no": order["order_no"],
+                                         "status": order["status"]})
+        entry, new = self.audits.request(
+            order["order_no"], order, shopper=shopper, store_risk=self.store_risk,
+            rng=self.audit_rng, voids=self._voids(order["basket_id"]), by=self.principal.id)
+        if new and entry["state"] == "pending":
+            after.append(lambda: self.publish("audit", {"requested": entry}))
+        return {"audit": entry}
+
+    def _audit_of(self, order_no: str) -> dict:
+        entry = self.audits.entry(order_no.strip().upper())
+        if entry is None:
+            raise LanecoreError(f"no audit was decided for order {order_no[:64]!r}",
+                                code="UNKNOWN_AUDIT", details={"order_no": order_no[:64]})
+        return entry
+
+    def op_audit_get(self, f) -> dict:
+        return {"audit": self._audit_of(f["order_no"])}
+
+    def op_audit_list(self, f) -> dict:
+        return {"audits": self.audits.queue(f.get("state", "pending"),
+                                            limit=f.get("limit", 100)),
+                "stats": self.audits.stats()}
+
+    def op_audit_record(self, f, after) -> dict:
+        """An attendant's check of a queued order: ``clean`` (nothing found) or a
+        ``discrepancy`` (``found``: ``[{gtin, qty}]``, ``finding``: theft or
+        mistake); the shopper's trust moves, the entry is done and published on
+        ``audit`` as ``{recorded: …}``. The same terms again: the same record."""
+        outcome, finding = f["outcome"], f.get("finding")
+        found = []
+        for i, x in enumerate(f.get("found") or ()):
+            if not (isinstance(x, dict) and set(x) == {"gtin", "qty"}
+                    and isinstance(x["gtin"], str) and x["gtin"].isascii()
+                    and x["gtin"].isdigit() and 8 <= len(x["gtin"]) <= 14
+                    and type(x["qty"]) is int and 1 <= x["qty"] <= 999):
+                raise ProtocolError("BAD_FIELD", f"found[{i}] must be {{gtin: 8-14 digits, "
+                                                 "qty: 1-999}")
+            found.append({"gtin": x["gtin"].zfill(14), "qty": x["qty"]})
+        if outcome == "clean" and (found or finding is not None):
+            raise ProtocolError("BAD_FIELD", "a clean audit found nothing: no 'found', "
+                                             "no 'finding'")
+        if outcome == "discrepancy" and finding is None:
+            raise ProtocolError("MISSING_FIELD", "a discrepancy needs a 'finding' (theft "
+                                                 "or mistake)")
+        self._audit_of(f["order_no"])                               # UNKNOWN_AUDIT
+        entry, new = self.audits.resolve(
+            f["order_no"].strip().upper(), outcome, found, finding=finding,
+            staff=f["staff"], principal=self.principal.id)
+        if new:
+            after.append(lambda: self.publish("audit", {"recorded": entry}))
+        return {"audit": entry}
+
+
+def _action(row) -> dict:
+    """An ``alarm_actions`` row as ``alarm.resolve`` returned it."""
+    (action_id, at, lane, order_no, action, reason, weight_g, staff, principal, learning,
+     finding) = row
+    return {"action_id": action_id, "at": at, "lane": lane, "order_no": order_no,
+            "action": action, "reason": reason, "weight_g": weight_g, "staff": staff,
+            "principal": principal,
+            "learning": None if learning is None else json.loads(learning),
+            "finding": finding}

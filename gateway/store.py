@@ -402,7 +402,8 @@ class Store:
         # the verification service first: it has the most to load
         tables = [self._process("serve", "serve", "--bind", self.ep("service"), "--events",
                                 self.ep("events"), "--data-dir", str(store), "--region",
-                                self.spec.region, "--curve")]
+                                self.spec.region, "--store-risk", self.spec.store_risk,
+                                "--curve")]
         providers = {}
         # the provider links are CurveZMQ: the gateway's client key, enrolled at each
         # provider; each provider's keypair made now, its public key in payments.toml
@@ -487,7 +488,7 @@ class Store:
             "--coupons", self.ep("coupons"),
             "--coupons-key", str(self.dir / "coupons" / "keys" / "server.key"),
             "--coupons-client-key", str(ids / "coupons" / "console.key_secret"),
-            "--floor-db", str(self.dir / "floor.db"), "--store-db", str(store / "store.db"),
+            "--store-db", str(store / "store.db"),
             "--ledger-db", str(self.dir / "pay" / "payments.db"),
             "--coupons-db", str(self.dir / "coupons" / "coupons.db"),
             "--data-dir", str(home), after=["serve", "coupons"])
@@ -533,9 +534,9 @@ class Store:
             f'[payments]\nreceipt_keys = ["{receipts.public_key_b64()}"]\n').encode("utf-8"))
 
     def _open_floor(self) -> None:
-        """The floor's own records: the handheld fleet and the audits (with the
-        shoppers' trust), in ``floor.db``; the tills' QR displays on ptys."""
-        from lanecore.core.store.audit import Audits
+        """The floor's own records: the handheld fleet, in ``floor.db`` (the audits
+        and the shoppers' trust are the verification service's: ``audit.decide``,
+        ``audit.record``); the tills' QR displays on ptys."""
         from lanecore.core.store.handheld import Handhelds
         from lanecore.drivers.sim.qrdisplay import QrDisplaySim
 
@@ -557,7 +558,6 @@ class Store:
         self.handhelds = Handhelds(self.floor, is_paid=is_paid)
         for n in range(1, HANDHELDS + 1):
             self.handhelds.register(f"HH-{n:02d}")
-        self.audits = Audits(self.floor)
         self.display = QrDisplaySim(store_name="LANECORE DEMO", city="LONDON", country="GB",
                                     auto_pay_s=0.05).start()
         self.till_lock = threading.Lock()
@@ -631,7 +631,8 @@ class Store:
         ok = (np.isfinite(t.weight_mean_g) & np.isfinite(t.weight_sd_g)
               & (t.flags & (lookup.FLAG_WEIGHT_EXEMPT | lookup.FLAG_VARIABLE_MEASURE) == 0)
               & (t.weight_mean_g > 20) & (t.weight_mean_g < 2000) & (t.price_minor > 0))
-        self.goods = [int(r) for r in np.flatnonzero(ok)]
+        # by GTIN: the shoppers' draws do not depend on the lookup table's row order
+        self.goods = sorted(map(int, np.flatnonzero(ok)), key=lambda r: int(t.gtin[r]))
         self.tagged = {r for r in self.goods if int(t.flags[r]) & lookup.FLAG_EAS_TAGGED}
         if not self.tagged:     # the generator tags some; make sure the demo has a few
             self.tagged = set(self.goods[::25])
@@ -873,8 +874,9 @@ class Store:
         if plan["void"]:                                         # scanned, then put back
             extra = plan["rng"].choice([r for r in self.goods if r not in plan["rows"]])
             svc.basket_add(bid, [self.gtin(extra)])
+            # the service sees the line go, and counts it against the shopper's trust
+            # when their audit is decided
             svc.basket_remove(bid, [self.gtin(extra)])
-            self._floor(self.audits.trust.note, self._shopper_id(plan), "void")
             self.tally.add(voids=1)
         units = [r for r in plan["rows"] for _ in range(plan["qty"][r])]
         return device, bid, units
@@ -1002,28 +1004,37 @@ class Store:
             # the receipt is on the handheld; it is the proof that marks the order paid
             rec = pay.call("pay.receipt", order_no=order["order_no"])
             self._paid(svc, order["order_no"], r, rec["receipt"])
-            if self._audit(plan, order, units):
+            if self._audit(svc, plan, order):
                 self._exit_lane(svc, plan, order, units)
             self._leave_with(device)
 
-    def _audit(self, plan: dict, order: dict, units: list[int]) -> bool:
+    def _audit(self, svc, plan: dict, order: dict) -> bool:
         """Some paid handheld orders are chosen for a check (REFERENCE §5): a visual
-        look into a small bag, or a rescan of k of the n lines. The attendant finds an
-        unscanned item with the share of the bag looked through; a thief found is held
-        (False: no exit), a shopper's slip is put right."""
+        look into a small bag, or a rescan of k of the n lines. The handheld asks the
+        service (``audit.decide``: decided there, once, against the shopper's trust);
+        a chosen order waits for the attendant, who finds an unscanned item with the
+        share of the bag looked through and records it (``audit.record`` as the
+        attendant's identity); the handheld then learns it may go (``audit.get``). A
+        thief found is held (False: no exit)."""
         rng = plan["rng"]
-        shopper = self._shopper_id(plan)
-        decision = self._floor(self.audits.decide, order, store_risk=self.spec.store_risk,
-                               rng=rng, shopper=shopper)
-        if not decision.audit:
+        decision = svc.call("audit.decide", order_no=order["order_no"],
+                            shopper=self._shopper_id(plan))["audit"]
+        if not decision["audit"]:
             return True
         lines = max(1, len(order["lines"]))
-        share = 0.5 if decision.kind == "visual" else len(decision.items) / lines
+        share = 0.5 if decision["kind"] == "visual" else len(decision["items"]) / lines
         caught = plan["theft"] and rng.random() < share
-        found = [{"unscanned": self.gtin(plan["stolen"])}] if caught else []
-        self._floor(self.audits.record, order["order_no"], decision,
-                    "discrepancy" if caught else "clean", found, shopper=shopper)
-        self.tally.add(audits=1, audit_items=len(decision.items),
+        terms = {"outcome": "discrepancy", "finding": "theft",
+                 "found": [{"gtin": self.gtin(plan["stolen"]), "qty": 1}]} if caught \
+            else {"outcome": "clean"}
+        with self.service("attendant") as attendant:
+            attendant.call("audit.record", order_no=order["order_no"], staff="attendant",
+                           **terms)
+        done = svc.call("audit.get", order_no=order["order_no"])["audit"]
+        if done["state"] != "done":
+            raise LanecoreError(f"audit of {order['order_no']} recorded but {done['state']}",
+                                code="DEMO_AUDIT")
+        self.tally.add(audits=1, audit_items=len(decision["items"]),
                        audit_discrepancies=int(caught))
         if caught:
             self.tally.add(thefts=1, thefts_caught_by_audit=1, held=1)

@@ -61,7 +61,8 @@ from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
-    "CODES", "KINDS", "MAX_AMOUNT_MINOR", "MAX_HISTORY", "MAX_LINES", "MAX_POINTS",
+    "CODES", "KINDS", "MAX_AMOUNT_MINOR", "MAX_HISTORY", "MAX_LINES", "MAX_PAGE",
+    "MAX_POINTS", "MAX_QUERY",
     "Member", "MemberError", "Members", "PointMove", "Purchase", "Reversal",
     "normalise_card", "normalise_phone",
 ]
@@ -74,6 +75,9 @@ MAX_POINTS = 10 ** 12
 MAX_LINES = 10_000
 #: Most purchases :meth:`Members.history` answers with.
 MAX_HISTORY = 1000
+#: Longest text :meth:`Members.search` takes, and the most members one page holds.
+MAX_QUERY = 32
+MAX_PAGE = 200
 #: The kinds of move in ``point_moves``.
 KINDS = ("earn", "redeem", "return", "clawback", "adjust")
 #: Every code a :class:`MemberError` carries.
@@ -517,6 +521,52 @@ class Members:
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot change the tier") from exc
 
+    def search(self, query: str | None = None, *, tier: str | None = None,
+               limit: int = 50, offset: int = 0) -> tuple[list[Member], int]:
+        """``(members, total)``: the members whose card number, phone number, name or
+        member id starts with ``query`` (at most :data:`MAX_QUERY` characters; none or
+        blank: every member), in ``tier`` if given, newest first, ``limit`` (1–
+        :data:`MAX_PAGE`) of them from ``offset``; ``total`` counts them all. Names
+        match without regard to ASCII case; spaces and dashes in a query of card or
+        phone digits are dropped, and digits also match a phone number after its
+        ``+``. Raises ``BAD_REQUEST`` (``details.field``), ``BAD_TIER``."""
+        text = "" if query is None else query
+        if not (isinstance(text, str) and len(text) <= MAX_QUERY and
+                (not text or text.isprintable())):
+            raise _fail("BAD_REQUEST", f"query is at most {MAX_QUERY} printable "
+                        "characters", field="query")
+        if not (_is_int(limit) and 1 <= limit <= MAX_PAGE):
+            raise _fail("BAD_REQUEST", f"limit must be an integer 1..{MAX_PAGE}",
+                        field="limit")
+        if not (_is_int(offset) and 0 <= offset <= MAX_POINTS):
+            raise _fail("BAD_REQUEST", "offset must be an integer >= 0", field="offset")
+        where, args = [], []
+        if tier is not None:
+            where.append("tier = ?")
+            args.append(_tier(tier))
+        text = text.strip()
+        if text:
+            like = lambda v: v.replace("\\", "\\\\").replace("%", "\\%").replace(
+                "_", "\\_") + "%"
+            compact = text.translate(_SEPARATORS)
+            alts = ["name LIKE ? ESCAPE '\\'", "member_id LIKE ? ESCAPE '\\'",
+                    "card_no LIKE ? ESCAPE '\\'", "phone LIKE ? ESCAPE '\\'"]
+            args += [like(text), like(text), like(compact), like(compact)]
+            if compact.isdigit():
+                alts.append("phone LIKE ? ESCAPE '\\'")
+                args.append(like("+" + compact))
+            where.append("(" + " OR ".join(alts) + ")")
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        try:
+            total = self.con.execute(f"SELECT COUNT(*) FROM members{cond}",
+                                     args).fetchone()[0]
+            rows = self.con.execute(
+                f"SELECT {_MEMBER_COLS} FROM members{cond} ORDER BY created_at DESC, "
+                "member_id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot read the members") from exc
+        return [Member(*r) for r in rows], total
+
     def find(self, identifier: str) -> Member:
         """The member with this card number, phone number or member id. Card and phone
         numbers are normalised first (spaces and dashes dropped); text with a letter is
@@ -595,6 +645,22 @@ class Members:
             self._row("member_id", mid)
             cur = self.con.execute(f"SELECT {_MOVE_COLS} FROM point_moves WHERE "
                                    "member_id = ? ORDER BY rowid", (mid,))
+            return [_move(r) for r in cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot read the point moves") from exc
+
+    def recent_moves(self, member_id: str, limit: int = 50) -> list[PointMove]:
+        """The member's last ``limit`` (1–:data:`MAX_HISTORY`) point moves, newest
+        first. Raises ``BAD_MEMBER``, ``BAD_REQUEST``, ``UNKNOWN_MEMBER``."""
+        mid = _member_id(member_id)
+        if not (_is_int(limit) and 1 <= limit <= MAX_HISTORY):
+            raise _fail("BAD_REQUEST", f"limit must be an integer 1..{MAX_HISTORY}",
+                        field="limit")
+        try:
+            self._row("member_id", mid)
+            cur = self.con.execute(f"SELECT {_MOVE_COLS} FROM point_moves WHERE "
+                                   "member_id = ? ORDER BY rowid DESC LIMIT ?",
+                                   (mid, int(limit)))
             return [_move(r) for r in cur.fetchall()]
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot read the point moves") from exc
@@ -757,17 +823,30 @@ class Members:
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot reverse the order") from exc
 
-    def adjust(self, member_id: str, points: int, *, ref: str, reason: str, now: float
-               ) -> PointMove:
+    def adjust(self, member_id: str, points: int, *, ref: str, reason: str, now: float,
+               staff: str | None = None, principal: str | None = None) -> PointMove:
         """A staff correction of ``points`` (signed, non-zero) with a ``reason`` (1–200
-        characters), move ``adjust:<ref>``; idempotent by ``ref`` like the others.
-        Raises ``BAD_MEMBER``, ``BAD_POINTS``, ``BAD_REF``, ``BAD_REQUEST`` (the
-        reason), ``BAD_TIME``, ``UNKNOWN_MEMBER``, ``INSUFFICIENT_POINTS`` (it would
-        go below 0), ``REF_CONFLICT``."""
+        characters), move ``adjust:<ref>``; idempotent by ``ref`` like the others (the
+        terms compared are the member, the points and the reason). ``staff`` (1–64
+        printable characters: the person a console vouches for) and ``principal``
+        (the caller's proved identity) are kept in the move's ``terms`` as they were
+        the first time. Raises ``BAD_MEMBER``, ``BAD_POINTS``, ``BAD_REF``,
+        ``BAD_REQUEST`` (the reason or staff), ``BAD_TIME``, ``UNKNOWN_MEMBER``,
+        ``INSUFFICIENT_POINTS`` (it would go below 0; details ``balance``,
+        ``short``), ``REF_CONFLICT``."""
         mid, delta, key = _member_id(member_id), _points(points, signed=True), _ref(ref)
         if not (isinstance(reason, str) and 1 <= len(reason.strip()) <= _REASON_MAX):
             raise _fail("BAD_REQUEST", f"an adjust needs a reason of 1-{_REASON_MAX} "
                         "characters", field="reason")
+        who = {}
+        for name, value in (("staff", staff), ("principal", principal)):
+            if value is None:
+                continue
+            if not (isinstance(value, str) and 1 <= len(value.strip()) <= 64
+                    and value.isprintable()):
+                raise _fail("BAD_REQUEST", f"{name} is 1-64 printable characters",
+                            field=name)
+            who[name] = value.strip()
         at = _now(now)
         ref = f"adjust:{key}"
         request = {"member_id": mid, "points": delta, "reason": reason}
@@ -781,7 +860,7 @@ class Members:
                     raise _fail("INSUFFICIENT_POINTS", f"member {mid} has {balance} points, "
                                 f"cannot take {-delta}", member_id=mid, balance=balance,
                                 short=-delta - balance)
-                return self._write(ref, mid, "adjust", delta, None, request, at)
+                return self._write(ref, mid, "adjust", delta, None, {**request, **who}, at)
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot adjust points") from exc
 

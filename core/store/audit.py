@@ -37,13 +37,15 @@ every later trip is audited until clean audits lift the score.
 **Persistence.** :class:`TrustScore` keeps scores in table ``trust`` (and idempotent
 events in ``trust_events``); :class:`Audits` keeps outcomes in table ``audits``, one
 row per order (idempotent by ``order_no``), and applies each outcome to the shopper's
-trust in the same transaction. Both work on the caller's ``sqlite3`` connection in
+trust in the same transaction. The queue (``audit_queue``, :meth:`Audits.request`,
+:meth:`Audits.resolve`) keeps one decision per order — asked again, the stored one,
+never a fresh draw — pending until an attendant records its outcome. Both work on the caller's ``sqlite3`` connection in
 autocommit mode, each change one ``BEGIN IMMEDIATE`` transaction or a savepoint inside
 the caller's.
 
 **Errors** are :class:`AuditError` with a stable ``code`` and a ``details`` map:
 BAD_POLICY, BAD_TRUST, BAD_RISK, BAD_ORDER, BAD_OUTCOME, BAD_EVENT, NOT_AUDITED,
-AUDIT_CONFLICT, REF_CONFLICT, BAD_REQUEST, DB_ERROR, DB_BUSY.
+UNKNOWN_AUDIT, AUDIT_CONFLICT, REF_CONFLICT, BAD_REQUEST, DB_ERROR, DB_BUSY.
 """
 
 from __future__ import annotations
@@ -61,13 +63,19 @@ from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
 __all__ = [
-    "AUDIT_KINDS", "DEFAULT_POLICY", "OUTCOMES", "SAP_GK_FALLBACK", "TRUST_EVENTS",
+    "AUDIT_KINDS", "DEFAULT_POLICY", "FINDINGS", "OUTCOMES", "QUEUE_STATES",
+    "SAP_GK_FALLBACK", "TRUST_EVENTS",
     "AuditDecision", "AuditError", "AuditPolicy", "Audits", "TrustScore",
     "audit_probability", "decide", "rescan_count", "update_trust",
 ]
 
 AUDIT_KINDS = ("none", "visual", "rescan")
 OUTCOMES = ("clean", "discrepancy")
+#: What an attendant made of a discrepancy.
+FINDINGS = ("theft", "mistake")
+#: An order's place in the audit queue (:meth:`Audits.request`): not chosen, waiting
+#: for an attendant, checked.
+QUEUE_STATES = ("none", "pending", "done")
 #: Events that move a shopper's trust, and the policy field holding each one's weight.
 TRUST_EVENTS = {"void": "void_penalty", "unknown_item": "unknown_penalty",
                 "weigh_alarm": "weigh_alarm_penalty",
@@ -382,10 +390,29 @@ _SCHEMA = (
         found        TEXT NOT NULL,
         trust_before REAL,
         trust_after  REAL,
-        recorded_at  REAL NOT NULL)""",
+        recorded_at  REAL NOT NULL,
+        staff        TEXT,
+        finding      TEXT,
+        principal    TEXT)""",
+    # the decisions made for orders (Audits.request): one per order, so a shopper
+    # cannot ask again for a fresh draw; ``state`` none (not chosen), pending (an
+    # attendant is to check it), done (its outcome is in ``audits``)
+    """CREATE TABLE IF NOT EXISTS audit_queue (
+        order_no     TEXT PRIMARY KEY,
+        shopper      TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('none', 'pending', 'done')),
+        decision     TEXT NOT NULL,
+        items        TEXT NOT NULL,
+        voids        INTEGER NOT NULL DEFAULT 0,
+        requested_by TEXT,
+        requested_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS audit_queue_state ON audit_queue (state, requested_at)",
 )
+#: Columns added to ``audits`` after its first layout: added to an older table at open.
+_AUDIT_ADDED = (("staff", "TEXT"), ("finding", "TEXT"), ("principal", "TEXT"))
 _AUDIT_COLUMNS = ("order_no", "shopper", "kind", "items", "reason", "probability",
-                  "outcome", "found", "trust_before", "trust_after", "recorded_at")
+                  "outcome", "found", "trust_before", "trust_after", "recorded_at",
+                  "staff", "finding", "principal")
 
 
 def _Txn(con: sqlite3.Connection) -> Txn:
@@ -411,6 +438,10 @@ def _ensure_schema(con: sqlite3.Connection) -> None:
     with _Txn(con):
         for stmt in _SCHEMA:
             con.execute(stmt)
+        have = {r[1] for r in con.execute("PRAGMA table_info(audits)")}
+        for name, kind in _AUDIT_ADDED:
+            if name not in have:
+                con.execute(f"ALTER TABLE audits ADD COLUMN {name} {kind}")
 
 
 def _now(clock, now) -> float:
@@ -530,17 +561,22 @@ class Audits:
                       policy=self.policy)
 
     def record(self, order_no: str, decision, outcome: str, found: Sequence = (), *,
-               shopper: str | None = None, now: float | None = None) -> dict:
+               shopper: str | None = None, finding: str | None = None,
+               staff: str | None = None, principal: str | None = None,
+               now: float | None = None) -> dict:
         """The outcome of the audit ``decision`` (an AuditDecision or its dict) of
         ``order_no``: ``clean`` (``found`` empty) or ``discrepancy`` (``found``: what
         the attendant found — line indices, codes, or small JSON maps). With
         ``shopper`` the outcome moves their trust (a ``clean_audit`` or a
-        ``discrepancy`` event) in the same transaction.
+        ``discrepancy`` event) in the same transaction. ``finding`` (one of
+        :data:`FINDINGS`, only with a discrepancy): what the attendant made of it;
+        ``staff``: who checked (the name a console vouches for) and ``principal``:
+        the identity that recorded it, kept beside it.
 
-        Idempotent by ``order_no``: recording it again with the same terms returns
-        the first record and moves no trust; other terms are AUDIT_CONFLICT. Returns
-        the record (see :meth:`get`). Raises NOT_AUDITED (the decision was not to
-        audit), BAD_OUTCOME, BAD_REQUEST, AUDIT_CONFLICT."""
+        Idempotent by ``order_no``: recording it again with the same terms (outcome,
+        found, finding) returns the first record and moves no trust; other terms are
+        AUDIT_CONFLICT. Returns the record (see :meth:`get`). Raises NOT_AUDITED (the
+        decision was not to audit), BAD_OUTCOME, BAD_REQUEST, AUDIT_CONFLICT."""
         _ident(order_no, "order_no")
         dec = _check_decision(decision)
         if not dec.audit:
@@ -557,6 +593,14 @@ class Audits:
         if outcome == "clean" and found:
             raise AuditError("a clean audit found nothing; found must be empty",
                              code="BAD_OUTCOME", details={"outcome": outcome})
+        if finding is not None and (outcome != "discrepancy" or finding not in FINDINGS):
+            raise AuditError(f"finding {finding!r:.40} must be one of "
+                             f"{', '.join(FINDINGS)}, and goes with a discrepancy only",
+                             code="BAD_OUTCOME", details={"finding": str(finding)[:40]})
+        for name, value in (("staff", staff), ("principal", principal)):
+            if value is not None and not (isinstance(value, str) and 0 < len(value) <= 128):
+                raise AuditError(f"{name} must be text of 1-128 characters",
+                                 code="BAD_REQUEST", details={"field": name})
         try:
             found_json = json.dumps(found, sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
@@ -572,8 +616,8 @@ class Audits:
             if row is not None:
                 have = dict(zip(_AUDIT_COLUMNS, row))
                 if (have["shopper"], have["kind"], have["items"], have["outcome"],
-                        have["found"]) != (shopper, dec.kind, items_json, outcome,
-                                           found_json):
+                        have["found"], have["finding"]) != (shopper, dec.kind, items_json,
+                                                            outcome, found_json, finding):
                     raise AuditError(f"order {order_no} was already recorded with "
                                      "another outcome", code="AUDIT_CONFLICT",
                                      details={"order_no": order_no})
@@ -585,14 +629,16 @@ class Audits:
                     shopper, "clean_audit" if outcome == "clean" else "discrepancy", 1, t)
             self.con.execute(
                 f"INSERT INTO audits ({', '.join(_AUDIT_COLUMNS)}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (order_no, shopper, dec.kind, items_json, dec.reason,
-                 float(dec.probability), outcome, found_json, before, after, t))
+                 float(dec.probability), outcome, found_json, before, after, t, staff,
+                 finding, principal))
             return self.get(order_no)
 
     def get(self, order_no: str) -> dict | None:
         """The audit of ``order_no``: ``{order_no, shopper, kind, items, reason,
-        probability, outcome, found, trust_before, trust_after, recorded_at}``, or
+        probability, outcome, found, trust_before, trust_after, recorded_at, staff,
+        finding, principal}``, or
         None when it was not audited (or not yet recorded)."""
         _ident(order_no, "order_no")
         try:
@@ -601,6 +647,116 @@ class Audits:
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot read the audit") from exc
         return None if row is None else _public_audit(dict(zip(_AUDIT_COLUMNS, row)))
+
+    # -- the queue: one decision per order, pending until an attendant records it ----
+    def request(self, order_no: str, order, *, shopper: str, store_risk: str | None,
+                rng: random.Random, voids: int = 0, by: str | None = None,
+                now: float | None = None) -> tuple[dict, bool]:
+        """The audit decision of ``order_no`` (``order``: its map with ``lines``, as
+        BasketStore.order returns it), made once: ``(entry, True)`` the first time
+        (``voids`` lines the shopper removed first noted against their trust, then
+        the draw against that trust; a chosen order queued ``pending``), ``(entry,
+        False)`` with the stored decision ever after — never a fresh draw, so
+        nobody asks their way out of an audit. ``by``: the identity that asked.
+        Returns the queue entry (:meth:`entry`). Raises BAD_REQUEST, BAD_ORDER,
+        BAD_RISK, DB_ERROR, DB_BUSY."""
+        _ident(order_no, "order_no")
+        _ident(shopper, "shopper")
+        if not _is_int(voids) or voids < 0:
+            raise AuditError(f"voids must be an integer ≥ 0, got {voids!r:.40}",
+                             code="BAD_REQUEST", details={"field": "voids"})
+        lines, _n = _order_lines(order)
+        self.policy.rate(store_risk)                 # BAD_RISK before anything moves
+        t = _now(self.clock, now)
+        with _Txn(self.con):
+            if self._queue_row(order_no) is not None:
+                return self.entry(order_no), False
+            if voids:
+                self.trust._apply(shopper, "void", voids, t)
+            dec = decide(order, shopper_trust=self.trust.score(shopper),
+                         store_risk=store_risk, rng=rng, policy=self.policy)
+            items = []
+            for i in dec.items:
+                ln = lines[i] if isinstance(lines[i], Mapping) else {}
+                items.append({"line": ln.get("line_no", i), "gtin": ln.get("gtin"),
+                              "name": ln.get("name"), "qty": ln.get("qty", 1)})
+            self.con.execute(
+                "INSERT INTO audit_queue (order_no, shopper, state, decision, items, voids, "
+                "requested_by, requested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (order_no, shopper, "pending" if dec.audit else "none",
+                 json.dumps(dec.to_dict()), json.dumps(items), voids, by, t))
+            return self.entry(order_no), True
+
+    def resolve(self, order_no: str, outcome: str, found: Sequence = (), *,
+                finding: str | None = None, staff: str | None = None,
+                principal: str | None = None, now: float | None = None) -> tuple[dict, bool]:
+        """An attendant's check of the queued order ``order_no``: :meth:`record` of
+        its decision for its shopper (their trust moved), and the entry ``done``.
+        ``(entry, True)`` when this call recorded it; ``(entry, False)`` when it was
+        recorded before with the same terms (outcome, found, finding). Raises
+        UNKNOWN_AUDIT (never decided), NOT_AUDITED (decided, not chosen),
+        AUDIT_CONFLICT (recorded with other terms), BAD_OUTCOME, BAD_REQUEST."""
+        _ident(order_no, "order_no")
+        with _Txn(self.con):
+            row = self._queue_row(order_no)
+            if row is None:
+                raise AuditError(f"order {order_no} has no audit decision",
+                                 code="UNKNOWN_AUDIT", details={"order_no": order_no})
+            shopper, state, decision = row
+            if state == "none":
+                raise AuditError(f"order {order_no} was not chosen for an audit",
+                                 code="NOT_AUDITED", details={"order_no": order_no})
+            new = state == "pending"
+            self.record(order_no, json.loads(decision), outcome, found, shopper=shopper,
+                        finding=finding, staff=staff, principal=principal, now=now)
+            if new:
+                self.con.execute("UPDATE audit_queue SET state = 'done' WHERE order_no = ?",
+                                 (order_no,))
+            return self.entry(order_no), new
+
+    def _queue_row(self, order_no: str):
+        return self.con.execute("SELECT shopper, state, decision FROM audit_queue "
+                                "WHERE order_no = ?", (order_no,)).fetchone()
+
+    _ENTRY_SQL = ("SELECT q.order_no, q.shopper, q.state, q.decision, q.items, "
+                  "q.requested_at, a.outcome, a.finding, a.found, a.staff, a.principal, "
+                  "a.recorded_at, a.trust_before, a.trust_after "
+                  "FROM audit_queue q LEFT JOIN audits a ON a.order_no = q.order_no")
+
+    def entry(self, order_no: str) -> dict | None:
+        """The queue entry of ``order_no``, or None when it was never decided:
+        ``{order_no, audit, kind (visual, rescan or None), items ([{line, gtin,
+        name, qty}]: the lines to rescan), reason, probability, state (none,
+        pending, done), outcome, finding, found, staff, principal, shopper,
+        trust_before, trust_after, requested_at, recorded_at}`` (the outcome's
+        fields None, ``found`` empty, until it is done)."""
+        if not isinstance(order_no, str) or not _ID_RE.fullmatch(order_no):
+            return None
+        try:
+            row = self.con.execute(self._ENTRY_SQL + " WHERE q.order_no = ?",
+                                   (order_no,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot read the audit queue") from exc
+        return None if row is None else _public_entry(row)
+
+    def queue(self, state: str = "pending", *, limit: int = 100) -> list[dict]:
+        """Queue entries in ``state`` (``pending``, ``done``, ``none`` or ``all``),
+        newest decision first, at most ``limit``. Raises BAD_REQUEST."""
+        if state not in (*QUEUE_STATES, "all"):
+            raise AuditError(f"state {state!r:.40} is not one of "
+                             f"{', '.join(QUEUE_STATES)}, all", code="BAD_REQUEST",
+                             details={"field": "state"})
+        if not _is_int(limit) or limit < 1:
+            raise AuditError("limit must be an integer ≥ 1", code="BAD_REQUEST",
+                             details={"field": "limit"})
+        try:
+            where, args = ("", ()) if state == "all" else (" WHERE q.state = ?", (state,))
+            rows = self.con.execute(
+                self._ENTRY_SQL + where + " ORDER BY q.requested_at DESC, q.rowid DESC "
+                "LIMIT ?", (*args, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot read the audit queue") from exc
+        return [_public_entry(r) for r in rows]
 
     def stats(self, *, since: float | None = None) -> dict:
         """Audits recorded (since ``since``, Unix seconds, when given): ``{audits,
@@ -632,3 +788,17 @@ def _public_audit(row: dict) -> dict:
     out["items"] = json.loads(out["items"])
     out["found"] = json.loads(out["found"])
     return out
+
+
+def _public_entry(row) -> dict:
+    (order_no, shopper, state, decision, items, requested_at, outcome, finding, found,
+     staff, principal, recorded_at, trust_before, trust_after) = row
+    dec = json.loads(decision)
+    return {"order_no": order_no, "audit": bool(dec["audit"]),
+            "kind": dec["kind"] if dec["audit"] else None, "items": json.loads(items),
+            "reason": dec["reason"], "probability": dec["probability"], "state": state,
+            "outcome": outcome, "finding": finding,
+            "found": json.loads(found) if found is not None else [], "staff": staff,
+            "principal": principal, "shopper": shopper, "trust_before": trust_before,
+            "trust_after": trust_after, "requested_at": requested_at,
+            "recorded_at": recorded_at}

@@ -1,5 +1,6 @@
-"""The merchant's analytics: sales, baskets, payments, items, alarms, audits, coupons
-and journeys, read from **rollup tables kept up to date by SQLite triggers**.
+"""The merchant's analytics: sales, baskets, payments, items, alarms, audits, what
+staff caught, coupons and journeys, read from **rollup tables kept up to date by
+SQLite triggers**.
 
 The views read only the rollup tables (``ru_*``) of ``core/rollups.py``, which lists
 them: small summaries that triggers keep in the same transaction as every write the
@@ -23,8 +24,11 @@ else ``other``). Alarms: weight verdicts other than ``ok`` per exit lane, and th
 lane's weight-alarm rate beside the policy's false-alarm rate (``erfc(k/√2)``): the
 data holds no ground truth of who was honest, so the observed rate is the ceiling
 of the honest-alarm rate and the excess over the expected honest alarms is what
-thefts and mistakes explain. Audits are read where the store keeps them in
-``store.db`` (the demo keeps them in ``floor.db``: not read here).
+thefts and mistakes explain. Audits are read where the service keeps them, in
+``store.db``. "Thefts and mistakes caught" counts what staff found: audits recorded
+as a discrepancy with a finding (``theft`` or ``mistake``, on the day of the result)
+and exit alarms resolved with a finding (``theft``, ``mistake`` or ``false_alarm``,
+on the day of the action), from ``ru_finding_day``.
 
 Charts are server-rendered SVG drawn by pygal, with no script and no reference to
 the network (``js=[]``, no XML declaration; pygal's comments and its inline config
@@ -54,7 +58,7 @@ from lanecore.core.weigh.verify import VerifyPolicy
 __all__ = ["Analytics", "ensure_rollups", "VIEWS", "SALES_STATUSES", "ROLLUP_VERSION",
            "SIZE_BINS", "VALUE_BINS", "TOP_ITEMS", "policy_false_alarm_rate",
            "journey_sql", "size_bin_sql", "value_bin_sql", "day_sql", "JOURNEYS",
-           "alarm_rate_rows"]
+           "alarm_rate_rows", "FINDING_SOURCES", "FINDINGS"]
 
 #: Rows of the top-items view.
 TOP_ITEMS = 20
@@ -275,6 +279,28 @@ def _v_audits(db, rng):
     return [[k, n, hit, round(hit / n, 6)] for k, n, hit in rows]
 
 
+#: The sources of findings (``ru_finding_day``) and the findings, in display order.
+FINDING_SOURCES = ("audit", "exit")
+FINDINGS = ("theft", "mistake", "false_alarm")
+
+
+def _v_caught(db, rng):
+    con = db["store"]
+    names = _table_names(con)
+    if "ru_finding_day" not in names:
+        return []
+    if "ru_finding_month" in names:
+        sub, args = _covered(con, "ru_finding", "source, finding, n", "1", rng)
+    else:
+        where, args = rng.days()
+        sub = f"(SELECT source, finding, n FROM ru_finding_day WHERE {where})"
+    got = con.execute(f"SELECT source, finding, sum(n) FROM {sub} "
+                      "GROUP BY source, finding HAVING sum(n) > 0", args).fetchall()
+    order = {k: i for i, k in enumerate(FINDING_SOURCES + FINDINGS)}
+    return sorted(([s, f, n] for s, f, n in got),
+                  key=lambda r: (order.get(r[0], 99), r[0], order.get(r[1], 99), r[1]))
+
+
 def _v_coupons(db, rng):
     con = db.get("coupons")
     if con is None:
@@ -344,6 +370,8 @@ VIEWS: dict[str, _View] = {
                         "Bar", y=3),
     "audits": _View("Audit hit rate", ("kind", "audits", "discrepancies", "hit_rate"),
                     _v_audits, "Bar", y=3),
+    "caught": _View("Thefts and mistakes caught", ("source", "finding", "n"), _v_caught,
+                    "StackedBar", y=2),
     "coupons_by_manufacturer": _View(
         "Coupon redemptions per manufacturer",
         ("issuer_id", "name", "currency", "redemptions", "amount_minor", "reversed"),
@@ -366,7 +394,7 @@ def _svg(view: _View, name: str, rows: list[list]) -> str | None:
     if view.chart == "Pie":
         for r in rows:
             chart.add(str(r[view.x]), r[view.y])
-    elif view.chart == "StackedBar":      # alarms: lanes along x, one series per cause
+    elif view.chart == "StackedBar":      # lanes (sources) along x, a series per cause
         lanes = sorted({r[0] for r in rows})
         chart.x_labels = lanes
         for cause in sorted({r[1] for r in rows}):

@@ -1,12 +1,13 @@
 """The console's pages and routes (Starlette), and ``create_app``.
 
 Pages render on the server (Jinja2, ``templates/``); ``static/console.js`` keeps
-``/lanes``, ``/alarms`` and ``/devices`` live from ``/events/stream`` (server-sent
-events). Every page and POST checks the session (none: a redirect to ``/login``)
-and the role (``PAGES``: ``FORBIDDEN``, 403); every POST checks the form's ``csrf``
-field against the session's token (``CSRF``, 403). Each action goes to the actions
-log of ``console.db`` with the staff name and role, and what the service was asked
-goes to it as the console's own identity (``key:console``) with ``staff`` named.
+``/lanes``, ``/alarms``, ``/audits`` and ``/devices`` live from ``/events/stream``
+(server-sent events). Every page and POST checks the session (none: a redirect to
+``/login``) and the role (``PAGES``: ``FORBIDDEN``, 403); every POST checks the
+form's ``csrf`` field against the session's token (``CSRF``, 403). Each action goes
+to the actions log of ``console.db`` with the staff name and role, and what the
+service was asked goes to it as the console's own identity (``key:console``) with
+``staff`` named.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import html
 import json
 import logging
+import re
 import secrets
-import sqlite3
 import threading
 import time
 from decimal import Decimal
@@ -43,6 +45,13 @@ SESSION_COOKIE = "lanecore_session"
 LOGIN_CSRF_COOKIE = "lanecore_login_csrf"
 LANG_COOKIE = "lanecore_lang"
 ALARM_ACTIONS = ("ack", "override", "rescan")
+#: What staff found behind an alarm (``alarm.resolve``'s ``finding``) or an audit's
+#: discrepancy (``audit.record``: theft or mistake only).
+FINDINGS = ("theft", "mistake", "false_alarm")
+AUDIT_FINDINGS = ("theft", "mistake")
+AUDIT_OUTCOMES = ("clean", "discrepancy")
+#: Most "found" rows one audit result carries from the form.
+MAX_FOUND_ROWS = 50
 
 #: Every page, its title and the least role that sees it (``admin`` sees all).
 PAGES = (("/lanes", N_("Lanes"), "attendant"), ("/alarms", N_("Alarms"), "attendant"),
@@ -66,6 +75,13 @@ ERRORS = {
     "UNKNOWN_VIEW": N_("No such report."),
     "UNAVAILABLE": N_("That part of the store is not connected to this console."),
     "SERVICE": N_("The store's service answered with an error."),
+    "AUDIT_CONFLICT": N_("This audit already has a different result."),
+    "UNKNOWN_AUDIT": N_("The service has no audit for this order."),
+    "NOT_AUDITED": N_("This order was not picked for an audit."),
+    "FINDING_REQUIRED": N_("A discrepancy needs a finding: theft or mistake."),
+    "FOUND_REQUIRED": N_("A discrepancy needs what was found (GTIN and quantity)."),
+    "TIMEOUT": N_("The store's service did not answer in time."),
+    "UNREACHABLE": N_("The store's service cannot be reached."),
 }
 STATE_NAMES = {"idle": N_("idle"), "settled": N_("settled"), "fault": N_("fault"),
                "ok": N_("ok"), "alarm": N_("alarm")}
@@ -74,6 +90,17 @@ CAUSE_NAMES = {"weight_short": N_("weight short"), "weight_over": N_("weight ove
 ROLE_NAMES = {"attendant": N_("attendant"), "manager": N_("manager"), "admin": N_("admin")}
 ACTION_NAMES = {"open": N_("open"), "ack": N_("acknowledged"), "override": N_("overridden"),
                 "rescan": N_("rescan requested")}
+FINDING_NAMES = {"theft": N_("theft"), "mistake": N_("mistake"),
+                 "false_alarm": N_("false alarm")}
+AUDIT_KIND_NAMES = {"visual": N_("visual"), "rescan": N_("rescan")}
+#: The analytics views' titles (``analytics.VIEWS``) that have a translation, and the
+#: codes a view's rows and chart show as words (the CSV keeps the codes).
+VIEW_TITLES = (N_("Thefts and mistakes caught"),)
+VIEW_LABELS = {"caught": {"audit": N_("audit"), "exit": N_("exit lane"),
+                          "theft": N_("theft"), "mistake": N_("mistake"),
+                          "false_alarm": N_("false alarm")}}
+VIEW_COLUMNS = (N_("source"), N_("finding"), N_("n"))
+OUTCOME_NAMES = {"clean": N_("clean"), "discrepancy": N_("discrepancy")}
 #: Verdicts (core/weigh/verify.py) and order statuses (core/store/basket.py) as shown.
 VERDICT_NAMES = {"ok": N_("ok"), "short": N_("short"), "over": N_("over")}
 ORDER_STATUS_NAMES = {"submitted": N_("submitted"), "paid": N_("paid"),
@@ -88,7 +115,9 @@ SCRIPT_MESSAGES = (N_("idle"), N_("settled"), N_("fault"), N_("ok"), N_("alarm")
                    N_("Request rescan"), N_("Reason"), N_("Confirmed weight (g)"),
                    N_("missing"), N_("extra"), N_("Order"), N_("Verdict"),
                    N_("Live weight"), N_("Settled"), N_("EAS"), N_("Faults"), N_("none"),
-                   N_("clear"), N_("live"), N_("reconnecting"), N_("Lane"))
+                   N_("clear"), N_("live"), N_("reconnecting"), N_("Lane"),
+                   N_("theft"), N_("mistake"), N_("false alarm"), N_("visual"),
+                   N_("rescan"), N_("clean"), N_("discrepancy"))
 
 
 class Upstream:
@@ -163,17 +192,18 @@ def _date(text: str | None) -> dt.date | None:
 
 def create_app(data_dir, *, service: str | None = None, events: str | None = None,
                curve=None, coupons: str | None = None, coupons_curve=None,
-               floor_db=None, store_db=None, ledger_db=None, coupons_db=None,
+               store_db=None, ledger_db=None, coupons_db=None,
                analytics=None, clock=time.time, secure_cookies: bool = False,
                ready=None, currency: str = "GBP", terminals=None) -> Starlette:
     """The console app over ``DATA_DIR/console.db``.
 
     ``service``/``events``: the verification service's ROUTER and PUB endpoints
     (``curve``: the console's CurveKeys there); ``coupons``: the coupon gateway
-    (``coupons_curve``); ``floor_db``: the audits' database (read only);
-    ``store_db``, ``ledger_db``, ``coupons_db``: what analytics reads. ``analytics``:
-    an object with the ``Analytics`` interface (default: ``console.analytics``'s,
-    made lazily over those databases). ``ready``: called once the app has started.
+    (``coupons_curve``); ``store_db``, ``ledger_db``, ``coupons_db``: what analytics
+    reads. ``analytics``: an object with the ``Analytics`` interface (default:
+    ``console.analytics``'s, made lazily over those databases). ``ready``: called
+    once the app has started. The alarm and audit history, and the audits page, come
+    from the service (``alarm.list``, ``audit.list``, ``audit.record``).
     ``terminals``: the payment gateway's terminal registry for ``/terminals``, as
     ``open(readonly=False) -> (con, registry)`` (the command line passes
     ``gateway/payments/terminals.py``'s ``open_registry`` over ``--ledger-db``)."""
@@ -181,8 +211,10 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
     from lanecore.core.config import private_dir
     private_dir(data_dir)
     staff = auth.StaffDB(auth.database_path(data_dir), clock=clock)
-    hub = Hub(events, curve=curve, floor=Floor(clock))
     svc = Upstream(service, curve)
+    # the alarm and audit history comes from the service (alarm.list, audit.list)
+    hub = Hub(events, curve=curve, floor=Floor(clock),
+              history=svc.call if svc.configured else None)
     cpn = Upstream(coupons, coupons_curve)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["grams"] = _grams
@@ -225,6 +257,9 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             cause_names={k: _(v) for k, v in CAUSE_NAMES.items()},
             action_names={k: _(v) for k, v in ACTION_NAMES.items()},
             verdict_names={k: _(v) for k, v in VERDICT_NAMES.items()},
+            finding_names={k: _(v) for k, v in FINDING_NAMES.items()},
+            audit_kind_names={k: _(v) for k, v in AUDIT_KIND_NAMES.items()},
+            outcome_names={k: _(v) for k, v in OUTCOME_NAMES.items()},
             status_names={k: _(v) for k, v in ORDER_STATUS_NAMES.items()},
             money=lambda m, c=currency: _money(m, c, lang), **ctx)
         resp = templates.TemplateResponse(request, name, context, status_code=status)
@@ -370,11 +405,16 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         action = str(form.get("action") or "")
         reason = str(form.get("reason") or "").strip()[:256]
         weight = str(form.get("weight_g") or "").strip()
+        finding = str(form.get("finding") or "").strip()
         target = f"{lane}/{order_no}"
         if action not in ALARM_ACTIONS:
             staff.record(session.name, session.role, "alarm.?", target=target,
                          result="BAD_ACTION")
             return error(request, session, "BAD_ACTION", 400)
+        if finding and finding not in FINDINGS:
+            staff.record(session.name, session.role, f"alarm.{action}", target=target,
+                         result="BAD_FIELD")
+            return error(request, session, "BAD_FIELD", 400)
         if action == "override" and not reason:
             staff.record(session.name, session.role, f"alarm.{action}", target=target,
                          result="REASON_REQUIRED")
@@ -395,31 +435,123 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             fields["reason"] = reason
         if weight_g is not None:
             fields["weight_g"] = weight_g
+        if finding:
+            fields["finding"] = finding
+        detail = " · ".join(x for x in (reason, finding) if x) or None
         try:
             reply = await svc.call("alarm.resolve", **fields)
         except LanecoreError as exc:
             staff.record(session.name, session.role, f"alarm.{action}", target=target,
-                         detail=reason or None, result=exc.code)
+                         detail=detail, result=exc.code)
             return error(request, session, exc.code, 502 if exc.code in (
                 "TIMEOUT", "UNREACHABLE", "UNAVAILABLE") else 400, detail=exc.code)
         record = reply.get("resolved") or {}
         staff.record(session.name, session.role, f"alarm.{action}", target=target,
-                     detail=reason or None,
+                     detail=detail,
                      result=f"ok #{record.get('action_id')}")
         hub.feed("alarm", {"resolved": record})
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"ok": True, "resolved": record})
         return RedirectResponse("/alarms", status_code=303)
 
+    async def audits_render(request: Request, session, *, status: int = 200,
+                            problem: dict | None = None,
+                            recorded: str | None = None) -> Response:
+        """The audits page: the pending queue, the recorded list and the stats, read
+        from the service (``audit.list``) on every view."""
+        pending, done, stats, unavailable = [], [], None, None
+        if not svc.configured:
+            unavailable = "UNAVAILABLE"
+        else:
+            try:
+                got = await svc.call("audit.list", state="pending", limit=200)
+                pending = got.get("audits") or []
+                got = await svc.call("audit.list", state="done", limit=200)
+                done, stats = got.get("audits") or [], got.get("stats")
+            except LanecoreError as exc:
+                unavailable = exc.code
+        resp = render(request, "audits.html", session, status, pending=pending, done=done,
+                      stats=stats, unavailable=unavailable, problem=problem,
+                      recorded=recorded, live=bool(hub.endpoint),
+                      findings=AUDIT_FINDINGS)
+        if problem is not None:
+            resp.headers["X-Error-Code"] = problem["code"]
+        return resp
+
     async def audits(request: Request):
         session, _f, refused = await gate(request, page("/audits"))
         if refused is not None:
             return refused
-        rows, stats = [], None
-        if floor_db is not None and Path(floor_db).exists():
-            rows, stats = await asyncio.to_thread(_read_audits, Path(floor_db))
-        return render(request, "audits.html", session, audits=rows, stats=stats,
-                      configured=floor_db is not None)
+        return await audits_render(request, session,
+                                   recorded=request.query_params.get("recorded"))
+
+    async def audit_record(request: Request):
+        """One audit's result from the page → ``audit.record`` with ``staff`` the
+        session's user: ``clean``, or ``discrepancy`` with what was found (GTIN and
+        quantity rows) and the finding (theft or mistake)."""
+        session, form, refused = await gate(request, page("/audits"), post=True)
+        if refused is not None:
+            return refused
+        order_no = str(form.get("order_no") or "").strip()[:64]
+        outcome = str(form.get("outcome") or "")
+        finding = str(form.get("finding") or "").strip()
+        wants_json = "application/json" in request.headers.get("accept", "")
+
+        async def refuse(code: str, status: int, message: str | None = None):
+            staff.record(session.name, session.role, "audit.record", target=order_no,
+                         detail=outcome or None, result=code)
+            _ = gettext_for(lang_of(request, session))
+            text = message or (_(ERRORS[code]) if code in ERRORS else _(ERRORS["SERVICE"]))
+            if wants_json:
+                return JSONResponse({"ok": False, "error": {"code": code, "message": text}},
+                                    status_code=status, headers={"X-Error-Code": code})
+            return await audits_render(request, session, status=status, problem={
+                "code": code, "message": text, "order_no": order_no})
+
+        found = []
+        gtins, qtys = form.getlist("found_gtin"), form.getlist("found_qty")
+        if len(gtins) != len(qtys) or len(gtins) > MAX_FOUND_ROWS:
+            return await refuse("BAD_FIELD", 400)
+        for gtin, qty in zip(gtins, qtys):
+            gtin, qty = str(gtin).strip(), str(qty).strip()
+            if not gtin and not qty:
+                continue
+            if not qty:              # a prefilled line nobody counted: not a finding
+                continue
+            if not (gtin.isdigit() and 8 <= len(gtin) <= 14 and qty.isdigit()
+                    and 0 <= int(qty) <= 9999):
+                return await refuse("BAD_FIELD", 400)
+            if int(qty) > 0:
+                found.append({"gtin": gtin, "qty": int(qty)})
+        if not order_no or outcome not in AUDIT_OUTCOMES:
+            return await refuse("BAD_FIELD", 400)
+        fields = {"order_no": order_no, "outcome": outcome, "staff": session.name}
+        if outcome == "clean":
+            if found or finding:
+                return await refuse("BAD_FIELD", 400)
+            fields["found"] = []
+        else:
+            if finding not in AUDIT_FINDINGS:
+                return await refuse("FINDING_REQUIRED", 400)
+            if not found:
+                return await refuse("FOUND_REQUIRED", 400)
+            fields.update(found=found, finding=finding)
+        try:
+            reply = await svc.call("audit.record", **fields)
+        except LanecoreError as exc:
+            status = 502 if exc.code in ("TIMEOUT", "UNREACHABLE", "UNAVAILABLE") else (
+                409 if exc.code == "AUDIT_CONFLICT" else 400)
+            return await refuse(exc.code, status,
+                                None if exc.code in ERRORS else f"{exc.code}: {exc}")
+        record = reply.get("audit") or {}
+        staff.record(session.name, session.role, "audit.record", target=order_no,
+                     detail=" · ".join(x for x in (outcome, finding) if x),
+                     result="ok")
+        if record.get("order_no"):
+            hub.feed("audit", {"recorded": record})
+        if wants_json:
+            return JSONResponse({"ok": True, "audit": record})
+        return RedirectResponse(f"/audits?recorded={order_no}", status_code=303)
 
     async def devices(request: Request):
         session, _f, refused = await gate(request, page("/devices"))
@@ -482,7 +614,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
                 except LanecoreError as exc:
                     v = {"title": title, "columns": [], "rows": [], "svg": None,
                          "problem": exc.code}
-                views.append({"name": name, **v})
+                views.append(_words(name, v, gettext_for(lang_of(request, session))))
         return render(request, "analytics.html", session, views=views,
                       available=a is not None,
                       since=since.isoformat() if since else "",
@@ -592,7 +724,8 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         Route("/lanes", lanes),
         Route("/alarms", alarms),
         Route("/alarms/resolve", alarm_resolve, methods=["POST"]),
-        Route("/audits", audits),
+        Route("/audits", audits, methods=["GET"]),
+        Route("/audits/record", audit_record, methods=["POST"]),
         Route("/devices", devices),
         *products_routes(),
         *backoffice_routes(),
@@ -612,6 +745,26 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
     app.state.hub = hub
     app.state.service = svc
     return app
+
+
+_SVG_TEXT = re.compile(r"(<text\b[^>]*>)([^<]*)(</text>)")
+
+
+def _words(name: str, view: dict, _) -> dict:
+    """A view as the page shows it in the session's language: its chart's title and
+    the codes of ``VIEW_LABELS`` in its rows and chart as words."""
+    labels = {k: _(v) for k, v in VIEW_LABELS.get(name, {}).items()}
+    words = {html.escape(view["title"], quote=False): html.escape(_(view["title"]),
+                                                                  quote=False),
+             **{k: html.escape(v, quote=False) for k, v in labels.items()}}
+    out = {"name": name, **view}
+    if labels:
+        out["rows"] = [[labels.get(x, x) if isinstance(x, str) else x for x in r]
+                       for r in view.get("rows") or []]
+    if out.get("svg"):
+        out["svg"] = _SVG_TEXT.sub(lambda m: m.group(1) + words.get(m.group(2), m.group(2))
+                                   + m.group(3), out["svg"])
+    return out
 
 
 class SecurityHeaders:
@@ -642,36 +795,6 @@ class SecurityHeaders:
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
         await self.app(scope, receive, send_with_headers)
-
-
-def _read_audits(path: Path) -> tuple[list[dict], dict]:
-    """The handheld audits in the floor's database (read only): the newest 200 and
-    the counts (``core/store/audit.py``)."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    try:
-        try:
-            rows = con.execute(
-                "SELECT order_no, shopper, kind, items, reason, probability, outcome, "
-                "found, trust_before, trust_after, recorded_at FROM audits ORDER BY "
-                "recorded_at DESC LIMIT 200").fetchall()
-        except sqlite3.OperationalError:       # no audits table yet
-            return [], {"audits": 0, "discrepancies": 0, "rate": 0.0}
-        cols = ("order_no", "shopper", "kind", "items", "reason", "probability", "outcome",
-                "found", "trust_before", "trust_after", "recorded_at")
-        out = []
-        for r in rows:
-            d = dict(zip(cols, r))
-            for k in ("items", "found"):
-                try:
-                    d[k] = json.loads(d[k])
-                except (TypeError, ValueError):
-                    d[k] = []
-            out.append(d)
-        n, bad = con.execute("SELECT COUNT(*), COALESCE(SUM(outcome = 'discrepancy'), 0) "
-                             "FROM audits").fetchone()
-        return out, {"audits": n, "discrepancies": bad, "rate": bad / n if n else 0.0}
-    finally:
-        con.close()
 
 
 def serve(app: Starlette, host: str, port: int, *, on_bound=None) -> None:

@@ -6,11 +6,21 @@ called as the console's own identity (``--coupons``).
   ``clearing.report`` for ``issuer`` (optional) and the date range ``from`` / ``to``
   (``YYYY-MM-DD``, the console machine's local days, ``to`` included); the forms.
 * ``POST /coupons/issuer`` (``csrf``, ``issuer_id``, ``name``): ``issuer.add``.
-* ``POST /coupons/define`` (``csrf``, ``coupon_def_id``, ``issuer_id``,
-  ``target_gtin`` (8, 12, 13 or 14 digits), ``amount`` (money off, at most the
-  currency's decimals), ``currency`` (ISO 4217, default the console's),
-  ``valid_from`` / ``valid_until`` (``YYYY-MM-DD``, local days, ``valid_until``
-  included), ``min_qty``, ``per_customer_limit`` (optional)): ``coupon.define``.
+* ``POST /coupons/define`` (``csrf``, ``coupon_def_id``, ``issuer_id``, what it
+  applies to — ``applies_to`` ``item`` with ``target_gtin`` (8, 12, 13 or 14 digits)
+  or ``family`` with ``target_family`` (a family of ``coupons.toml``'s
+  ``[families]``) —, its value — ``discount`` ``amount`` with ``amount`` (money off
+  each unit, at most the currency's decimals) or ``percent`` with ``percent``
+  (``12.5`` is 12.5 %, at most 2 decimals) —, ``currency`` (ISO 4217, default the
+  console's), ``valid_from`` / ``valid_until`` (``YYYY-MM-DD``, local days,
+  ``valid_until`` included), ``min_qty``, ``per_customer_limit`` (optional)):
+  ``coupon.define``. These are every kind the coupon book's ``Definition``
+  (``core/promo/coupons.py``) has: one target (an item or a family) × one value (an
+  amount or a percentage), with a minimum quantity and a per-customer limit. Without
+  ``applies_to`` / ``discount`` the filled field decides (``target_family`` without
+  ``target_gtin`` is a family; ``percent`` without ``amount`` a percentage). What
+  the gateway refuses (``BAD_COUPON_DEF``) is shown with its message and the
+  ``field`` it names.
 * ``GET /coupons/clearing.csv?issuer=&from=&to=``: the same clearing rows as the
   page, as CSV.
 
@@ -48,6 +58,10 @@ _UNREACHABLE = ("TIMEOUT", "UNREACHABLE", "UNAVAILABLE", "CLOSED")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GTIN = re.compile(r"[0-9]{8}|[0-9]{12,14}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+#: What a coupon may apply to and what it may take off (``Definition``'s targets
+#: and values).
+APPLIES_TO = {"item": N_("One item (GTIN)"), "family": N_("A family of items")}
+DISCOUNTS = {"amount": N_("Amount off each unit"), "percent": N_("Percent off")}
 #: The CSV's columns (``amount`` is ``amount_minor`` in the currency's units).
 CSV_COLUMNS = ("issuer_id", "coupon_id", "coupon_def_id", "store_id", "order_no",
                "amount_minor", "amount", "currency", "redeemed_at", "reversed")
@@ -74,6 +88,17 @@ def _midnight(day: dt.date) -> int:
     return int(dt.datetime.combine(day, dt.time()).timestamp())
 
 
+def _positive(text: str, field: str, places: int) -> Decimal:
+    """A number > 0 with at most ``places`` decimals; FormError(field) else."""
+    try:
+        v = Decimal(text.replace(",", ""))
+    except InvalidOperation:
+        raise FormError(field) from None
+    if not v.is_finite() or v <= 0 or -v.as_tuple().exponent > places:
+        raise FormError(field)
+    return v
+
+
 def definition_of(form, default_currency: str) -> dict:
     """The ``coupon.define`` definition from the define form."""
     from babel.numbers import get_currency_precision
@@ -83,21 +108,32 @@ def definition_of(form, default_currency: str) -> dict:
         if not _ID.fullmatch(get(k)):
             raise FormError(k)
         d[k] = get(k)
-    if not _GTIN.fullmatch(get("target_gtin")):
-        raise FormError("target_gtin")
-    d["target_gtin"] = get("target_gtin").zfill(14)
+    applies_to = get("applies_to") or (
+        "family" if get("target_family") and not get("target_gtin") else "item")
+    if applies_to == "item":
+        if not _GTIN.fullmatch(get("target_gtin")):
+            raise FormError("target_gtin")
+        d["target_gtin"] = get("target_gtin").zfill(14)
+    elif applies_to == "family":
+        if not get("target_family"):
+            raise FormError("target_family")
+        d["target_family"] = get("target_family")      # its form: the gateway's check
+    else:
+        raise FormError("applies_to")
     currency = get("currency").upper() or default_currency
     if not _CURRENCY.fullmatch(currency):
         raise FormError("currency")
     d["currency"] = currency
-    places = get_currency_precision(currency)
-    try:
-        amount = Decimal(get("amount"))
-    except InvalidOperation:
-        raise FormError("amount") from None
-    if not amount.is_finite() or amount <= 0 or -amount.as_tuple().exponent > places:
-        raise FormError("amount")
-    d["amount_off_minor"] = int(amount.scaleb(places))
+    discount = get("discount") or ("percent" if get("percent") and not get("amount")
+                                   else "amount")
+    if discount == "amount":
+        places = get_currency_precision(currency)
+        amount = _positive(get("amount"), "amount", places)
+        d["amount_off_minor"] = int(amount.scaleb(places))
+    elif discount == "percent":
+        d["percent_bp"] = int(_positive(get("percent"), "percent", 2) * 100)
+    else:
+        raise FormError("discount")
     start, end = _day(get("valid_from"), "valid_from"), _day(get("valid_until"),
                                                             "valid_until")
     if start is None:
@@ -205,20 +241,27 @@ def routes(ctx) -> list:
                           definitions=got["definitions"], names=names,
                           clearing_rows=clearing.get("rows", []), totals=totals,
                           store_id=clearing.get("store_id"), span=shown, problem=problem,
-                          form=form or {}, default_currency=ctx.currency)
+                          form=form or {}, default_currency=ctx.currency,
+                          applies_to=[(k, _(v)) for k, v in APPLIES_TO.items()],
+                          discounts=[(k, _(v)) for k, v in DISCOUNTS.items()])
         if problem is not None:
             resp.headers["X-Error-Code"] = problem["code"]
         return resp
 
-    async def refused_with(request, session, code: str, detail: str = "", form=None):
+    async def refused_with(request, session, code: str, detail: str = "", form=None,
+                           field: str | None = None):
         _ = gettext_for(ctx.lang_of(request, session))
         status = 502 if code in _UNREACHABLE else 400
         message = _(MESSAGES.get(code, GENERIC))
         if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse({"ok": False, "error": {"code": code, "message": message}},
+            error = {"code": code, "message": message}
+            if field:
+                error["field"] = field
+            return JSONResponse({"ok": False, "error": error},
                                 status_code=status, headers={"X-Error-Code": code})
         return await show(request, session, status,
-                          {"code": code, "message": message, "detail": detail}, form)
+                          {"code": code, "message": message, "detail": detail,
+                           "field": field}, form)
 
     def done(request: Request, reply: dict) -> Response:
         if "application/json" in request.headers.get("accept", ""):
@@ -263,15 +306,17 @@ def routes(ctx) -> list:
         if refused is not None:
             return refused
         kept = {k: str(form.get(k) or "")[:64] for k in (
-            "coupon_def_id", "issuer_id", "target_gtin", "amount", "currency", "valid_from",
-            "valid_until", "min_qty", "per_customer_limit")}
+            "coupon_def_id", "issuer_id", "applies_to", "target_gtin", "target_family",
+            "discount", "amount", "percent", "currency", "valid_from", "valid_until",
+            "min_qty", "per_customer_limit")}
         try:
             definition = definition_of(form, ctx.currency)
         except FormError as exc:
             staff.record(session.name, session.role, "coupon.define",
                          target=kept["coupon_def_id"] or None, detail=exc.field,
                          result="BAD_FIELD")
-            return await refused_with(request, session, "BAD_FIELD", exc.field, kept)
+            return await refused_with(request, session, "BAD_FIELD", exc.field, kept,
+                                      field=exc.field)
         detail = json.dumps(definition, sort_keys=True)
         target = definition["coupon_def_id"]
         if not cpn.configured:
@@ -283,7 +328,9 @@ def routes(ctx) -> list:
         except LanecoreError as exc:
             staff.record(session.name, session.role, "coupon.define", target=target,
                          detail=detail, result=exc.code)
-            return await refused_with(request, session, exc.code, exc.message, kept)
+            field = ((exc.details or {}).get("details") or {}).get("field")
+            return await refused_with(request, session, exc.code, exc.message, kept,
+                                      field=field if isinstance(field, str) else None)
         staff.record(session.name, session.role, "coupon.define", target=target,
                      detail=detail)
         return done(request, reply)
@@ -318,4 +365,4 @@ def routes(ctx) -> list:
             Route("/coupons/clearing.csv", clearing_export, methods=["GET"])]
 
 
-__all__ = ["CSV_COLUMNS", "clearing_csv", "clearing_range", "definition_of", "routes"]
+__all__ = ["APPLIES_TO", "DISCOUNTS", "CSV_COLUMNS", "clearing_csv", "clearing_range", "definition_of", "routes"]

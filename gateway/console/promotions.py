@@ -3,13 +3,16 @@ the coupon gateway, which prices the very next basket with them (no restart).
 
 * ``GET /promotions`` (manager, admin): the coupon gateway's ``promo.list`` (ended
   ones too) as three lists — active, scheduled, ended (or past their window) — and
-  ``coupons.toml``'s promotions (read only); the create form.
+  ``coupons.toml``'s promotions (source ``file``: their terms are the file's, but
+  each not yet ended has "End now" too — the gateway records the end in coupons.db
+  and the next basket is priced without it); the create form.
 * ``POST /promotions`` (``csrf``; ``kind`` one of :data:`KINDS`, ``gtin``,
   ``percent`` (``12.5`` is 12.5 %), ``amount`` (money, ``1.50``), ``buy_qty`` /
   ``pay_qty`` (multi-buy), ``threshold`` (money, basket discounts), ``valid_from`` /
   ``valid_until`` (``YYYY-MM-DDTHH:MM``, the console's local time; from empty: now,
   until empty: until ended), ``promo_id`` (optional)): ``promo.create``.
-* ``POST /promotions/end`` (``csrf``, ``promo_id``): ``promo.end``.
+* ``POST /promotions/end`` (``csrf``, ``promo_id``): ``promo.end``, of a database or
+  a ``coupons.toml`` promotion alike.
 
 Both go through the console's own identity at the coupon gateway with ``staff``
 named, and to the console's actions log (``promo.create`` / ``promo.end``) with the

@@ -1,30 +1,36 @@
 """The merchant's POS terminals page (issue 15, Build 4): the payment gateway's
-terminals — list, add, disable, change limits.
+terminals — list, add, disable, enable, change limits, give a new key.
 
 The payment gateway has no op for its terminal registry (it is managed with
-``lanecore terminal add|list|disable`` on its ledger database), so the console goes
+``lanecore terminal add|list|disable|enable|limits|rotate`` on its ledger database), so the console goes
 to the same registry, table ``pos_terminals`` of ``payments.db``, given to it with
 ``--ledger-db``. That is an explicit choice, documented in ``docs/console.md``:
 
 * the listing reads over a ``mode=ro`` connection, as analytics does;
-* add, disable and limits — and only these handlers — open a separate read-write
+* add, disable, enable, limits and rotate — and only these handlers — open a separate read-write
   connection for that one change, through the registry code the CLI uses
   (``gateway/payments/terminals.py``'s ``open_registry`` and ``Terminals``, handed to
   ``create_app`` as ``terminals`` by the command line: the console does not import
   the payment gateway), and close it at once. The gateway reads the registry on every
   request, so a change holds from the next one.
 
-A new terminal's key is made by the registry, shown **once** in the answer to the
-add (the page says it is a secret) and never stored by the console nor logged: the
-actions log records the terminal id, roles and limits. Managers may add terminals
-with the selling roles in :data:`ADDABLE_ROLES` only (``pos`` by default); staff,
-``hq`` and ``admin`` terminals are the command line's (``lanecore terminal add``).
+A new terminal's key (and a rotated one) is made by the registry, shown **once** in
+the answer to the add or the rotation (the page says it is a secret) and never stored
+by the console nor logged: the actions log records the terminal id, roles and limits.
+Managers may add terminals with the selling roles in :data:`ADDABLE_ROLES` only
+(``pos`` by default), and give a new key to or enable only such terminals (else
+``BAD_ROLE``: a staff terminal's key would give its roles); staff, ``hq`` and
+``admin`` terminals are the command line's (``lanecore terminal add|rotate|enable``).
 
 * ``GET /terminals`` (manager, admin).
 * ``POST /terminals/add`` (``csrf``, ``terminal_id``, ``roles`` (one or more of
   ADDABLE_ROLES), ``max_payment``, ``max_day`` (money, empty: no limit), ``methods``
   (several; none: every method)): 200 with the key shown once.
-* ``POST /terminals/disable`` (``csrf``, ``terminal_id``).
+* ``POST /terminals/disable`` (``csrf``, ``terminal_id``); ``POST /terminals/enable``
+  (the same fields): its requests accepted again, its key unchanged.
+* ``POST /terminals/rotate`` (``csrf``, ``terminal_id``): a new key, shown once as
+  for an add; roles, limits and state kept (a disabled terminal stays disabled), the
+  old key refused from the gateway's next request.
 * ``POST /terminals/limits`` (``csrf``, ``terminal_id``, ``max_payment``, ``max_day``,
   ``methods``): the limits replaced, key and roles kept.
 """
@@ -51,7 +57,7 @@ MESSAGES = {
     "BAD_FIELD": N_("A field of the form is not valid."),
     "BAD_TERMINAL_ID": N_("A terminal id is 1 to 32 letters, digits, '.', '_' or '-'."),
     "BAD_LIMIT": N_("A limit is not valid: a positive amount, and known payment methods."),
-    "BAD_ROLE": N_("Terminals with that role are added with the command line."),
+    "BAD_ROLE": N_("Terminals with that role are managed with the command line."),
     "TERMINAL_EXISTS": N_("A terminal with that id exists already."),
     "UNKNOWN_TERMINAL": N_("No such terminal."),
     "NO_LEDGER_DB": N_("This console was started without the payments database (--ledger-db)."),
@@ -132,12 +138,21 @@ def routes(ctx) -> list:
                 return t.to_dict(), key
             if action == "disable":
                 return reg.disable(terminal_id).to_dict(), None
-            return reg.set_limits(terminal_id, **kw).to_dict(), None
+            if action == "limits":
+                return reg.set_limits(terminal_id, **kw).to_dict(), None
+            held = reg.get(terminal_id)         # rotate, enable: selling terminals only
+            if held is not None and not held.roles <= set(ADDABLE_ROLES):
+                raise LanecoreError(f"terminal {terminal_id} holds a role the command "
+                                    "line manages", code="BAD_ROLE")
+            if action == "enable":
+                return reg.enable(terminal_id).to_dict(), None
+            t, key = reg.rotate_key(terminal_id)
+            return t.to_dict(), key
         finally:
             con.close()
 
     async def show(request: Request, session, status: int = 200, problem=None,
-                   added=None, form=None) -> Response:
+                   added=None, form=None, rotated: bool = False) -> Response:
         _ = gettext_for(ctx.lang_of(request, session))
         rows, trouble = [], None
         if opener is None:
@@ -156,7 +171,7 @@ def routes(ctx) -> list:
                     f"{Decimal(t[k]).scaleb(-decimals):.{decimals}f}"
         resp = ctx.render(request, "terminals.html", session, status, terminals=rows,
                           connected=trouble is None, problem=problem, added=added,
-                          form=form or {}, addable_roles=ADDABLE_ROLES,
+                          form=form or {}, addable_roles=ADDABLE_ROLES, rotated=rotated,
                           methods=[(m, _(METHOD_NAMES[m])) for m in METHODS],
                           method_names={m: _(n) for m, n in METHOD_NAMES.items()})
         if problem is not None:
@@ -211,13 +226,7 @@ def routes(ctx) -> list:
         # the key: in this one answer only — never recorded, logged or kept
         staff.record(session.name, session.role, "terminal.add", target=tid,
                      detail=_describe(t))
-        from lanecore.gateway.net.auth import key_text
-        added = {"id": t["id"], "key": key_text(key)}
-        del key
-        if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse({"ok": True, "terminal": t, "key": added["key"]},
-                                headers={"Cache-Control": "no-store"})
-        return await show(request, session, added=added)
+        return await shown_once(request, session, t, key)
 
     async def change(request: Request, action: str):
         session, form, refused = await ctx.gate(request, role(), post=True)
@@ -236,16 +245,29 @@ def routes(ctx) -> list:
                          result="NO_LEDGER_DB")
             return await refused_with(request, session, "NO_LEDGER_DB")
         try:
-            t, _k = await asyncio.to_thread(_write, action, tid, **limits)
+            t, key = await asyncio.to_thread(_write, action, tid, **limits)
         except LanecoreError as exc:
             staff.record(session.name, session.role, f"terminal.{action}", target=tid,
                          result=exc.code)
             return await refused_with(request, session, exc.code)
         staff.record(session.name, session.role, f"terminal.{action}", target=tid,
                      detail=_describe(t) if action == "limits" else None)
+        if key is not None:                 # rotate: the new key, in this answer only
+            return await shown_once(request, session, t, key, rotated=True)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"ok": True, "terminal": t})
         return RedirectResponse("/terminals", status_code=303)
+
+    async def shown_once(request, session, t: dict, key: bytes, *, rotated: bool = False):
+        from lanecore.gateway.net.auth import key_text
+        added = {"id": t["id"], "key": key_text(key)}
+        del key
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"ok": True, "terminal": t, "key": added["key"]},
+                                headers={"Cache-Control": "no-store"})
+        resp = await show(request, session, added=added, rotated=rotated)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
 
     async def disable(request: Request):
         return await change(request, "disable")
@@ -253,10 +275,18 @@ def routes(ctx) -> list:
     async def limits(request: Request):
         return await change(request, "limits")
 
+    async def enable(request: Request):
+        return await change(request, "enable")
+
+    async def rotate(request: Request):
+        return await change(request, "rotate")
+
     return [Route("/terminals", page, methods=["GET"]),
             Route("/terminals/add", add, methods=["POST"]),
             Route("/terminals/disable", disable, methods=["POST"]),
-            Route("/terminals/limits", limits, methods=["POST"])]
+            Route("/terminals/limits", limits, methods=["POST"]),
+            Route("/terminals/enable", enable, methods=["POST"]),
+            Route("/terminals/rotate", rotate, methods=["POST"])]
 
 
 __all__ = ["ADDABLE_ROLES", "limits_of", "routes"]

@@ -76,12 +76,13 @@ class Broker:
     """The front of a multi-process service."""
 
     def __init__(self, data_dir, *, workers: int, region: str | None = None,
-                 max_lanes: int = 4096):
+                 max_lanes: int = 4096, store_risk: str = "medium"):
         if not 1 <= workers <= 64:
             raise ValueError("--workers must be 1..64")
         self.data_dir = Path(data_dir)
         self.region = region
         self.max_lanes = max_lanes
+        self.store_risk = store_risk
         self.workers = [Worker(k) for k in range(workers)]
         self.runtime = Path(tempfile.mkdtemp(prefix="lanecore-broker-"))
         self.backend = f"ipc://{self.runtime}/workers.ipc"
@@ -95,7 +96,8 @@ class Broker:
     def _spawn(self, w: Worker) -> None:
         cmd = [sys.executable, "-m", "lanecore", "worker", "--connect", self.backend,
                "--slot", str(w.slot), "--events-connect", self.event_sink,
-               "--data-dir", str(self.data_dir), "--max-lanes", str(self.max_lanes)]
+               "--data-dir", str(self.data_dir), "--max-lanes", str(self.max_lanes),
+               "--store-risk", self.store_risk]
         if self.region:
             cmd += ["--region", self.region]
         w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)

@@ -236,6 +236,30 @@ class Terminals:
                              "WHERE id = ?", (self.clock(), terminal_id))
         return self.get(terminal_id)
 
+    def rotate_key(self, terminal_id: str, *, key: bytes | None = None
+                   ) -> tuple[Terminal, bytes]:
+        """Give a terminal a new key, keeping its roles, limits and state (a disabled
+        terminal stays disabled: :meth:`enable` it once the new key is in place);
+        the old key fails from the next request. Returns it and the new key."""
+        key = secrets.token_bytes(KEY_BYTES) if key is None else key
+        if len(key) != KEY_BYTES:
+            raise TerminalError("a terminal key is 32 bytes", code="BAD_KEY")
+        if self.get(_check_id(terminal_id)) is None:
+            raise TerminalError(f"no terminal {terminal_id}", code="UNKNOWN_TERMINAL")
+        with self.con:
+            self.con.execute("UPDATE pos_terminals SET key = ? WHERE id = ?",
+                             (key, terminal_id))
+        return self.get(terminal_id), key
+
+    def enable(self, terminal_id: str) -> Terminal:
+        """Accept a disabled terminal's requests again (its key unchanged)."""
+        if self.get(_check_id(terminal_id)) is None:
+            raise TerminalError(f"no terminal {terminal_id}", code="UNKNOWN_TERMINAL")
+        with self.con:
+            self.con.execute("UPDATE pos_terminals SET disabled_at = NULL WHERE id = ?",
+                             (terminal_id,))
+        return self.get(terminal_id)
+
     def set_limits(self, terminal_id: str, *, max_payment_minor: int | None = None,
                    max_day_minor: int | None = None, methods=None) -> Terminal:
         """Replace a terminal's limits (``None``: no such limit), keeping its key, roles

@@ -8,6 +8,7 @@ Chinese pages show no English; every main page is saved as a screenshot."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import sqlite3
 import threading
@@ -248,6 +249,70 @@ def test_a_form_post_without_its_token_is_refused_in_the_browser(browser, floor)
         ctx.close()
 
 
+def _pending_audit(store, tries: int = 200) -> tuple[str, str]:
+    """A handheld's order, paid by the demo's payment gateway, that the service picks
+    for an audit (``audit.decide``; a fresh shopper is picked at the store's rate):
+    (order number, a GTIN in it)."""
+    with store.service("handheld") as svc, store.payments("HANDHELDS") as pay:
+        for i in range(tries):
+            gtin = store.gtin(store.goods[i % len(store.goods)])
+            bid = svc.basket_open("HH-AUDIT")["basket"]["basket_id"]
+            svc.basket_add(bid, [{"code": gtin, "qty": 1}])
+            order = svc.basket_submit(bid)
+            r = pay.call("pay.charge", order_no=order["order_no"],
+                         amount_minor=order["total_minor"], currency=order["currency"],
+                         method="auth_code",
+                         auth_code=store._wallet_code(random.Random(i)))
+            assert r["status"] == "paid", r
+            receipt = pay.call("pay.receipt", order_no=order["order_no"])["receipt"]
+            svc.call("order.status", order_no=order["order_no"], status="paid",
+                     proof=receipt)
+            got = svc.call("audit.decide", order_no=order["order_no"],
+                           shopper="S-BROWSER")["audit"]
+            if got["state"] == "pending":
+                return order["order_no"], gtin
+    raise AssertionError(f"no order picked for an audit in {tries}")
+
+
+def test_an_audit_appears_live_and_its_result_is_recorded_in_the_page(browser, floor,
+                                                                     screenshot_dir):
+    """/audits is open when a handheld's order is picked for a check: its row appears
+    with no reload (the service's ``audit`` event); the attendant records a
+    discrepancy (one unscanned item, a mistake) in the row's form; the service's own
+    record (``audit.get``) names her as staff, and the row moves to the recorded list."""
+    store = floor[0]
+    ctx, page = login(browser, floor, "attendant")
+    try:
+        page.goto(store.console_url.rstrip("/") + "/audits")
+        page.wait_for_selector('[data-testid=live-state][data-live="on"]')
+        page.evaluate("window.__notReloaded = true")
+        order_no, gtin = _pending_audit(store)
+        row = page.wait_for_selector(
+            f'#audits-pending [data-testid=audit-row][data-order="{order_no}"]',
+            timeout=30_000)
+        assert page.evaluate("window.__notReloaded") is True         # live, not reloaded
+        row.query_selector("[data-testid=audit-outcome-discrepancy]").check()
+        blank = row.query_selector_all("[data-testid=audit-found-row]")[-1]
+        blank.query_selector("[data-testid=audit-found-gtin]").fill(gtin)
+        blank.query_selector("[data-testid=audit-found-qty]").fill("1")
+        row.query_selector("[data-testid=audit-finding]").select_option("mistake")
+        page.screenshot(path=str(screenshot_dir / "audits.png"), full_page=True)
+        row.query_selector("[data-testid=audit-record]").click()
+        done = page.wait_for_selector(
+            f'#audits-done [data-testid=audit-done][data-order="{order_no}"]')
+        assert done.get_attribute("data-finding") == "mistake"
+        assert "ann" in done.query_selector("[data-testid=audit-staff]").inner_text()
+        assert not page.query_selector(
+            f'#audits-pending [data-testid=audit-row][data-order="{order_no}"]')
+    finally:
+        ctx.close()
+    with store.service("handheld") as svc:
+        audit = svc.call("audit.get", order_no=order_no)["audit"]
+    assert (audit["state"], audit["staff"], audit["outcome"], audit["finding"]) == (
+        "done", "ann", "discrepancy", "mistake"), audit
+    assert audit["found"] == [{"gtin": gtin, "qty": 1}], audit
+
+
 def test_the_healthz_answers(floor):
     import urllib.request
     with urllib.request.urlopen(floor[0].console_url.rstrip("/") + "/healthz", timeout=10) as r:
@@ -400,3 +465,37 @@ def test_a_promotion_made_in_the_page_prices_the_next_basket_until_ended(browser
         con.close()
     assert acts[-2:] == [("manager", "promo.create", promo, "ok"),
                          ("manager", "promo.end", promo, "ok")], acts
+
+
+def test_points_adjusted_in_the_members_page_are_the_gateway_s_balance(browser, floor,
+                                                                       screenshot_dir):
+    """The manager enrols a member in /members, adjusts their points with a reason in
+    the member's page: the demo's coupon gateway answers the new balance to the till,
+    and the page's points history shows the adjustment with her name and the reason."""
+    from lanecore.gateway.net.client import Client
+    store = floor[0]
+    card = "6200777700011"
+    ctx, page = login(browser, floor, "manager")
+    try:
+        page.goto(store.console_url.rstrip("/") + "/members")
+        enrol = page.wait_for_selector("[data-testid=member-enrol]")
+        enrol.query_selector("input[name=card_no]").fill(card)
+        enrol.query_selector("input[name=name]").fill("Browser Member")
+        enrol.query_selector("[data-testid=member-enrol-submit]").click()
+        shown = page.wait_for_selector("[data-testid=member]")
+        member_id = shown.get_attribute("data-member")
+        form = page.wait_for_selector("[data-testid=member-points-form]")
+        form.query_selector("input[name=points]").fill("+75")
+        form.query_selector("input[name=reason]").fill("welcome bonus")
+        form.query_selector("[data-testid=member-points-submit]").click()
+        page.wait_for_selector('[data-testid=member-points]:text-is("75")')
+        move = page.wait_for_selector('[data-testid=member-move][data-kind="adjust"]')
+        assert move.get_attribute("data-points") == "75"
+        assert "welcome bonus" in move.inner_text() and "manager" in move.inner_text()
+        page.screenshot(path=str(screenshot_dir / "members.png"), full_page=True)
+        with Client(store.ep("coupons"), curve=store.curve[("coupons", "till")],
+                    timeout_s=10, retries=1) as till:
+            found = till.call("member.find", identifier=card)["member"]
+        assert (found["member_id"], found["points"]) == (member_id, 75), found
+    finally:
+        ctx.close()

@@ -725,3 +725,61 @@ def test_every_code_is_documented():
         assert f"`{code}`" in text, code
     for kind in KINDS:
         assert f"`{kind}`" in text, kind
+
+
+# --------------------------------------------------------------------------------------
+# Search, recent moves, who adjusted (the console's members page)
+# --------------------------------------------------------------------------------------
+
+def test_search_by_prefix_of_card_phone_name_or_id_with_tier_and_paging(m, ann):
+    bo = m.enrol(card_no="6200999900001", name="bob", tier="gold", member_id="bo",
+                 now=T0 + 1)
+    cy = m.enrol(phone="+447700900123", name="Cy_100%", member_id="cy", now=T0 + 2)
+    ids = lambda found: ([x.member_id for x in found[0]], found[1])
+    assert ids(m.search()) == (["cy", "bo", "ann"], 3)              # newest first
+    assert ids(m.search("  ")) == (["cy", "bo", "ann"], 3)
+    assert ids(m.search("6200")) == (["bo", "ann"], 2)
+    assert ids(m.search("6200 1234")) == (["ann"], 1)               # separators dropped
+    assert ids(m.search("+86 138")) == (["ann"], 1)
+    assert ids(m.search("4477")) == (["cy"], 1)                     # digits after the +
+    assert ids(m.search("BO")) == (["bo"], 1)                       # name, ASCII case
+    assert ids(m.search("an")) == (["ann"], 1)                      # name or id
+    assert ids(m.search("Cy_1")) == (["cy"], 1)
+    assert ids(m.search("C%")) == ([], 0)                           # % is no wildcard
+    assert ids(m.search("b_b")) == ([], 0)                          # nor _
+    assert ids(m.search(tier="gold")) == (["bo"], 1)
+    assert ids(m.search("6200", tier="basic")) == (["ann"], 1)
+    assert ids(m.search(limit=2)) == (["cy", "bo"], 3)
+    assert ids(m.search(limit=2, offset=2)) == (["ann"], 3)
+    assert ids(m.search(offset=9)) == ([], 3)
+    assert m.search("bob")[0] == [bo] and m.search("+4477")[0] == [cy]
+    assert code_of(m.search, "x" * 33) == "BAD_REQUEST"
+    assert code_of(m.search, "a\nb") == "BAD_REQUEST"
+    assert code_of(m.search, limit=0) == "BAD_REQUEST"
+    assert code_of(m.search, limit=201) == "BAD_REQUEST"
+    assert code_of(m.search, offset=-1) == "BAD_REQUEST"
+    assert code_of(m.search, tier="no tier") == "BAD_TIER"
+
+
+def test_adjust_keeps_who_and_why_and_recent_moves_are_newest_first(m, ann):
+    mv = m.adjust("ann", 80, ref="desk-9", reason="lost receipt", now=T0, staff="max",
+                  principal="key:console")
+    assert mv.terms == {"member_id": "ann", "points": 80, "reason": "lost receipt",
+                        "staff": "max", "principal": "key:console"}
+    # a replay by another person is the same move (the first one's names kept)
+    assert m.adjust("ann", 80, ref="desk-9", reason="lost receipt", now=T0 + 5,
+                    staff="sue") == mv
+    assert code_of(m.adjust, "ann", 80, ref="desk-9", reason="other",
+                   now=T0) == "REF_CONFLICT"
+    assert code_of(m.adjust, "ann", 1, ref="desk-10", reason="x", now=T0,
+                   staff="") == "BAD_REQUEST"
+    assert code_of(m.adjust, "ann", 1, ref="desk-10", reason="x", now=T0,
+                   staff="x" * 65) == "BAD_REQUEST"
+    assert code_of(m.adjust, "ann", -81, ref="desk-10", reason="x", now=T0,
+                   staff="max") == "INSUFFICIENT_POINTS"
+    m.adjust("ann", -30, ref="desk-11", reason="typo", now=T0 + 9, staff="max")
+    assert [x.ref for x in m.recent_moves("ann")] == ["adjust:desk-11", "adjust:desk-9"]
+    assert [x.ref for x in m.recent_moves("ann", limit=1)] == ["adjust:desk-11"]
+    assert m.balance("ann") == 50
+    assert code_of(m.recent_moves, "ann", limit=0) == "BAD_REQUEST"
+    assert code_of(m.recent_moves, "nobody") == "UNKNOWN_MEMBER"

@@ -375,3 +375,45 @@ def test_record_rolls_back_whole_inside_the_callers_transaction(con):
     code_of(a.record, "O-1", rescan_decision(), "discrepancy", [1], shopper="M1")
     con.execute("ROLLBACK")
     assert a.get("O-1") is None and a.trust.score("M1") == 1.0
+
+
+def _lines(n: int) -> dict:
+    return {"lines": [{"line_no": i + 3, "gtin": f"{i:014d}", "name": f"item {i}", "qty": 1}
+                      for i in range(n)]}
+
+
+def test_the_queue_decides_once_and_resolves_once(con):
+    a = Audits(con)
+    a.trust.note("M1", "discrepancy", 2, now=T0)          # at the floor: always chosen
+    rng = random.Random(3)
+    entry, new = a.request("O-1", _lines(8), shopper="M1", store_risk="low", rng=rng,
+                           voids=1, by="key:hh", now=T0)
+    assert new and entry["state"] == "pending" and entry["kind"] == "rescan"
+    shown = [x["line"] for x in entry["items"]]      # the order's line numbers, not indices
+    assert len(shown) == 3 and shown == sorted(set(shown)) and set(shown) <= set(range(3, 11))
+    assert entry["items"][0]["gtin"] == f"{shown[0] - 3:014d}"
+    assert a.trust.get("M1")["voids"] == 1
+    state = rng.getstate()
+    again, new = a.request("O-1", _lines(8), shopper="M1", store_risk="low", rng=rng,
+                           voids=5, now=T0 + 9)
+    assert not new and again == entry and rng.getstate() == state   # no draw, no voids
+    assert a.trust.get("M1")["voids"] == 1
+    assert [e["order_no"] for e in a.queue()] == ["O-1"] and a.queue("done") == []
+    done, new = a.resolve("O-1", "discrepancy", [{"gtin": "1", "qty": 1}], finding="theft",
+                          staff="Ann", principal="key:console", now=T0 + 60)
+    assert new and done["state"] == "done" and done["finding"] == "theft"
+    assert (done["staff"], done["principal"], done["recorded_at"]) == ("Ann", "key:console",
+                                                                       T0 + 60)
+    same, new = a.resolve("O-1", "discrepancy", [{"gtin": "1", "qty": 1}], finding="theft",
+                          staff="Ann", now=T0 + 99)
+    assert not new and same == done
+    assert code_of(a.resolve, "O-1", "discrepancy", [], finding="mistake").code == \
+        "AUDIT_CONFLICT"
+    assert code_of(a.resolve, "O-9", "clean").code == "UNKNOWN_AUDIT"
+    assert a.entry("O-9") is None and a.entry("not an id") is None
+    assert code_of(a.record, "O-2", VISUAL_DECISION, "clean", finding="theft").code == \
+        "BAD_OUTCOME"
+    assert [e["order_no"] for e in a.queue("all")] == ["O-1"]
+
+
+VISUAL_DECISION = AuditDecision(True, "visual", [], "spot_check", 0.1)

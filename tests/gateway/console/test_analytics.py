@@ -147,6 +147,18 @@ def expected(paths: dict, name: str, since, until) -> list[list]:
                     acc[kind][0] += 1
                     acc[kind][1] += outcome == "discrepancy"
             return [[k, n, hit, round(hit / n, 6)] for k, (n, hit) in sorted(acc.items())]
+        if name == "caught":
+            acc = defaultdict(int)
+            for outcome, finding, t in con.execute(
+                    "SELECT outcome, finding, recorded_at FROM audits"):
+                if outcome == "discrepancy" and finding and _inside(t, since, until):
+                    acc[("audit", finding)] += 1
+            for finding, t in con.execute("SELECT finding, at FROM alarm_actions"):
+                if finding and _inside(t, since, until):
+                    acc[("exit", finding)] += 1
+            order = ["audit", "exit", "theft", "mistake", "false_alarm"]
+            return [[s, f, n] for (s, f), n in sorted(
+                acc.items(), key=lambda kv: (order.index(kv[0][0]), order.index(kv[0][1])))]
     finally:
         con.close()
     if name in ("payments_by_channel", "refunds"):
@@ -231,10 +243,10 @@ def test_views_list_names_and_titles(year):
     _paths, an = year
     views = an.views()
     names = [n for n, _t in views]
-    assert names == list(VIEWS) and len(set(names)) == len(names) == 13
+    assert names == list(VIEWS) and len(set(names)) == len(names) == 14
     assert {"sales_by_hour", "sales_by_day", "sales_by_week", "basket_size", "basket_value",
             "payments_by_channel", "refunds", "top_items", "alarms", "alarm_rate", "audits",
-            "coupons_by_manufacturer", "journeys"} == set(names)
+            "caught", "coupons_by_manufacturer", "journeys"} == set(names)
     assert all(isinstance(t, str) and t for _n, t in views)
 
 
@@ -322,7 +334,11 @@ def test_triggers_follow_orders_payments_and_floor_events(year):
                 "VALUES (?, 'EXIT-Z9', 'eas_gate', 'alarm', 'EAS', 'tag')", (at + 61,))
     Audits(con, clock=lambda: at + 80).record(
         a["order_no"], AuditDecision(True, "visual", [], "spot_check", 0.05),
-        "discrepancy", ["one unscanned"])
+        "discrepancy", ["one unscanned"], finding="theft", staff="ann")
+    # an attendant resolves the exit alarm and says what it was
+    con.execute("INSERT INTO alarm_actions (at, lane, order_no, action, reason, staff, "
+                "principal, finding) VALUES (?, 'EXIT-Z9', ?, 'override', 'bag', 'ann', "
+                "'key:console', 'mistake')", (at + 90, a["order_no"]))
     ledger = Ledger.open(paths["ledger"], clock=lambda: at)
     charge, _ = ledger.create(a["order_no"], 1, a["total_minor"], "GBP", "auth_code",
                               "wechat", "HANDHELDS")
@@ -354,6 +370,10 @@ def test_triggers_follow_orders_payments_and_floor_events(year):
     assert ["EXIT-Z9", "weight_short", 1] in got["alarms"]
     assert ["EXIT-Z9", "alarm_eas_gate", 1] in got["alarms"]
     assert ["MFR-TEST", "Test Foods", "GBP", 1, 40, 1] in got["coupons_by_manufacturer"]
+    caught = {(r[0], r[1]): r[2] for r in got["caught"]}
+    was = {(r[0], r[1]): r[2] for r in before["caught"]}
+    assert caught[("audit", "theft")] == was.get(("audit", "theft"), 0) + 1
+    assert caught[("exit", "mistake")] == was.get(("exit", "mistake"), 0) + 1
     wechat = {r[0]: r for r in got["refunds"]}["wechat"]
     assert wechat[1:3] == [1, 100]
     journeys = {r[0]: r[1] for r in got["journeys"]}
@@ -488,3 +508,58 @@ def test_charts_are_static_svg_with_no_network_reference(year):
         assert refs <= namespaces, (name, refs - namespaces)
         assert "<script" not in svg and "<?xml" not in svg
         assert "//" not in re.sub("|".join(map(re.escape, namespaces)), "", svg), name
+
+
+def test_caught_counts_findings_of_audits_and_exit_alarms_by_hand(tmp_path):
+    """"Thefts and mistakes caught": a hand-made store whose owner built its rollups;
+    discrepant audits with a finding count on their day (a clean audit and one with
+    no finding do not), exit alarms resolved with a finding on the action's day; the
+    range filters; the chart and the CSV; ROLLUPS_MISSING for a store without the
+    family."""
+    from lanecore.gateway.service import _SCHEMA_SQL as SERVICE_SCHEMA
+    path = tmp_path / "store.db"
+    con = catalog_mod.connect(path)
+    BasketStore(con)
+    for stmt in SERVICE_SCHEMA:
+        con.execute(stmt)
+    if "finding" not in {r[1] for r in con.execute("PRAGMA table_info(alarm_actions)")}:
+        con.execute("ALTER TABLE alarm_actions ADD COLUMN finding TEXT")  # older schema
+    audits = Audits(con)
+    ensure_rollups(con)
+    d1 = dt.datetime(2025, 5, 3, 10, 0).timestamp()
+    d2 = dt.datetime(2025, 5, 4, 15, 0).timestamp()
+    look = AuditDecision(True, "visual", [], "random", 0.05)
+    for no, outcome, found, finding, t in (
+            ("HH1-1", "discrepancy", [{"gtin": "05000000000012", "qty": 1}], "theft", d1),
+            ("HH1-2", "discrepancy", [{"gtin": "05000000000012", "qty": 2}], "theft", d2),
+            ("HH1-3", "discrepancy", [{"gtin": "05000000000029", "qty": 1}], "mistake", d2),
+            ("HH1-4", "discrepancy", [{"gtin": "05000000000029", "qty": 1}], None, d2),
+            ("HH1-5", "clean", [], None, d1)):
+        audits.record(no, look, outcome, found, finding=finding, staff="ann", now=t)
+    for at, finding in ((d1, "false_alarm"), (d1 + 60, "theft"), (d2, "false_alarm"),
+                        (d2 + 5, None)):
+        con.execute("INSERT INTO alarm_actions (at, lane, order_no, action, reason, "
+                    "staff, principal, finding) VALUES (?, 'EXIT-1', 'K-1', 'ack', '', "
+                    "'ann', 'key:console', ?)", (at, finding))
+    con.close()
+    an = Analytics(path)
+    try:
+        assert an.rows("caught") == [["audit", "theft", 2], ["audit", "mistake", 1],
+                                     ["exit", "theft", 1], ["exit", "false_alarm", 2]]
+        may4 = dt.date(2025, 5, 4)
+        assert an.rows("caught", may4, may4) == [
+            ["audit", "theft", 1], ["audit", "mistake", 1], ["exit", "false_alarm", 1]]
+        assert an.rows("caught", dt.date(2025, 6, 1), None) == []
+        v = an.view("caught", None, None)
+        assert 'data-testid="chart-caught"' in v["svg"] and "http" not in re.sub(
+            r'xmlns(:\w+)?="[^"]*"', "", v["svg"])
+        rows = list(csv.reader(io.StringIO(an.csv("caught", None, None))))
+        assert rows[0] == ["source", "finding", "n"] and rows[1] == ["audit", "theft", "2"]
+    finally:
+        an.close()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("UPDATE rollup_meta SET version = 0 WHERE family = 'exit_findings'")
+    con.close()
+    with pytest.raises(LanecoreError) as err:
+        Analytics(path)
+    assert err.value.code == "ROLLUPS_MISSING" and "exit_findings" in err.value.message

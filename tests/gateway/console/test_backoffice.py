@@ -279,14 +279,33 @@ def test_a_terminal_added_in_the_page_signs_requests_the_payment_gateway_accepts
             'data-max-day="" data-disabled="yes"' in c.get("/terminals").text
         r = c.post("/terminals/disable", data={"csrf": token, "terminal_id": "NOPE"})
         assert r.status_code == 404 and r.headers["x-error-code"] == "UNKNOWN_TERMINAL"
-    # the key is in no file of the console and no log line; the log has the id
+        # a new key (the old one leaked): shown once, roles, limits and state kept
+        r = c.post("/terminals/rotate", data={"csrf": token, "terminal_id": "POS-7"})
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        new_text = re.search(r'data-testid="terminal-key">([^<]+)<', r.text).group(1)
+        new_key = T.parse_key(new_text)
+        assert new_key != key and new_text not in c.get("/terminals").text
+        t = payments.terminals.get("POS-7")
+        assert (t.key, t.roles, t.max_payment_minor, t.disabled_at is not None) == \
+            (new_key, frozenset({"pos", "till"}), 2000, True)
+        r = c.post("/terminals/enable", data={"csrf": token, "terminal_id": "POS-7"},
+                   follow_redirects=False)
+        assert r.status_code == 303 and payments.terminals.get("POS-7").disabled_at is None
+        assert payments.ask({"op": "pay.list", "id": "r5"}, "POS-7", new_key)["ok"] is True
+        assert payments.ask({"op": "pay.list", "id": "r6"}, "POS-7", key)["error"][
+            "code"] == "AUTH_FAILED"
+    # no key is in a file of the console or a log line; the log has the id
     for f in (tmp_path / "console").rglob("*"):
         if f.is_file():
             data = f.read_bytes()
-            assert key_text.encode() not in data and key not in data and \
-                key.hex().encode() not in data, f
-    assert key_text not in caplog.text and key.hex() not in caplog.text
+            for k, text in ((key, key_text), (new_key, new_text)):
+                assert text.encode() not in data and k not in data and \
+                    k.hex().encode() not in data, f
+    for k, text in ((key, key_text), (new_key, new_text)):
+        assert text not in caplog.text and k.hex() not in caplog.text
     assert actions(app, "terminal.") == [
+        ("max", "terminal.enable", "POS-7", "ok"),
+        ("max", "terminal.rotate", "POS-7", "ok"),
         ("max", "terminal.disable", "NOPE", "UNKNOWN_TERMINAL"),
         ("max", "terminal.disable", "POS-7", "ok"),
         ("max", "terminal.limits", "POS-7", "ok"),
@@ -318,6 +337,18 @@ def test_a_manager_cannot_add_a_staff_or_admin_terminal_nor_reuse_an_id(make_app
                                            "max_payment": "-5"})
         assert r.status_code == 400 and r.headers["x-error-code"] == "BAD_LIMIT"
         assert payments.terminals.get("K-2") is None
+        # a staff terminal's key would give its roles: not rotated nor enabled here
+        _, admin_key = payments.terminals.register("HQ-1", admin=True)
+        payments.terminals.disable("HQ-1")
+        for action in ("rotate", "enable"):
+            r = c.post(f"/terminals/{action}", data={"csrf": token, "terminal_id": "HQ-1"})
+            assert r.status_code == 400 and r.headers["x-error-code"] == "BAD_ROLE", action
+            assert 'data-testid="terminal-key"' not in r.text
+        held = payments.terminals.get("HQ-1")
+        assert held.key == admin_key and held.disabled_at is not None
+        assert 'data-terminal="HQ-1"' in c.get("/terminals").text
+        assert 'value="HQ-1"><button type="submit" data-testid="terminal-rotate"' not in \
+            c.get("/terminals").text
 
 
 def test_without_the_ledger_database_the_terminals_page_says_so(make_app):

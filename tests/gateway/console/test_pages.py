@@ -1,11 +1,10 @@
 """The pages that read: analytics against a stand-in with the Analytics interface
-(date filter, chart hook, CSV), audits from the floor's database, the live floor
-state from events fed to the hub."""
+(date filter, chart hook, CSV), the live floor state from events fed to the hub
+(the audits page: test_audits.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 
 from consolefix import login
 from starlette.testclient import TestClient
@@ -48,22 +47,6 @@ def test_analytics_lists_views_with_charts_filter_and_csv(make_app):
         assert r.headers["content-type"].startswith("text/csv")
         assert c.get("/analytics/nothing.csv").headers["x-error-code"] == "UNKNOWN_VIEW"
         assert c.get("/analytics?from=yesterday").headers["x-error-code"] == "BAD_DATE"
-
-
-def test_audits_come_from_the_floor_database(make_app, tmp_path):
-    from lanecore.core.store.audit import Audits
-    floor = tmp_path / "floor.db"
-    con = sqlite3.connect(floor, isolation_level=None)
-    Audits(con)            # the schema
-    con.execute("INSERT INTO audits VALUES ('K1-0001', 'S-1', 'rescan', '[1, 2]', 'random', "
-                "0.1, 'discrepancy', '[2]', 1.0, 0.5, 1800000000.0)")
-    con.close()
-    app, _ = make_app(floor_db=floor)
-    with TestClient(app) as c:
-        login(c, "ann")
-        page = c.get("/audits").text
-        assert 'data-testid="audit-row" data-order="K1-0001"' in page
-        assert 'data-testid="audit-stats"' in page
 
 
 def test_the_floor_follows_fed_events(make_app):

@@ -175,3 +175,50 @@ def test_without_a_coupon_gateway_the_page_says_so(make_app):
         r = c.post("/promotions", data={"csrf": csrf_of(r.text), "kind": "item_percent",
                                         "gtin": SHAMPOO, "percent": "5"})
         assert r.status_code == 502 and r.headers["x-error-code"] == "UNAVAILABLE"
+
+
+def test_a_coupons_toml_promotion_is_ended_from_the_page(make_app, coupons, tmp_path,
+                                                        monkeypatch):
+    """A promotion of coupons.toml shows "End now" too: the gateway records the end
+    and prices the next basket without it (no restart, the file untouched)."""
+    d = tmp_path / "coupons"
+    text = (f'currency = "GBP"\n[[promotions]]\nid = "FILE-10"\nkind = "item"\n'
+            f'gtin = "{SHAMPOO}"\npercent_bp = 1000\n')
+    (d / "coupons.toml").write_text(text)
+    gw = CouponGateway(d, clock=coupons.clock_)        # the file read at start-up
+    route_coupons_to(monkeypatch, gw, CONSOLE)
+    ids = itertools.count()
+
+    def total() -> int:
+        r = gw.handle({"op": "price.basket", "id": f"f{next(ids)}",
+                       "lines": [{"code": SHAMPOO}]}, "till", TILL)
+        assert r["ok"], r
+        return r["priced"]["total_minor"]
+    try:
+        app, _ = make_app(coupons="test://coupons", clock=coupons.clock_)
+        with TestClient(app) as c:
+            login(c, "max")
+            page = c.get("/promotions").text
+            assert 'data-testid="promo-configured" data-promo="FILE-10" ' \
+                'data-state="active" data-source="file"' in page
+            assert total() == 2700
+            r = c.post("/promotions/end", data={"csrf": csrf_of(page),
+                                                "promo_id": "FILE-10"},
+                       follow_redirects=False)
+            assert r.status_code == 303, r.text[:500]
+            assert total() == 3000                              # the very next basket
+            page = c.get("/promotions").text
+            row = page.split('data-promo="FILE-10"')[1].split("</tr>")[0]
+            assert 'data-state="ended"' in row and "promo-end" not in row
+            assert "key:console (max)" in row
+            # again: the same answer, no error
+            r = c.post("/promotions/end", data={"csrf": csrf_of(page),
+                                                "promo_id": "FILE-10"},
+                       follow_redirects=False)
+            assert r.status_code == 303
+        assert (d / "coupons.toml").read_text() == text
+        acts = [(a["staff"], a["action"], a["target"], a["result"])
+                for a in app.state.staff.actions(prefix="promo.")]
+        assert acts == [("max", "promo.end", "FILE-10", "ok")] * 2
+    finally:
+        gw.close()

@@ -50,7 +50,8 @@ def requests(draw):
                                "wallet.coupons", "coupon.parse", "price.basket",
                                "checkout.mqr", "checkout.status", "checkout.reverse",
                                "clearing.report", "member.enrol", "member.find",
-                               "member.history", "member.price", "stats", "nope"]))
+                               "member.history", "member.price", "member.list",
+                               "member.tier", "member.points", "stats", "nope"]))
     f = {}
     if op == "coupon.define":
         f["definition"] = draw(st.fixed_dictionaries({
@@ -83,6 +84,18 @@ def requests(draw):
             "member.find": {"identifier": "88880001"},
             "member.history": {"identifier": "88880001"},
             "member.price": {"gtin": GTINS[0], "tier": "basic", "price_minor": 2500},
+            "member.list": draw(st.fixed_dictionaries({}, optional={
+                "query": st.sampled_from(["8888", "+86", "Ann", "", "%_"]),
+                "tier": st.sampled_from(["basic", "gold", "no tier"]),
+                "limit": st.integers(0, 201), "offset": st.integers(-1, 5)})),
+            "member.tier": {"identifier": draw(st.sampled_from(["88880005", "88880001"])),
+                            "tier": draw(st.sampled_from(["basic", "gold", "no tier"]))},
+            "member.points": {
+                "identifier": draw(st.sampled_from(["88880005", "88880001"])),
+                "points": draw(st.integers(-50, 50)),
+                "reason": draw(st.sampled_from(["fuzz", " ", "goodwill"])),
+                "ref": draw(st.sampled_from(["fz-1", "fz-2", "bad ref"])),
+                "staff": draw(st.sampled_from(["max", "ann"]))},
             }.get(op, {})
     f = {**base, **f}
     for _ in range(draw(st.integers(0, 2))):           # mutate: drop or replace a field
@@ -113,7 +126,8 @@ def gw(tmp_path_factory):
                   ("coupon.issue", {"coupon_def_id": "D0", "customer_id": "C-1",
                                     "coupon_id": "CPN-0"}),
                   ("coupon.issue", {"coupon_def_id": "D0", "customer_id": "C-1",
-                                    "coupon_id": "CPN-1"}))):
+                                    "coupon_id": "CPN-1"}),
+                  ("member.enrol", {"card_no": "88880005", "name": "Fuzz"}))):
         assert g.handle({"op": op, "id": f"setup-{i}", **f}, "setup")["ok"]
     yield g
     g.close()
@@ -142,6 +156,10 @@ VALID = [
     {"op": "clearing.report"},
     {"op": "member.enrol", "card_no": "88880009"},
     {"op": "member.find", "identifier": "88880009"},
+    {"op": "member.list", "query": "8888", "limit": 10},
+    {"op": "member.tier", "identifier": "88880005", "tier": "gold"},
+    {"op": "member.points", "identifier": "88880005", "points": 1000, "reason": "fuzz seed",
+     "ref": "fz-seed", "staff": "max"},
 ]
 
 
@@ -197,7 +215,11 @@ def test_afterwards_nothing_is_redeemed_twice(gw):
     # the fuzz reached the ops, not only the field checks
     reached = {op for (op, code), n in SEEN.items() if code == "ok"}
     assert {"price.basket", "coupon.issue", "wallet.coupons", "coupon.parse",
-            "clearing.report", "member.enrol", "member.find"} <= reached
+            "clearing.report", "member.enrol", "member.find", "member.list",
+            "member.tier", "member.points"} <= reached
+    # the points adjusted add up: the balance is the sum of the member's moves
+    m = gw.members.find("88880005")
+    assert m.points == sum(mv.points for mv in gw.members.moves(m.member_id)) >= 0
     assert any(op == "checkout.mqr" and code.startswith("MQR_") for op, code in SEEN)
     assert {("promo.create", "ok"), ("promo.create", "BAD_PROMOTION"),
             ("promo.end", "UNKNOWN_PROMOTION"), ("promo.list", "ok")} <= set(SEEN)

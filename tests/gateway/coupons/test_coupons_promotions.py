@@ -155,7 +155,6 @@ def test_ids_are_unique_and_unknown_ones_cannot_be_ended(gw):
     assert code(gw, MANAGER, "promo.create",
                 definition={**ITEM, "id": "TOML-SOAP"}) == "PROMO_EXISTS"
     assert code(gw, MANAGER, "promo.end", promo_id="nope") == "UNKNOWN_PROMOTION"
-    assert code(gw, MANAGER, "promo.end", promo_id="TOML-SOAP") == "UNKNOWN_PROMOTION"
     assert code(gw, MANAGER, "promo.create", definition="x") == "BAD_FIELD"
     assert code(gw, MANAGER, "promo.end") == "MISSING_FIELD"
 
@@ -184,3 +183,64 @@ def test_the_promotions_table_holds_what_was_asked(gw, tmp_path):
     assert row[0] == "S1" and row[2] == T0 and row[3] == T0 + 60
     assert row[1] == '{"gtin": "06901234567892", "kind": "item", "percent_bp": 1000}'
     assert row[4] == "key:console" and row[5] == T0 and row[6] == T0
+
+
+def soap_total(gw) -> tuple[int, dict]:
+    p = ok(gw, TILL, "price.basket", lines=[{"code": SOAP}])["priced"]
+    return p["total_minor"], p["promotions_applied"]
+
+
+def test_a_file_promotion_ended_stops_at_the_next_basket_and_is_listed_ended(gw, tmp_path):
+    listed = ok(gw, MANAGER, "promo.list")
+    [toml] = listed["configured"]
+    assert (toml["promo_id"], toml["source"], toml["state"], toml["ended_at"]) == \
+        ("TOML-SOAP", "file", "active", None)
+    assert soap_total(gw) == (400, {"TOML-SOAP": 50})
+    gw.clock_.t = T0 + 5
+    r = ok(gw, MANAGER, "promo.end", promo_id="TOML-SOAP", staff="max")["promotion"]
+    assert (r["state"], r["source"], r["ended_at"], r["ended_by"]) == \
+        ("ended", "file", T0 + 5, "key:console (max)")
+    assert soap_total(gw) == (450, {})                     # no restart
+    # ending again: the same answer, as for a database promotion
+    gw.clock_.t = T0 + 60
+    again = ok(gw, MANAGER, "promo.end", promo_id="TOML-SOAP")["promotion"]
+    assert again == r
+    assert ok(gw, MANAGER, "promo.list")["configured"] == []
+    [shown] = ok(gw, MANAGER, "promo.list", include_ended=True)["configured"]
+    assert shown["state"] == "ended" and shown["source"] == "file"
+    # the id stays taken; a database promotion lists its source as db
+    assert code(gw, MANAGER, "promo.create",
+                definition={**ITEM, "id": "TOML-SOAP"}) == "PROMO_EXISTS"
+    ok(gw, MANAGER, "promo.create", definition={**ITEM, "id": "DB-1"})
+    assert [(p["promo_id"], p["source"]) for p in ok(gw, MANAGER, "promo.list")
+            ["promotions"]] == [("DB-1", "db")]
+    con = sqlite3.connect(tmp_path / "coupons.db")
+    try:
+        assert con.execute("SELECT promo_id, ended_at, ended_by, staff FROM "
+                           "promo_overrides").fetchall() == \
+            [("TOML-SOAP", T0 + 5, "key:console", "max")]
+    finally:
+        con.close()
+    # a restart keeps it ended; another process over the same db sees it at once
+    other = CouponGateway(tmp_path, clock=gw.clock_)
+    try:
+        assert soap_total(other) == (450, {})
+    finally:
+        other.close()
+
+
+def test_a_file_promotion_ended_by_another_process_stops_here_too(gw, tmp_path):
+    other = CouponGateway(tmp_path, clock=gw.clock_)
+    try:
+        assert soap_total(gw) == (400, {"TOML-SOAP": 50})
+        ok(other, MANAGER, "promo.end", promo_id="TOML-SOAP")
+        assert soap_total(gw) == (450, {})
+    finally:
+        other.close()
+
+
+def test_only_managers_end_file_promotions(gw):
+    assert code(gw, TILL, "promo.end", promo_id="TOML-SOAP") == "FORBIDDEN"
+    attendant = Principal("key:ann", frozenset({"attendant"}), "curve")
+    assert code(gw, attendant, "promo.end", promo_id="TOML-SOAP") == "FORBIDDEN"
+    assert soap_total(gw) == (400, {"TOML-SOAP": 50})

@@ -295,10 +295,42 @@ def test_end_to_end_over_a_real_gateway(tmp_path, providers):
             with pytest.raises(ServiceError) as e:
                 c.call("pay.status", order_no="E-1")
             assert e.value.code == "AUTH_FAILED"
+        # a new key for the disabled terminal: roles, limits and state kept
+        rc, out, err = lanecore("terminal", "rotate", "POS-1", "--key-file",
+                                str(tmp_path / "pos1-new.key"), data_dir=d)
+        assert rc == 0, err
+        rotated = json.loads(out)
+        assert rotated["key"] != added["key"] and rotated["max_payment_minor"] == 5000
+        assert rotated["disabled_at"] is not None and rotated["roles"] == added["roles"]
+        assert (tmp_path / "pos1-new.key").read_text().strip() == rotated["key"]
+        assert os.stat(tmp_path / "pos1-new.key").st_mode & 0o077 == 0
+        rc, out, err = lanecore("terminal", "enable", "POS-1", data_dir=d)
+        assert rc == 0 and json.loads(out)["disabled_at"] is None, err
+        rc, out, err = lanecore("terminal", "limits", "POS-1", "--max-payment-minor", "9000",
+                                "--methods", "auth_code", data_dir=d)
+        assert rc == 0, err
+        assert (json.loads(out)["max_payment_minor"], json.loads(out)["methods"]) == \
+            (9000, ["auth_code"])
+        with Client(endpoint, terminal_key=key, timeout_s=5, retries=0) as c:
+            with pytest.raises(ServiceError) as e:          # the old key: refused
+                c.call("pay.status", order_no="E-1")
+            assert e.value.code == "AUTH_FAILED"
+        new_key = TerminalKey.from_text("POS-1", rotated["key"])
+        with Client(endpoint, terminal_key=new_key, timeout_s=5, retries=2) as c:
+            r = c.call("pay.charge", order_no="E-3", amount_minor=5001, currency="CNY",
+                       method="auth_code", auth_code=WECHAT_CODE)
+            assert r["status"] == "paid"                    # the new limit holds
+            with pytest.raises(ServiceError) as e:
+                c.call("pay.charge", order_no="E-4", amount_minor=9001, currency="CNY",
+                       method="auth_code", auth_code=WECHAT_CODE)
+            assert e.value.code == "TERMINAL_LIMIT"
+        for cmd in ("rotate", "enable", "limits"):
+            rc, _, err = lanecore("terminal", cmd, "POS-9", data_dir=d)
+            assert rc != 0 and "UNKNOWN_TERMINAL" in err and "Traceback" not in err
     finally:
         proc.terminate()
         assert proc.wait(10) == 0, proc.stderr.read()
-    assert p.paid() == {"E-1-1": 1200}
+    assert p.paid() == {"E-1-1": 1200, "E-3-1": 5001}
 
 
 def test_plain_tcp_beyond_loopback_is_refused(tmp_path):

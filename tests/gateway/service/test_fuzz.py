@@ -42,8 +42,10 @@ REPLY_TIMEOUT_S = 30.0          # for a whole pipelined batch, on a loaded 2-cor
 TOTAL_QUOTA = 10_000
 
 OPS = ("hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
-       "basket.get", "basket.submit", "weigh.config", "weigh.frame", "verify.order",
-       "weights.confirm", "alarm.resolve", "device.event", "stats", "health")
+       "basket.get", "basket.submit", "order.get", "order.status", "weigh.config",
+       "weigh.frame", "verify.order", "weights.confirm", "alarm.resolve", "alarm.list",
+       "audit.decide", "audit.get", "audit.list", "audit.record", "device.event",
+       "stats", "health")
 
 # Every code in docs/protocol.md's error tables.
 DOC_CODES = frozenset("""
@@ -65,6 +67,7 @@ EMPTY_ORDER BAD_ORDER BAD_QUANTITY BAD_MEASUREMENT OVER_CAPACITY BAD_POLICY
 ORDER_NOT_FOUND ORDER_UNREADABLE BAD_Z BAD_SCALE_ID
 PROOF_INVALID PROOF_MISMATCH LANE_QUOTA CONFIRM_TOO_FAR CONFIRM_DAILY_LIMIT
 IDEMPOTENCY_MISMATCH
+NOT_PAID UNKNOWN_AUDIT NOT_AUDITED AUDIT_CONFLICT
 """.split())
 # A service bug, not a malformed request: never acceptable as an answer to fuzz.
 NEVER = frozenset({"INTERNAL"})
@@ -85,6 +88,10 @@ RESULT_KEYS = {
     "verify.order": {"order_no", "order_status", "verdict", "expected_g", "measured_g",
                      "band_g", "sigma_g", "z", "mpe_g", "explanations"},
     "weights.confirm": {"learning"},
+    "order.get": {"order"}, "order.status": {"order"},
+    "alarm.resolve": {"resolved"}, "alarm.list": {"alarms", "device_alarms"},
+    "audit.decide": {"audit"}, "audit.get": {"audit"}, "audit.record": {"audit"},
+    "audit.list": {"audits", "stats"},
     "device.event": {"event"},
     "stats": {"uptime_s", "requests", "errors", "replays", "lanes", "items"},
     "health": {"status", "db", "uptime_s", "lanes", "scales", "worker", "pid"},
@@ -543,7 +550,11 @@ REQUIRED = {"scan": ("lane", "code"), "scan.batch": ("lane", "codes"),
             "basket.submit": ("basket",), "weigh.config": ("lane",),
             "weigh.frame": ("lane", "seq", ("samples", "counts")),
             "verify.order": (("gate", "lane"), ("order_no", "order_qr")),
-            "weights.confirm": ("gtin", "weight_g")}
+            "weights.confirm": ("gtin", "weight_g"), "order.get": ("order_no",),
+            "order.status": ("order_no", "status"),
+            "alarm.resolve": ("lane", "order_no", "action", "staff"),
+            "audit.decide": ("order_no", "shopper"), "audit.get": ("order_no",),
+            "audit.record": ("order_no", "outcome", "staff")}
 
 
 def op_fields(pools: dict) -> dict:
@@ -584,6 +595,7 @@ def op_fields(pools: dict) -> dict:
         texts, pick(["LCO1..", "LCO2." + qr[5:], "x" * 2000])))
     number = mostly(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                               st.floats(-100, 60_000), st.integers(-100, 60_000)))
+    order_no = mostly(st.one_of(st.just(pools["order_no"]), texts))
     return {
         "hello": {},
         "scan": {"lane": names, "code": code, "region": region},
@@ -614,6 +626,27 @@ def op_fields(pools: dict) -> dict:
                          "kind": mostly(pick(["alarm", "fault", "recovered", "ALARM"])),
                          "code": mostly(st.text(max_size=40)),
                          "message": mostly(st.text(max_size=300))},
+        "order.get": {"order_no": order_no},
+        "order.status": {"order_no": order_no,
+                         "status": mostly(pick(["paid", "exited", "cancelled", "PAID"])),
+                         "proof": mostly(st.fixed_dictionaries({}, optional={
+                             "receipt": texts, "kind": texts}))},
+        "alarm.resolve": {"lane": names, "order_no": order_no,
+                          "action": mostly(pick(["ack", "override", "rescan", "OK"])),
+                          "reason": mostly(st.text(max_size=300)), "weight_g": number,
+                          "finding": mostly(pick(["theft", "mistake", "false_alarm", "x"])),
+                          "staff": names},
+        "alarm.list": {"since": number, "limit": mostly(st.integers(-1, 600))},
+        "audit.decide": {"order_no": order_no, "shopper": names},
+        "audit.get": {"order_no": order_no},
+        "audit.list": {"state": mostly(pick(["pending", "done", "all", "none"])),
+                       "limit": mostly(st.integers(-1, 600))},
+        "audit.record": {"order_no": order_no,
+                         "outcome": mostly(pick(["clean", "discrepancy", "dirty"])),
+                         "found": mostly(st.lists(st.fixed_dictionaries(
+                             {"gtin": gtin, "qty": qty}), max_size=3)),
+                         "finding": mostly(pick(["theft", "mistake", "false_alarm"])),
+                         "staff": names},
         "stats": {}, "health": {},
     }
 
@@ -859,6 +892,59 @@ def test_over_one_mib(fz):
             Msg([pack({"op": "hello", "id": "m"}), b"\x00" * (MiB + 1)])]
     fz.exchange(msgs + [with_id(fz, {"op": "hello"})], "oversized")
     assert fz.dropped - before == 4
+
+
+def test_every_op_answers_a_valid_request(fz):
+    """Among the fuzz, a plainly valid request of every op the service has succeeds
+    with its documented result fields: the fuzz cannot pass by refusing everything."""
+    from lanecore.gateway.service import OP_ROLES
+    assert set(OPS) == set(OP_ROLES), "the fuzz's op list is the service's"
+    gtins = fz.pools["gtins"]
+    bid = _call(fz, {"op": "basket.open", "device": "HH-VALID"})["basket"]["basket_id"]
+    order_bid = _call(fz, {"op": "basket.open", "device": "HH-VALID2"})["basket"][
+        "basket_id"]
+    _call(fz, {"op": "basket.add", "basket": order_bid, "scans": [{"code": gtins[0]}]})
+    order_no = _call(fz, {"op": "basket.submit", "basket": order_bid})["order_no"]
+    lane = "FZ1"
+    item = _call(fz, {"op": "scan", "lane": lane, "code": gtins[0]})["item"]
+    valid = [
+        {"op": "hello"}, {"op": "scan", "lane": lane, "code": gtins[1]},
+        {"op": "scan.batch", "lane": lane, "codes": gtins[:3]},
+        {"op": "basket.add", "basket": bid, "scans": [{"code": gtins[2]},
+                                                      {"code": gtins[3]}]},
+        {"op": "basket.remove", "basket": bid, "items": [{"gtin": gtins[3]}]},
+        {"op": "basket.get", "basket": bid}, {"op": "basket.submit", "basket": bid},
+        {"op": "order.get", "order_no": order_no},
+        {"op": "order.status", "order_no": order_no, "status": "paid"},
+        {"op": "weigh.config", "lane": "FZV"},
+        {"op": "weigh.frame", "lane": "FZV", "seq": 0, "samples": f32([0.0] * 50)},
+        {"op": "verify.order", "gate": lane, "order_no": order_no, "measured_g": 250.0},
+        {"op": "weights.confirm", "gtin": gtins[0], "weight_g": item["unit_weight_g"]},
+        {"op": "alarm.resolve", "lane": lane, "order_no": order_no, "action": "ack",
+         "finding": "false_alarm", "staff": "ann"},
+        {"op": "alarm.list", "limit": 5},
+        {"op": "audit.decide", "order_no": order_no, "shopper": "shopper-1"},
+        {"op": "audit.get", "order_no": order_no},
+        {"op": "audit.list", "state": "all"},
+        {"op": "device.event", "lane": lane, "device": "scale", "kind": "fault",
+         "code": "NO_ANSWER", "message": "valid"},
+        {"op": "stats"}, {"op": "health"},
+        {"op": "basket.open", "device": "HH-VALID3"},
+    ]
+    for req in valid:
+        r = _call(fz, req)                    # asserts ok
+        check_result(req["op"], r)
+    audit = _call(fz, {"op": "audit.get", "order_no": order_no})["audit"]
+    rec = {"op": "audit.record", "order_no": order_no, "outcome": "clean", "staff": "ann"}
+    if audit["state"] == "none":              # not chosen: refused, as documented
+        s = fz.dealer()
+        s.send(pack({**rec, "id": fz.fresh_id()}))
+        assert s.poll(10_000)
+        assert msgpack.unpackb(s.recv())["error"]["code"] == "NOT_AUDITED"
+    else:
+        check_result("audit.record", _call(fz, rec))
+    done = {req["op"] for req in valid} | {"audit.record"}
+    assert done == set(OPS), sorted(set(OPS) - done)
 
 
 def test_service_survived_and_counted(fz):
