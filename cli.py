@@ -788,22 +788,23 @@ def cmd_terminal_limits(args) -> int:
     return EXIT_OK
 
 
-def cmd_terminal_disable(args) -> int:
+def _terminal_state(args, enable: bool) -> int:
+    """Disable (or enable again) a terminal and print it."""
     con, reg = _terminals(args)
     try:
-        print(json.dumps(reg.disable(args.id).to_dict()))
+        t = reg.enable(args.id) if enable else reg.disable(args.id)
+        print(json.dumps(t.to_dict()))
     finally:
         con.close()
     return EXIT_OK
+
+
+def cmd_terminal_disable(args) -> int:
+    return _terminal_state(args, enable=False)
 
 
 def cmd_terminal_enable(args) -> int:
-    con, reg = _terminals(args)
-    try:
-        print(json.dumps(reg.enable(args.id).to_dict()))
-    finally:
-        con.close()
-    return EXIT_OK
+    return _terminal_state(args, enable=True)
 
 
 def cmd_recon(args) -> int:

@@ -649,21 +649,26 @@ class Members:
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot read the point moves") from exc
 
-    def recent_moves(self, member_id: str, limit: int = 50) -> list[PointMove]:
-        """The member's last ``limit`` (1–:data:`MAX_HISTORY`) point moves, newest
-        first. Raises ``BAD_MEMBER``, ``BAD_REQUEST``, ``UNKNOWN_MEMBER``."""
+    def _newest(self, member_id: str, limit, sql: str, what: str) -> list[tuple]:
+        """Rows of ``sql`` (``member_id = ?`` then ``LIMIT ?``) for the member's last
+        ``limit`` (1–:data:`MAX_HISTORY`) entries. Raises ``BAD_MEMBER``,
+        ``BAD_REQUEST``, ``UNKNOWN_MEMBER``."""
         mid = _member_id(member_id)
         if not (_is_int(limit) and 1 <= limit <= MAX_HISTORY):
             raise _fail("BAD_REQUEST", f"limit must be an integer 1..{MAX_HISTORY}",
                         field="limit")
         try:
             self._row("member_id", mid)
-            cur = self.con.execute(f"SELECT {_MOVE_COLS} FROM point_moves WHERE "
-                                   "member_id = ? ORDER BY rowid DESC LIMIT ?",
-                                   (mid, int(limit)))
-            return [_move(r) for r in cur.fetchall()]
+            return self.con.execute(sql, (mid, int(limit))).fetchall()
         except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot read the point moves") from exc
+            raise _db_error(exc, f"cannot read the {what}") from exc
+
+    def recent_moves(self, member_id: str, limit: int = 50) -> list[PointMove]:
+        """The member's last ``limit`` (1–:data:`MAX_HISTORY`) point moves, newest
+        first. Raises ``BAD_MEMBER``, ``BAD_REQUEST``, ``UNKNOWN_MEMBER``."""
+        return [_move(r) for r in self._newest(
+            member_id, limit, f"SELECT {_MOVE_COLS} FROM point_moves WHERE member_id = ? "
+            "ORDER BY rowid DESC LIMIT ?", "point moves")]
 
     def _get_move(self, ref: str) -> PointMove | None:
         row = self.con.execute(f"SELECT {_MOVE_COLS} FROM point_moves WHERE ref = ?",
@@ -918,15 +923,6 @@ class Members:
     def history(self, member_id: str, limit: int = 50) -> list[Purchase]:
         """The member's last ``limit`` (1–:data:`MAX_HISTORY`) purchases, newest
         first. Raises ``BAD_MEMBER``, ``BAD_REQUEST``, ``UNKNOWN_MEMBER``."""
-        mid = _member_id(member_id)
-        if not (_is_int(limit) and 1 <= limit <= MAX_HISTORY):
-            raise _fail("BAD_REQUEST", f"limit must be an integer 1..{MAX_HISTORY}",
-                        field="limit")
-        try:
-            self._row("member_id", mid)
-            cur = self.con.execute(f"SELECT {_PURCHASE_COLS} FROM purchases WHERE "
-                                   "member_id = ? ORDER BY at DESC, rowid DESC LIMIT ?",
-                                   (mid, int(limit)))
-            return [_purchase(r) for r in cur.fetchall()]
-        except sqlite3.Error as exc:
-            raise _db_error(exc, "cannot read the purchases") from exc
+        return [_purchase(r) for r in self._newest(
+            member_id, limit, f"SELECT {_PURCHASE_COLS} FROM purchases WHERE member_id = ? "
+            "ORDER BY at DESC, rowid DESC LIMIT ?", "purchases")]
