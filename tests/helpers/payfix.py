@@ -138,3 +138,29 @@ def start_gateway(kind: str, data_dir: Path, endpoint: str, env=None,
                     proc.kill()
                     raise AssertionError(f"gateway {kind} did not start: "
                                          f"{proc.stderr.read()}") from None
+
+
+def books_after_recovery(d: Path, provider, n_orders: int):
+    """After a kill -9 run: one last start of the gateway over ``d`` with no faults
+    drives every open payment final; then the provider's paid trades are the ledger's
+    paid charges, and each of the ``n_orders`` orders was paid exactly once. Returns
+    (gateway, charges, {merchant_ref: amount} paid, {order: [merchant_ref]}); the
+    caller closes the gateway's ledger."""
+    import time
+
+    from lanecore.gateway.payments.gateway import PaymentGateway
+    gw = PaymentGateway(d)
+    for _ in range(50):
+        if not gw.ledger.open_charges():
+            break
+        gw.on_idle()
+        time.sleep(0.2)
+    charges = gw.ledger.charges()
+    assert gw.ledger.open_charges() == [], "every payment is final"
+    ledger_paid = {c.merchant_ref: c.amount_minor for c in charges if c.state == "paid"}
+    assert provider.paid() == ledger_paid, "the provider's charges are the ledger's paid ones"
+    per_order: dict[str, list] = {}
+    for ref in ledger_paid:
+        per_order.setdefault(ref.rsplit("-", 1)[0], []).append(ref)
+    assert len(per_order) == n_orders and all(len(v) == 1 for v in per_order.values())
+    return gw, charges, ledger_paid, per_order

@@ -24,7 +24,7 @@ from lanecore.gateway.net.auth import auth_frame
 from lanecore.gateway.payments.gateway import CRASH_POINTS, PaymentGateway
 from lanecore.gateway.payments.terminals import Terminals
 
-from payfix import WECHAT_CODE, wallet, write_config
+from payfix import WECHAT_CODE, books_after_recovery, wallet, write_config
 
 #: Pure Python, no kernel: the twins pass of `make test` leaves it out.
 pytestmark = pytest.mark.kernel_free
@@ -278,20 +278,7 @@ def test_kill_9_at_every_point_with_many_in_flight(tmp_path, providers):
             proc.terminate()
             proc.wait(20)
         log.close()
-    gw = PaymentGateway(d)
-    for _ in range(50):
-        if not gw.ledger.open_charges():
-            break
-        gw.on_idle()
-        time.sleep(0.2)
-    charges = gw.ledger.charges()
-    assert gw.ledger.open_charges() == []
-    ledger_paid = {c.merchant_ref: c.amount_minor for c in charges if c.state == "paid"}
-    assert p.paid() == ledger_paid
-    per_order: dict[str, list] = {}
-    for ref in ledger_paid:
-        per_order.setdefault(ref.rsplit("-", 1)[0], []).append(ref)
-    assert len(per_order) == n and all(len(v) == 1 for v in per_order.values())
+    gw, charges, ledger_paid, per_order = books_after_recovery(d, p, n)
     assert {o: per_order[o][0] for o in out} == out     # what the tills were told
     assert state["kills"] >= 5, state
     text = (tmp_path / "gw.log").read_text()

@@ -20,7 +20,7 @@ from lanecore.gateway.net.auth import auth_frame
 from lanecore.gateway.payments.gateway import PaymentGateway
 from lanecore.gateway.payments.terminals import Terminals
 
-from payfix import ALIPAY_CODE, WECHAT_CODE, wallet, write_config
+from payfix import ALIPAY_CODE, WECHAT_CODE, books_after_recovery, wallet, write_config
 
 #: Pure Python, no kernel: the twins pass of `make test` leaves it out.
 pytestmark = pytest.mark.kernel_free
@@ -345,20 +345,7 @@ def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path
             proc.wait(20)
         log.close()
     # a last start with no faults drives anything still open, then stops
-    gw = PaymentGateway(d)
-    for _ in range(50):
-        if not gw.ledger.open_charges():
-            break
-        gw.on_idle()
-        time.sleep(0.2)
-    charges = gw.ledger.charges()
-    assert gw.ledger.open_charges() == [], "every payment is final"
-    ledger_paid = {c.merchant_ref: c.amount_minor for c in charges if c.state == "paid"}
-    assert p.paid() == ledger_paid, "the provider's charges are the ledger's paid ones"
-    per_order = {}
-    for ref in ledger_paid:
-        per_order.setdefault(ref.rsplit("-", 1)[0], []).append(ref)
-    assert len(per_order) == n and all(len(v) == 1 for v in per_order.values())
+    gw, charges, ledger_paid, _ = books_after_recovery(d, p, n)
     assert state["kills"] >= 10, state                     # the faults really happened
     print(f"\n{n} payments, gateway started {state['starts']}×, killed -9 "
           f"{state['kills']}×; {len(charges)} charges, {len(ledger_paid)} paid")
