@@ -60,6 +60,9 @@ environment:
   LANECORE_PAY_CRASH       tests only: crash the payment gateway at named points
   LANECORE_PAY_CRASH_SEED  tests only: the seed of those crashes
   LANECORE_COUPONS_CRASH   tests only: crash the coupon gateway at a named point
+  LANECORE_FRAME_COALESCE_US  serve: after a drain of 4 or more weigh.frame
+                           requests, wait this long (default 500 µs) before the next,
+                           so many lanes' frames run in larger batches; 0: never
   LANECORE_BENCH_JSON      make bench: where the benchmark figures are saved
   LANECORE_BENCH_PROFILE   make bench: also profile the 500-lane service
   LANECORE_CHROMIUM        tests only: the Chromium the browser tests drive

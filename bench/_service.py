@@ -463,6 +463,7 @@ def lanes_main(a) -> int:
     poller.register(sub, zmq.POLLIN)
     packb, unpackb, now_ns = msgpack.packb, msgpack.unpackb, time.monotonic_ns
     sock_of = [socks[i % n_socks] for i in range(n_lanes)]
+    routes = [b"\x00lane:" + name.encode() for name in names] if a.route else None
     k = 0
     pending = 0
     gc.disable()    # a collection pause would look like the service's latency
@@ -519,6 +520,8 @@ def lanes_main(a) -> int:
             payload = packb({"op": "weigh.frame", "id": k, "lane": names[i], "seq": q,
                              "samples": tr[(offset[i] + q) % cycle].tobytes()})
             t = now_ns()
+            if routes is not None:
+                sock_of[i].send(routes[i], zmq.NOBLOCK | zmq.SNDMORE)
             sock_of[i].send(payload, zmq.NOBLOCK)
             sent[i, q] = t
             slip[k] = t - due
@@ -600,7 +603,7 @@ class LaneRun:
 
 def run_lanes(proc: Proc, out_dir: Path, *, lanes: int, seconds: float,
               generators: int = 1, lanes_per_socket: int = 10, traces: int = 32,
-              seed: int = 0, log_dir: Path | None = None) -> LaneRun:
+              seed: int = 0, log_dir: Path | None = None, route: bool = False) -> LaneRun:
     """``generators`` load-generator processes share ``lanes`` lanes against the
     service ``proc`` for ``seconds``; service and generator CPU are read from /proc
     at the start and the end of the streaming window."""
@@ -619,7 +622,7 @@ def run_lanes(proc: Proc, out_dir: Path, *, lanes: int, seconds: float,
                    f"bench-{uuid.uuid4().hex[:6]}-g{g}-",
                    "--sockets", str(max(1, n // lanes_per_socket)),
                    "--seconds", str(seconds), "--traces", str(traces),
-                   "--seed", str(seed + g), "--out", str(out)]
+                   "--seed", str(seed + g), "--out", str(out), *(["--route"] if route else [])]
             with open(log_dir / f"lanes-{g}.log", "wb") as err:
                 p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=err, text=True)
@@ -953,6 +956,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--traces", type=int, default=32)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--drain-s", type=float, default=3.0)
+    g.add_argument("--route", action="store_true",
+                   help="send each frame with its routing frame (docs/protocol.md)")
     g.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.cmd == "echo":

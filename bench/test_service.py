@@ -17,6 +17,23 @@ from ``docs/protocol.md`` would talk — not through the client library.
   is shown for scale). Issue 4 target: ``scan`` p50 ≤ 1.3 × echo p50.
 * Throughput: 1 and 100 requests in flight on one DEALER, with the server's CPU
   (``/proc/PID/stat``). Target: ≥ 20,000 scans/s pipelined on one worker.
+* ``scan`` on the realistic mix (issue 19): ``core/scan/scanmix.py``'s
+  ``mixed_scans`` (its ``DEFAULT_MIX``) for region GB over a catalogue of 1M SKUs —
+  far more than the 20,000 items the service keeps pre-packed, so most known items
+  are read from SQLite — generated once and cached under ``bench/.cache/``
+  (``MIX_STORE_VERSION``; CI: the 2,000-item store). Shares of the scans: EAN-13
+  50 %, UPC-A 12 %, EAN-8 4 %, UPC-E 4 % (random codes: mostly UNKNOWN_ITEM), the
+  same GTINs behind symbology prefixes (]E0, Magellan S08F + CR, none) 8 %, in-store
+  price labels (GB: 20 + item + price check + price) 9 %, GS1 element strings
+  (]C1/]e0: AI 01 with 17, 3103, 10, 3922) 7 %, valid codes not in the catalogue
+  3 %, bad scans (wrong check digit, length, non-digits, bad dates, truncated or
+  unknown AIs, NUL, non-ASCII, empty, too long) 3 %. Every reply is checked against
+  what the stream says it must be. Figures (``figures``, guarded by
+  ``bench/targets.toml``): ``scan p50, realistic mix: scan vs echo`` — 20,000 rounds
+  of ``_paired.paired``, each one scan round trip and one echo round trip with the
+  same request map (order alternating), so a side's median is its p50; target ≤
+  1.15 × — and ``scan pipelined, realistic mix: scans/s`` with 100 in flight, five
+  rounds; target ≥ 30,000/s; each with the machine's other load.
 * Many lanes: 500 lanes (real runs), each a ``weigh.frame`` of 50 samples every 50 ms
   from a synthetic load cell with placements, from a separate generator process, for
   20 s; frame→reply and frame→``settled`` event latencies, lost and late frames, the
@@ -473,6 +490,68 @@ def test_many_lanes(note, bench_dir, store, tcp, plan, workers, share):
         assert not res["gaps"], res["gaps"]
 
 
+#: Issue 19: 1,000 lanes × 1 kHz in 50 ms frames, one message per lane frame.
+LANES_1000 = 1000
+LANES_1000_ROUNDS = 3
+LANES_1000_SECONDS = 8.0
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_many_lanes_1000(note, figures, bench_dir, store, plan, workers):
+    """Issue 19's "1,000 lanes in one process": a fresh service per round, the
+    generator in its own process (plain one-frame requests with one worker; with
+    ``--workers 2`` each frame carries its routing frame, which the broker routes on
+    without unpacking the request). Figures: one worker, frame → settled event p99
+    and late frames (median of the rounds); ``--workers 2``, the broker process's CPU
+    per frame (all its threads, ZeroMQ's I/O thread included). CI: 20 lanes, 1.5 s,
+    one round."""
+    from _paired import Load
+    lanes = LANES_1000 if plan.real else plan.lanes
+    seconds = LANES_1000_SECONDS if plan.real else plan.lane_seconds
+    rounds = LANES_1000_ROUNDS if plan.real else 1
+    p99s, lates, broker_us, loads = [], [], [], []
+    for r in range(rounds):
+        out = bench_dir / f"lanes1000-w{workers}-{r}"
+        out.mkdir()
+        svc = S.start_service(_copy(store, out / "data"), out, workers=workers,
+                              name=f"service1000-w{workers}-{r}")
+        try:
+            run = S.run_lanes(svc, out, lanes=lanes, seconds=seconds, route=workers > 1)
+        finally:
+            svc.stop()
+        res = _lanes_report(note, f"{lanes} lanes, round {r + 1}, {workers} worker(s)"
+                            + (", routing frames" if workers > 1 else ""), run, lanes)
+        assert not res["errors"], res["errors"]
+        assert run.frames >= 0.95 * lanes * seconds * 20
+        assert len(run.event_ns()) > 0, "no settled event reached the subscriber"
+        p99s.append(res["event"]["p99"] / 1000)
+        lates.append(res["late"] + run.lost)
+        if workers > 1:
+            broker_us.append(1e6 * run.service_procs_s[0] / max(1, run.frames))
+        loads.append(Load(wall_s=run.wall_s, ours_cpu_s=run.service_cpu_s
+                          + sum(run.generator_cpu_s) + run.harness_cpu_s,
+                          others_cpu_s=max(0.0, run.others_cpu_s)))
+    load = Load(wall_s=sum(x.wall_s for x in loads),
+                ours_cpu_s=sum(x.ours_cpu_s for x in loads),
+                others_cpu_s=sum(x.others_cpu_s for x in loads))
+    med = lambda xs: float(np.median(xs))   # noqa: E731
+    if workers == 1:
+        figures.add("1,000 lanes x 1 kHz, one worker: frame to settled event p99", med(p99s),
+                    "ms", rounds=rounds, min=min(p99s), median=med(p99s), max=max(p99s),
+                    load=load, lanes=lanes)
+        figures.add("1,000 lanes x 1 kHz, one worker: late frames", med(lates), "frames",
+                    rounds=rounds, min=min(lates), median=med(lates), max=max(lates),
+                    load=load, lanes=lanes)
+        note(f"{lanes} lanes, one worker: frame→settled event p99 per round "
+             f"{', '.join(f'{x:,.1f}' for x in p99s)} ms; late or lost frames {lates}")
+    else:
+        figures.add("1,000 lanes x 1 kHz, --workers 2: broker CPU per frame", med(broker_us),
+                    "µs", rounds=rounds, min=min(broker_us), median=med(broker_us),
+                    max=max(broker_us), load=load, lanes=lanes)
+        note(f"{lanes} lanes, --workers 2: broker CPU per frame per round "
+             f"{', '.join(f'{x:.1f}' for x in broker_us)} µs")
+
+
 # ----------------------------------------------------------------------------------
 # Where a frame's time goes
 # ----------------------------------------------------------------------------------
@@ -511,3 +590,146 @@ def test_where_a_frame_goes(note, bench_dir, store, plan):
              f"{a['gc_full_full_ms']:.0f} ms with the replay memory full "
              f"({a['replay_memory']:,} replies, {a['heap_objects_full']:,} objects)")
     assert a["handle_bytes_us"] > 0
+
+
+# ----------------------------------------------------------------------------------
+# scan on the realistic mix (issue 19, item 2)
+# ----------------------------------------------------------------------------------
+
+#: The 1M-SKU store of the real runs, made once and kept under bench/.cache
+#: (git-ignored); a new version string makes a new one.
+MIX_STORE_VERSION = "scan-store-1000000-v1"
+MIX_SKUS = 1_000_000
+MIX_SCANS = 20_000            # distinct scans cycled through (real runs)
+MIX_P50_TARGET = 1.15         # × the echo, interleaved
+MIX_SCANS_PER_S_TARGET = 30_000
+CACHE = Path(__file__).parent / ".cache"
+
+
+def _mix_store_1m() -> Path:
+    d = CACHE / MIX_STORE_VERSION
+    if not (d / "READY").exists():
+        if d.exists():
+            shutil.rmtree(d)
+        S.make_store(d, MIX_SKUS, seed=11)
+        (d / "READY").write_text(str(MIX_SKUS))
+    return d
+
+
+@dataclass
+class MixPair:
+    service: S.Proc
+    echo: S.Proc
+    scans: list            # scanmix.Scan, the stream cycled through
+    skus: int
+
+
+@pytest.fixture(scope="module")
+def mix(bench_dir, store, tcp, plan):
+    """Real runs: a service and an echo on the 1M-SKU store (cached; copied here
+    without its CSV); CI: the round-trip pair on the 2,000-item store. The scans:
+    ``core/scan/scanmix.py``'s ``mixed_scans`` over the catalogue's GTINs (GB)."""
+    from lanecore.core.scan.scanmix import mixed_scans
+    src = _mix_store_1m() if plan.real else store[0]
+    with open(src / "catalog.csv", newline="", encoding="utf-8") as f:
+        gtins = [line.split(",", 1)[0].zfill(14) for line in list(f)[1:]]
+    scans = mixed_scans(MIX_SCANS if plan.real else 400, seed=19, region="GB", gtins=gtins)
+    if not plan.real:
+        yield MixPair(tcp.service, tcp.echo, scans, len(gtins))
+        return
+    procs = []
+    try:
+        d = bench_dir / "data-mix"
+        shutil.copytree(src, d, ignore=shutil.ignore_patterns("catalog.csv", "READY"))
+        procs.append(S.start_echo(bench_dir, name="echo-mix"))
+        procs.append(S.start_service(d, bench_dir, name="service-mix"))
+        yield MixPair(procs[1], procs[0], scans, len(gtins))
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _mix_requests(scans):
+    return lambda k: {"op": "scan", "id": k, "lane": "bench-mix",
+                      "code": scans[k % len(scans)].code}
+
+
+def _check_mix(scans, replies: list[bytes], ids: list) -> dict:
+    """Every reply answers its request as the mix says it must: a known item with the
+    kind the stream gives, UNKNOWN_ITEM for codes the catalogue lacks (the mix's
+    unknown items and its random UPC-E codes), an error for every bad scan. Returns
+    the count of replies by outcome."""
+    out: dict = {}
+    for raw, k in zip(replies, ids):
+        r = msgpack.unpackb(raw)
+        s = scans[k % len(scans)]
+        assert r["id"] == k, (r, k)
+        if s.expect_kind is None:
+            assert not r["ok"], (s, r)
+            key = "rejected"
+        elif r["ok"]:
+            assert r["scan"]["kind"] == s.expect_kind and r["item"]["gtin"], (s, r)
+            key = "item"
+        else:
+            assert r["error"]["code"] == "UNKNOWN_ITEM", (s, r)
+            assert s.sort in ("unknown", "upce"), (s, r)
+            key = "unknown"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def test_scan_mix_round_trip(note, figures, mix, plan):
+    """``scan`` p50 on the realistic mix against the echo, interleaved: each round
+    of ``paired`` is one scan round trip and one echo round trip with the same
+    request map (the order alternating), so a side's median is its p50."""
+    from _paired import paired
+    make = _mix_requests(mix.scans)
+    svc = S.RoundTrips(S.dealer(mix.service.endpoint), make)
+    echo = S.RoundTrips(S.dealer(mix.echo.endpoint), make)
+    n = 20_000 if plan.real else 200
+    res = paired({"scan": svc, "echo": echo}, rounds=n, warmup=min(2_000, n),
+                 pids=[mix.service.popen.pid, mix.echo.popen.pid])
+    outcomes = _check_mix(mix.scans, svc.replies, svc.ids)
+    echo.check()
+    assert outcomes.get("item") and outcomes.get("rejected"), outcomes
+    fig = figures.slowdown("scan p50, realistic mix: scan vs echo", res, "scan", "echo",
+                           skus=mix.skus, scans=len(mix.scans), outcomes=outcomes)
+    warm = min(2_000, n)       # RoundTrips keeps the warm-up's times too
+    pc, pf = S.percentiles_us(svc.ns[warm:]), S.percentiles_us(echo.ns[warm:])
+    note(f"round trip tcp, scan on the realistic mix ({mix.skus:,} SKUs, "
+         f"{len(mix.scans):,} scans cycled; outcomes {outcomes}): p50/p99/p999 "
+         f"{S.fmt_us(pc)}; echo interleaved {S.fmt_us(pf)} → p50 "
+         f"{fig['value']:.3f} × (per-round median {fig['median']:.3f}); target ≤ "
+         f"{MIX_P50_TARGET} ×: {'met' if fig['value'] <= MIX_P50_TARGET else 'NOT MET'}; "
+         f"{res.rounds:,} pairs; {res.load}")
+
+
+def test_scan_mix_pipelined(note, figures, mix, plan):
+    """Scans/s on the realistic mix with ``WINDOW`` in flight on one DEALER."""
+    from _paired import LoadProbe
+    sock = S.dealer(mix.service.endpoint)
+    n = plan.per_round_piped if plan.real else 300
+    rounds = 5 if plan.real else 1
+    make = _mix_requests(mix.scans)
+    counter = iter(range(10 ** 9))
+    S.pipelined(sock, [msgpack.packb(make(next(counter))) for _ in range(min(n, 5_000))],
+                WINDOW)        # connect, warm up
+    rates = []
+    with LoadProbe(pids=[mix.service.popen.pid]) as probe:
+        for _ in range(rounds):
+            ids = [next(counter) for _ in range(n)]
+            payloads = [msgpack.packb(make(k)) for k in ids]
+            t0 = time.perf_counter()
+            replies = S.pipelined(sock, payloads, WINDOW)
+            rates.append(n / (time.perf_counter() - t0))
+            by_id = {msgpack.unpackb(r)["id"]: r for r in replies}
+            assert sorted(by_id) == ids, "replies do not match requests"
+            _check_mix(mix.scans, [by_id[k] for k in ids], ids)
+    fig = figures.values("scan pipelined, realistic mix: scans/s", rates, "/s",
+                         load=probe.load, skus=mix.skus)
+    rate = float(np.median(rates))
+    note(f"throughput tcp, scan on the realistic mix, {WINDOW} in flight: {rate:,.0f} "
+         f"scans/s (median of {len(rates)} rounds of {n:,}; min {min(rates):,.0f}, max "
+         f"{max(rates):,.0f}); target ≥ {MIX_SCANS_PER_S_TARGET:,}/s: "
+         f"{'met' if rate >= MIX_SCANS_PER_S_TARGET else 'NOT MET'}; {probe.load}")
+    assert fig["value"] > 0

@@ -11,6 +11,7 @@ Read-only requests are remembered in memory for the same window.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -36,17 +37,34 @@ from lanecore.ext import barcode, loadcell
 from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import NAME, Field, ProtocolError
+from lanecore.gateway.net import server as _server
 from lanecore.gateway.net.server import (DURABLE, PURE, REPLAY_WINDOW_S, STATEFUL, OpServer,
                                          memory_digest)
 
+import msgpack
+
+#: Packs weigh.frame replies as P.pack does (one Packer, not one a call).
+_PACKER = msgpack.Packer(use_bin_type=True)
+
 log = logging.getLogger("lanecore.service")
 
+#: When a drain held at least FRAME_COALESCE_JOBS weighing frames (many lanes
+#: streaming), the loop waits FRAME_COALESCE_S before the next drain, so frames are
+#: run in larger batches (less CPU a frame; at most this much more latency).
+FRAME_COALESCE_JOBS = 4
+FRAME_COALESCE_S = float(os.environ.get("LANECORE_FRAME_COALESCE_US", "500")) / 1e6
 #: Most samples in one weigh.frame (4096 float32 = 16 KiB: 2 s at 2 kHz).
 MAX_FRAME_SAMPLES = 4096
 #: Most codes in one scan.batch.
 MAX_BATCH = 1000
 #: Items kept decoded in memory for scan replies.
 ITEM_CACHE = 20_000
+#: SQLite mmap_size of the catalogue connection scans read item rows through.
+ITEM_MMAP_BYTES = 1 << 30
+#: One item row for a scan reply, in the order of the reply's item map.
+_ITEM_ROW_SQL = ("SELECT gtin, name, price_minor, flags, origin, producer, inspection, "
+                 "supply_chain, promotion FROM items WHERE gtin = ?")
+_FLAG_NAMES: dict[int, list] = {}
 #: M: lanes one identity may configure (``weigh.config``) besides those it already
 #: configured; ``admin`` and the development principal are not bounded.
 MAX_LANES_PER_IDENTITY = 2
@@ -194,8 +212,14 @@ class Service(OpServer):
         self.lanes: dict[str, int] = {}
         self.lane_configs: dict[str, LaneConfig] = {}
         self._items: collections.OrderedDict[int, tuple] = collections.OrderedDict()
-        self._packed_items: dict[int, bytes] = {}
-        self._packed_heads: dict[int, bytes] = {}
+        #: row -> (the item map's MessagePack header and pairs without its line price,
+        #: the pricing fields line_price_minor reads), for the scan fast path; an LRU
+        #: of ITEM_CACHE rows filled straight from one SQLite row (``_pack_item``).
+        self._packed_items: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        # item rows are read at random on a cache miss: map the file (no read() call
+        # a page) and keep a bigger page cache than SQLite's 2 MB default
+        with contextlib.suppress(sqlite3.Error, LanecoreError):
+            self.catalog._con().execute(f"PRAGMA mmap_size = {ITEM_MMAP_BYTES}")
         loadcell.warm_up()
         super().__init__(self.con, publish=publish)
 
@@ -264,8 +288,7 @@ class Service(OpServer):
         loop is one thread, so no request sees the table without its caches."""
         self.weights.apply_to_table(table)
         self._items = collections.OrderedDict()
-        self._packed_items = {}
-        self._packed_heads = {}
+        self._packed_items = collections.OrderedDict()
         self.table = table
         self.catalog_version = version
         log.info("catalogue version %d loaded: %d items", version, len(table))
@@ -422,7 +445,6 @@ class Service(OpServer):
             if len(self._items) > ITEM_CACHE:
                 old_row, _ = self._items.popitem(last=False)
                 self._packed_items.pop(old_row, None)
-                self._packed_heads.pop(old_row, None)
         return hit
 
     def _scan_one(self, code, region) -> dict:
@@ -455,25 +477,63 @@ class Service(OpServer):
             return None
         r = barcode.parse_scan(code, self.region)
         if not r.ok:
-            return None
+            err = r.error_code
+            if type(err) is not str or not err:
+                return None
+            return self._scan_error(rid, err, r.error_message)
         key = r.lookup_key
         row = -1 if key is None else self.table.lookup(key)
         if row < 0:
+            return self._scan_error(rid, "UNKNOWN_ITEM",
+                                    f"{r.lookup_gtin or code!r} is not in the catalogue")
+        hit = self._packed_items.get(row)
+        if hit is None:
+            hit = self._pack_item(row, r.lookup_gtin)
+            if hit is None:
+                return None
+        pack = _PACKER.pack
+        return b"".join((_SCAN_HEAD, pack(rid), _SCAN_MID, pack(r.to_dict()), _ITEM_KEY,
+                         hit[0], _LINE_PRICE,
+                         pack(catalog_mod.line_price_minor(hit[1], r))))
+
+    def _scan_error(self, rid, code: str, message) -> bytes:
+        """The error reply the general path gives a scan that ``_scan_one`` refuses
+        (a PURE op: counted, not remembered), without raising and catching."""
+        self._op_error("scan", code)
+        return _PACKER.pack({"id": rid, "ok": False,
+                             "error": {"code": code, "message": message}})
+
+    def _pack_item(self, row: int, gtin) -> tuple | None:
+        """(the item map's header and pairs without ``line_price_minor``, its pricing
+        fields) for table ``row``, from one SQLite row, kept in ``_packed_items``; the
+        same bytes as ``P.pack`` of ``_item``'s shown map. None (the general path
+        answers) when the database does not have the row the table has."""
+        if type(gtin) is not str or len(gtin) != 14:
             return None
-        packed = self._packed_items.get(row)
-        base, shown = self._item(row, r.lookup_gtin)
-        if packed is None:
-            body = P.pack(shown)
-            # a map header (fixmap or map16) followed by its pairs: keep the pairs
-            n = len(shown)
-            packed = body[1:] if n < 16 else body[3:]
-            self._packed_items[row] = packed
-            n += 1
-            head = bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
-            self._packed_heads[row] = head
-        tail = _LINE_PRICE + P.pack(catalog_mod.line_price_minor(base, r))
-        return (_SCAN_HEAD + P.pack(rid) + _SCAN_MID + P.pack(r.to_dict()) + _ITEM_KEY
-                + self._packed_heads[row] + packed + tail)
+        try:
+            got = self.catalog._con().execute(_ITEM_ROW_SQL, (gtin,)).fetchone()
+        except (sqlite3.Error, LanecoreError):
+            return None
+        if got is None:
+            return None
+        t = self.table
+        bits = got[3]
+        names = _FLAG_NAMES.get(bits)
+        if names is None:
+            names = _FLAG_NAMES[bits] = catalog_mod.flag_names(bits)
+        pack = _PACKER.pack
+        body = pack({
+            "gtin": got[0], "name": got[1], "price_minor": got[2],
+            "unit_weight_g": _num(t.weight_mean_g[row]), "weight_sd_g": _num(t.weight_sd_g[row]),
+            "flags": names, "origin": got[4], "producer": got[5],
+            "inspection": got[6], "supply_chain": got[7], "promotion": got[8]})
+        # 11 pairs: a fixmap header (0x8b); the reply's map has 12 with the line price
+        hit = (b"\x8c" + body[1:], {"price_minor": got[2], "flag_bits": bits})
+        cache = self._packed_items
+        cache[row] = hit
+        if len(cache) > ITEM_CACHE:
+            cache.popitem(last=False)
+        return hit
 
     def op_scan(self, f) -> dict:
         return self._scan_one(f["code"], f.get("region"))
@@ -687,7 +747,16 @@ class Service(OpServer):
             if rid is None or not principal.may(_FRAME_ROLES):
                 return self._answer(req, client, principal)
             key = (principal.id, str(rid))
-        digest = memory_digest("weigh.frame", req)
+        lane = req.get("lane")
+        seq = req.get("seq")
+        data = req.get("samples")
+        common = (type(lane) is str and type(seq) is int and type(data) is bytes
+                  and len(req) == (6 if "client" in req else 5))
+        if common:      # exactly op, id, lane, seq, samples (+ client): memory_digest's
+            digest = hash(("weigh.frame", (("lane", lane), ("op", "weigh.frame"),
+                                           ("samples", data), ("seq", seq))))
+        else:
+            digest = memory_digest("weigh.frame", req)
         hit = self._replies.get(key)
         if hit is not None and time.monotonic() - hit[0] < REPLAY_WINDOW_S:
             self.counts["weigh.frame"] += 1
@@ -699,11 +768,7 @@ class Service(OpServer):
             return hit[1]
         # The common case checked inline (a frame is the hottest request); anything
         # unusual takes the general path, which names what is wrong.
-        lane = req.get("lane")
-        seq = req.get("seq")
-        data = req.get("samples")
-        if (type(lane) is str and 0 < len(lane) <= 64 and type(seq) is int
-                and 0 <= seq <= 2 ** 62 and type(data) is bytes and "counts" not in req
+        if (common and 0 < len(lane) <= 64 and 0 <= seq <= 2 ** 62
                 and 4 <= len(data) <= 4 * MAX_FRAME_SAMPLES and not len(data) % 4):
             idx = self.lanes.get(lane)
             if idx is not None and self.bank.configured[idx]:
@@ -721,6 +786,8 @@ class Service(OpServer):
     def _frames(self, jobs: list) -> list[bytes]:
         """Run frame jobs in as few kernel calls as lanes allow (a lane at most once
         per call, in arrival order); their reply bytes, in the jobs' order."""
+        if len(jobs) >= FRAME_COALESCE_JOBS:   # many lanes streaming: batch a bit more
+            self.coalesce_s = FRAME_COALESCE_S
         out: list[bytes | None] = [None] * len(jobs)
         todo = list(range(len(jobs)))
         while todo:
@@ -728,23 +795,44 @@ class Service(OpServer):
             for j in todo:
                 (later if jobs[j][3] in seen else now).append(j)
                 seen.add(jobs[j][3])
-            width = max(len(jobs[j][5]) for j in now)
-            samples = np.zeros((len(now), width))
-            lanes = np.empty(len(now), dtype=np.int64)
-            nsamp = np.empty(len(now), dtype=np.int64)
-            seqs = np.empty(len(now), dtype=np.int64)
+            xs = [jobs[j][5] for j in now]
+            sizes = [len(x) for x in xs]
+            width = max(sizes)
+            if min(sizes) == width:               # the common case: one frame length
+                samples = np.array(xs, dtype=np.float64)
+            else:
+                samples = np.zeros((len(now), width))
+                for row, x in enumerate(xs):
+                    samples[row, :len(x)] = x
+            lanes = np.array([jobs[j][3] for j in now], dtype=np.int64)
+            nsamp = np.array(sizes, dtype=np.int64)
+            seqs = np.array([jobs[j][4] for j in now], dtype=np.int64)
+            bank = self.bank
+            bank.step_lanes(lanes, samples, nsamp, seqs)
+            # what each reply says, read for all the lanes at once; a frame with
+            # events takes _frame_result (events, publishing), the others are packed
+            # here as P.ok(rid, **_frame_result(...)) would pack them, byte for byte
+            ev_n = bank.ev_n[lanes].tolist()
+            stable = bank.ist[lanes, loadcell.IS_STABLE].tolist()
+            have = bank.ist[lanes, loadcell.IS_HAVE_SETTLED].tolist()
+            last = bank.fst[lanes, loadcell.FS_LAST_SETTLED].tolist()
+            at = time.monotonic()
+            replies = self._replies
+            pack = _PACKER.pack
+            isfinite = math.isfinite
             for row, j in enumerate(now):
-                x = jobs[j][5]
-                samples[row, :len(x)] = x
-                lanes[row] = jobs[j][3]
-                nsamp[row] = len(x)
-                seqs[row] = jobs[j][4]
-            self.bank.step_lanes(lanes, samples, nsamp, seqs)
-            for j in now:
                 rid, key, lane, idx = jobs[j][:4]
-                reply = P.pack(P.ok(rid, **self._frame_result(lane, idx)))
-                self._remember(key, reply, jobs[j][6])
+                if ev_n[row]:
+                    reply = P.pack(P.ok(rid, **self._frame_result(lane, idx)))
+                else:
+                    g = last[row]
+                    reply = pack({"id": rid, "ok": True, "lane": lane, "events": [],
+                                  "stable": bool(stable[row]),
+                                  "settled_g": g if have[row] and isfinite(g) else None})
+                replies[key] = (at, reply, jobs[j][6])     # as _remember
                 out[j] = reply
+            while len(replies) > _server.REPLAY_MEMORY:
+                replies.popitem(last=False)
             todo = later
         return out
 
@@ -877,7 +965,6 @@ class Service(OpServer):
             self.weights.apply_to_table(self.table)
             self._items.clear()    # the items' shown weights come from the table
             self._packed_items.clear()
-            self._packed_heads.clear()
         after.append(relearn)
         return {"learning": {k: _num(v) for k, v in res.to_dict().items()}}
 
@@ -912,7 +999,6 @@ class Service(OpServer):
                     self.weights.apply_to_table(self.table)
                     self._items.clear()
                     self._packed_items.clear()
-                    self._packed_heads.clear()
                 after.append(relearn)
         at = time.time()
         cur = self.con.execute(

@@ -26,8 +26,9 @@ import zmq
 
 from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.security import SecurityError, is_loopback
-from lanecore.gateway.net.server import (PEER_RCVHWM, PEER_SNDHWM, bind_socket,
-                                         principal_frame)
+from lanecore.gateway.net.security import _Frames
+from lanecore.gateway.net.server import (MAX_ROUTE_BYTES, PEER_RCVHWM, PEER_SNDHWM,
+                                         ROUTE_MARK, bind_socket, principal_frame)
 
 log = logging.getLogger("lanecore.broker")
 
@@ -113,8 +114,9 @@ class Broker:
                 w.restarts += 1
                 self._spawn(w)
 
-    def _slot_for(self, frames: list[bytes]) -> Worker:
-        pin = pin_of(frames[-1])
+    def _slot_for(self, frames: list[bytes], pin: bytes | None = None) -> Worker:
+        if pin is None:
+            pin = pin_of(frames[-1])
         if pin is None:
             pin = frames[0]   # unpinned requests: by client, so its retries meet its replies
         return self.workers[zlib.crc32(pin) % len(self.workers)]
@@ -189,16 +191,7 @@ class Broker:
                             frames = back.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        wid, rest = frames[0], frames[1:]
-                        if rest == [b"READY"]:
-                            for w in self.workers:
-                                if w.identity == wid:
-                                    w.ready = True
-                            continue
-                        try:
-                            front.send_multipart(rest, zmq.NOBLOCK)
-                        except zmq.ZMQError:
-                            pass   # the client went away
+                        self._from_worker(front, frames)
                 if front in socks:
                     recv = front.recv_multipart if security is None \
                         else security.receiver(front)
@@ -234,9 +227,28 @@ class Broker:
                 if s is not None:
                     s.close(0)
 
+    def _from_worker(self, front, frames: list[bytes]) -> None:
+        """A worker's message: READY, or a reply to pass to its client."""
+        wid, rest = frames[0], frames[1:]
+        if rest == [b"READY"]:
+            for w in self.workers:
+                if w.identity == wid:
+                    w.ready = True
+            return
+        try:
+            front.send_multipart(rest, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass   # the client went away
+
     def _route(self, front, back, frames: list[bytes], security=None) -> None:
         if len(frames) < 2:
             return
+        pin = None
+        if len(frames) == 3 and frames[1][:1] == ROUTE_MARK and len(frames[1]) <= MAX_ROUTE_BYTES:
+            pin = frames[1][1:]                   # the routing frame: the request unread
+            user_id = getattr(frames, "user_id", None)
+            frames = _Frames([frames[0], frames[2]])
+            frames.user_id = user_id
         tag = []
         if security is not None:       # the worker learns who sent it from us alone
             principal = security.principal_of(frames)
@@ -248,7 +260,7 @@ class Broker:
                     pass
                 return
             tag = [principal_frame(principal)]
-        w = self._slot_for(frames)
+        w = self._slot_for(frames, pin)
         if w.ready:
             try:
                 back.send_multipart([w.identity] + tag + list(frames), zmq.NOBLOCK)

@@ -91,6 +91,29 @@ def request_digest(op: str, req: dict) -> bytes:
 PRINCIPAL_TAG = b"\x00LCP"
 
 
+#: A DEALER request may carry a routing frame before its request frame (docs/
+#: protocol.md, "Routing frame"): a zero byte, then what the request is pinned by,
+#: ``lane:NAME`` (``gate`` pins as ``lane``), ``basket:…``, ``device:…``,
+#: ``order_no:…`` — so a broker routes it without reading the request. A service
+#: without a broker simply drops it.
+ROUTE_MARK = b"\x00"
+#: Longest routing frame, marker included.
+MAX_ROUTE_BYTES = 256
+
+
+def route_frame(space: str, value: str) -> bytes:
+    """The routing frame of a request pinned by ``space:value`` (e.g. ``lane``, ``L7``)."""
+    return ROUTE_MARK + f"{space}:{value}".encode()
+
+
+def _unrouted(frames: list) -> list:
+    """``[identity, routing frame, request]`` as ``[identity, request]``; any other
+    frames as they are."""
+    if len(frames) == 3 and frames[1][:1] == ROUTE_MARK and len(frames[1]) <= MAX_ROUTE_BYTES:
+        return [frames[0], frames[2]]
+    return frames
+
+
 def principal_frame(principal: Principal) -> bytes:
     return PRINCIPAL_TAG + P.pack({"id": principal.id, "roles": sorted(principal.roles),
                                    "via": principal.via})
@@ -158,6 +181,23 @@ _MAX_CREDIT = P.MAX_MESSAGE_BYTES + PEER_DRAIN_BYTES
 BUSY_PEEK_BYTES = 512
 
 
+#: Socket option and flag values as plain ints (pyzmq's enums cost on the hot path).
+_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+_NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def _receiver(sock):
+    """``sock.recv_multipart`` without its enum arithmetic (the frames, as bytes)."""
+    recv, get = sock.recv, sock.get
+
+    def recv_frames(flags):
+        frames = [recv(flags)]
+        while get(_RCVMORE):
+            frames.append(recv(flags))
+        return frames
+    return recv_frames
+
+
 def _set_queues(sock: zmq.Socket) -> None:
     """No linger at exit. A ROUTER's pipes are per peer: PEER_RCVHWM requests and
     PEER_SNDHWM replies each (the loop's per-peer queues hold what it has read,
@@ -222,6 +262,10 @@ class OpServer:
         self.principal: Principal = DEV
         #: Set when serving behind a broker, which names each request's caller.
         self.behind_broker = False
+        #: Seconds the loop waits before its next drain (set by a subclass after a
+        #: drain of many small requests, e.g. weighing frames: one later, larger batch
+        #: costs less CPU than many small ones); the loop resets it.
+        self.coalesce_s = 0.0
 
     def _ops(self) -> list:
         """``[(name, fn, schema, kind, roles)]``: ``fn(fields)`` for PURE/STATEFUL ops,
@@ -597,6 +641,9 @@ class OpServer:
                     if busy and time.monotonic() - last_idle < 0.2:
                         continue
                 elif poller.poll(0 if waiting else 10 if held else 200) or waiting or held:
+                    if self.coalesce_s:     # a stream of small requests: take more at once
+                        time.sleep(self.coalesce_s)
+                        self.coalesce_s = 0.0
                     self._drain(sock, security)
                     if time.monotonic() - last_idle < 0.2:
                         continue           # under load, background work every 0.2 s
@@ -625,15 +672,15 @@ class OpServer:
         if self._held:
             self._flush(sock)
         # with CurveZMQ, frames that carry who sent them (the ZAP User-Id)
-        recv = sock.recv_multipart if security is None else security.receiver(sock)
-        events = sock.getsockopt
+        recv = _receiver(sock) if security is None else security.receiver(sock)
+        events = sock.get
         tagged = getattr(self, "behind_broker", False)
         busy = None
         n = 0
         unread = MAX_READ_BYTES
         # ZMQ_EVENTS says whether more is waiting: no exception ends the reading
-        while n < MAX_READ and unread > 0 and events(zmq.EVENTS) & zmq.POLLIN:
-            frames = recv(zmq.NOBLOCK)
+        while n < MAX_READ and unread > 0 and events(_EVENTS) & _POLLIN:
+            frames = recv(_NOBLOCK)
             n += 1
             size = sum(map(len, frames))
             unread -= size
@@ -692,12 +739,17 @@ class OpServer:
         """Send reply frames; a reply whose peer's pipe is full waits in ``_held``
         (in order: behind it, that peer's later replies too)."""
         held = self._held
+        send = sock.send
         for out in replies:
             if held and out[0] in held:
                 self._hold(out)
                 continue
             try:
-                sock.send_multipart(out, zmq.NOBLOCK)
+                if len(out) == 2:       # a DEALER's reply: int flags, no enum arithmetic
+                    send(out[0], _NOBLOCK_MORE)
+                    send(out[1], _NOBLOCK)
+                else:
+                    sock.send_multipart(out, zmq.NOBLOCK)
             except zmq.Again:
                 self._hold(out)                   # the peer reads slower than it asks
             except zmq.ZMQError:
@@ -739,6 +791,7 @@ class OpServer:
         if getattr(self, "behind_broker", False) and frames[0][:4] == PRINCIPAL_TAG \
                 and len(frames) > 2:
             frames = frames[1:]                          # the broker's principal frame
+        frames = _unrouted(frames)
         if len(frames) >= 3 and frames[1] == b"":     # REQ: [identity, "", request]
             head, payload = frames[:2], frames[2]
         else:
@@ -782,11 +835,11 @@ class OpServer:
         if self.behind_broker and frames and frames[0][:4] == PRINCIPAL_TAG \
                 and len(frames[0]) > 5:
             principal = _principal_from_frame(frames[0])
-            return frames[1:], principal, principal is not None
+            return _unrouted(frames[1:]), principal, principal is not None
         if security is None:
-            return frames, None, True
+            return _unrouted(frames), None, True
         principal = security.principal_of(frames)
-        return frames, principal, principal is not None
+        return _unrouted(frames), principal, principal is not None
 
     def on_frames(self, frames: list[bytes], security=None) -> list[bytes] | None:
         """Reply frames for the frames of one request (ROUTER side)."""
