@@ -429,11 +429,23 @@ def lanes_main(a) -> int:
     cfg = [msgpack.packb({"op": "weigh.config", "id": f"cfg-{uuid.uuid4().hex}",
                           "lane": name, "config": {"fs_hz": fs}}) for name in names]
     t_cfg = time.monotonic()
+    by_id = {msgpack.unpackb(raw)["id"]: raw for raw in cfg}
     for k, s in enumerate(socks):
-        for raw in pipelined(s, cfg[k::n_socks], 50):
-            r = msgpack.unpackb(raw)
-            if not r.get("ok"):
-                raise SystemExit(f"weigh.config failed: {r}")
+        todo, tries = cfg[k::n_socks], 0
+        while todo:
+            again = []
+            for raw in pipelined(s, todo, 50):
+                r = msgpack.unpackb(raw)
+                if r.get("ok"):
+                    continue
+                # a worker behind a broker still starting: the same request again,
+                # as docs/protocol.md tells clients (same id)
+                if r["error"]["code"] != "UNAVAILABLE" or tries >= 100:
+                    raise SystemExit(f"weigh.config failed: {r}")
+                again.append(by_id[r["id"]])
+            todo, tries = again, tries + 1
+            if todo:
+                time.sleep(0.1)
     t_cfg = time.monotonic() - t_cfg
     traces, quiet = lane_traces(min(n_lanes, a.traces), seed=a.seed, fs_hz=fs, frame=frame)
     cycle = traces.shape[1] // frame
