@@ -4,6 +4,7 @@ through the real login form, and the CSRF token a page carries."""
 from __future__ import annotations
 
 import re
+import time
 
 PASSWORD = "correct horse battery"
 USERS = {"ann": "attendant", "max": "manager", "ada": "admin"}
@@ -17,6 +18,18 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def wait_for(predicate, what: str, timeout_s: float = 30.0):
+    """Poll ``predicate`` until it returns something true (returned); an
+    AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
 
 
 def csrf_of(html: str) -> str:

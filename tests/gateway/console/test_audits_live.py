@@ -11,23 +11,13 @@ import shutil
 import time
 
 import pytest
-from consolefix import csrf_of, login
+from consolefix import csrf_of, login, wait_for
 from curvefix import enrol
 from starlette.testclient import TestClient
 
 from lanecore.gateway.net.client import Client, CurveKeys
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate, what: str, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 @pytest.fixture
@@ -68,8 +58,8 @@ def test_history_audit_queue_and_a_result_recorded_in_the_page(store, make_app):
     app, _ = make_app(service=s.endpoint, events=s.events, curve=console)
     with TestClient(app) as web:
         hub = app.state.hub
-        _wait(lambda: hub.seeded, "the history was read")
-        _wait(lambda: hub.connected, "the events socket connected")
+        wait_for(lambda: hub.seeded, "the history was read")
+        wait_for(lambda: hub.connected, "the events socket connected")
         login(web, "ann")
         page = web.get("/alarms").text
         assert f'data-testid="alarm-row" data-order="{order_no}"' in page
@@ -88,7 +78,7 @@ def test_history_audit_queue_and_a_result_recorded_in_the_page(store, make_app):
                 break
         assert picked is not None, "no order was picked for an audit in 80"
         no = picked["order_no"]
-        _wait(lambda: no in hub.floor.audits, "the audit event reached the console")
+        wait_for(lambda: no in hub.floor.audits, "the audit event reached the console")
         page = web.get("/audits")
         assert f'data-testid="audit-row" data-order="{no}" data-state="pending"' in page.text
         for it in picked["items"]:          # a rescan's lines (a visual check: none)
@@ -113,4 +103,4 @@ def test_history_audit_queue_and_a_result_recorded_in_the_page(store, make_app):
             follow_redirects=False)
         assert r.headers.get("x-error-code") == "AUDIT_CONFLICT", r.text[-1500:]
         assert 'data-code="AUDIT_CONFLICT"' in r.text
-        _wait(lambda: hub.floor.audits[no].get("state") == "done", "the recorded event")
+        wait_for(lambda: hub.floor.audits[no].get("state") == "done", "the recorded event")

@@ -15,7 +15,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from consolefix import csrf_of, login
+from consolefix import csrf_of, login, wait_for
 from curvefix import enrol
 from starlette.testclient import TestClient
 
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.slow
 def _frames(weight_g: float, n_frames: int = 12, *, n: int = 50, seed: int = 0):
     rng = np.random.default_rng(seed)
     return [weight_g + rng.normal(0.0, 0.3, n) for _ in range(n_frames)]
-
-
-def _wait(predicate, what: str, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 @pytest.fixture
@@ -69,10 +59,10 @@ def test_alarm_ack_override_rescan_are_recorded_here_and_at_the_service(store, m
     app, _ = make_app(service=s.endpoint, events=s.events, curve=console)
     with TestClient(app) as web:
         hub = app.state.hub
-        _wait(lambda: hub.connected, "the events socket connected")
+        wait_for(lambda: hub.connected, "the events socket connected")
         time.sleep(0.3)            # a SUB joins asynchronously: let it subscribe
         order_no = _alarmed_order(s, c, "EXIT-9")
-        alarm = _wait(lambda: hub.floor.alarm("EXIT-9", order_no), "the alarm arrived")
+        alarm = wait_for(lambda: hub.floor.alarm("EXIT-9", order_no), "the alarm arrived")
         assert alarm["cause"] == "weight_over" and alarm["explanations"]
         login(web, "ann")
         page = web.get("/alarms")
@@ -134,7 +124,7 @@ def test_the_event_stream_delivers_settled_and_verdict_from_a_real_service(store
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: server.started, "uvicorn started")
+        wait_for(lambda: server.started, "uvicorn started")
         port = server.servers[0].sockets[0].getsockname()[1]
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=30.0) as web:
@@ -142,7 +132,7 @@ def test_the_event_stream_delivers_settled_and_verdict_from_a_real_service(store
             # the stream needs a session
             assert web.get("/events/stream", follow_redirects=False).status_code == 303
             login(web, "ann")
-            _wait(lambda: app.state.hub.connected, "the events socket connected")
+            wait_for(lambda: app.state.hub.connected, "the events socket connected")
             seen: dict = {}
 
             def read():
@@ -158,7 +148,7 @@ def test_the_event_stream_delivers_settled_and_verdict_from_a_real_service(store
                                 return
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            _wait(lambda: "snapshot" in seen, "the stream's snapshot")
+            wait_for(lambda: "snapshot" in seen, "the stream's snapshot")
             time.sleep(0.3)
             items = s.items(1)
             basket = c.basket_open("HH-2")["basket"]["basket_id"]
