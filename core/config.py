@@ -198,6 +198,10 @@ class StoreConfig:
     #: Public keys (base64url) of the payment gateways whose signed receipts are
     #: proof of payment (``[payments] receipt_keys``).
     receipt_keys: tuple[str, ...] = ()
+    #: The store in a chain (``[chain]``: ``store_id``, ``nats`` — HQ's NATS URL,
+    #: ``payments_dir``, ``coupons``): what ``lanecore link`` uses when its options
+    #: do not say (docs/chain.md). Empty for a store on its own.
+    chain: dict[str, str] = field(default_factory=dict)
 
     def apply(self) -> None:
         """Register the store-defined in-store code tables with the barcode kernel."""
@@ -233,6 +237,26 @@ def _receipt_keys(payments, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+_CHAIN_KEYS = ("store_id", "nats", "payments_dir", "coupons")
+
+
+def _chain(chain, where: str) -> dict[str, str]:
+    """``[chain]``: the store's id in a chain and how its link reaches HQ (strings)."""
+    if not isinstance(chain, dict):
+        raise ConfigError(f"{where}: [chain] must be a table")
+    unknown = set(chain) - set(_CHAIN_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in [chain]: {sorted(unknown)} "
+                          f"(it takes {', '.join(_CHAIN_KEYS)})")
+    for k, v in chain.items():
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{where}: chain.{k} must be a non-empty string")
+    if "nats" in chain and not chain["nats"].startswith(("nats://", "tls://")):
+        raise ConfigError(f"{where}: chain.nats is a nats://HOST:PORT URL, got "
+                          f"{chain['nats'][:40]!r}")
+    return {k: v.strip() for k, v in chain.items()}
+
+
 def parse_config(text: str, source: Path | None = None) -> StoreConfig:
     """Read configuration from TOML text; raise ConfigError naming the bad key."""
     where = str(source) if source else "configuration"
@@ -240,10 +264,11 @@ def parse_config(text: str, source: Path | None = None) -> StoreConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
-    unknown = set(doc) - {"store", "rcn", "payments"}
+    unknown = set(doc) - {"store", "rcn", "payments", "chain"}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
     cfg = StoreConfig(source=source)
+    cfg.chain = _chain(doc.get("chain", {}), where)
     cfg.receipt_keys = _receipt_keys(doc.get("payments", {}), where)
     store = doc.get("store", {})
     if not isinstance(store, dict):

@@ -420,8 +420,9 @@ def ensure_rollups(con: sqlite3.Connection) -> None:
                         _month_backfill(con, table)
                         filled.add(table)
             for f in todo:
-                con.execute("INSERT OR REPLACE INTO rollup_meta (family, version) "
-                            "VALUES (?, ?)", (f.name, ROLLUP_VERSION))
+                con.execute("INSERT INTO rollup_meta (family, version) VALUES (?, ?) "
+                            "ON CONFLICT (family) DO UPDATE SET version = excluded.version",
+                            (f.name, ROLLUP_VERSION))
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:

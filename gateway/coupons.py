@@ -48,11 +48,13 @@ from lanecore.core.config import load_config as load_store_config
 from lanecore.core.promo.coupons import CouponBook, CouponError, Definition
 from lanecore.core.errors import LanecoreError
 from lanecore.core.pay.ledger import payment_mismatch
+from lanecore.core.sqlschema import migrate
 from lanecore.core.sqltxn import private_database
 from lanecore.core.promo.members import Members
 from lanecore.core.promo.mqr import MqrError, read_mqr
 from lanecore.core.store.orderqr import Verifier
 
+from lanecore.gateway.db.pg import CHAIN_LOCK  # noqa: F401 (the lock its tables take)
 from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import Field
@@ -96,6 +98,13 @@ SCHEMA = (
         promo_id TEXT PRIMARY KEY, ended_at REAL NOT NULL, ended_by TEXT NOT NULL,
         staff TEXT)""",
 )
+#: This gateway's own tables' versions (``core/sqlschema.py``): version 1 is SCHEMA.
+MIGRATIONS = (SCHEMA,)
+#: The tables that are this store's own on a database a chain shares (its checkouts,
+#: its QRs used, its run-time promotions, its request records): on PostgreSQL they
+#: live in the store's own schema (``gateway/db/pg.py``), everything else is shared.
+LOCAL_TABLES = ("checkouts", "mqr_used", "promotions", "promo_overrides",
+                "service_requests")
 #: The most points one ``member.points`` adjustment may add or take.
 MAX_ADJUST_POINTS = 10 ** 9
 #: What a promotion made with ``promo.create`` may be called (its ``id``).
@@ -242,14 +251,22 @@ def parse_promotions(tables: list, *, where: str = CONFIG_FILE) -> list:
 class CouponGateway(OpServer):
     """Coupons, wallets, members, pricing and the one-scan checkout."""
 
-    def __init__(self, data_dir, *, clock=time.time, payments=None) -> None:
+    def __init__(self, data_dir, *, clock=time.time, payments=None,
+                 db_url: str | None = None) -> None:
         self.data_dir = writable_dir(resolve_data_dir(data_dir))   # DATA_DIR_READ_ONLY
         cfg = load_config(self.data_dir)
         unknown = set(cfg) - {"store_id", "currency", "payments", "wallet_keys", "members",
-                              "promotions", "store", "families"}
+                              "promotions", "store", "families", "db"}
         if unknown:
             raise CouponGatewayError(f"{CONFIG_FILE}: unknown {sorted(unknown)}")
         check_config(cfg)
+        db = cfg.get("db", {})
+        if not isinstance(db, dict) or set(db) - {"url"} or \
+                not isinstance(db.get("url", ""), str):
+            raise CouponGatewayError(f"{CONFIG_FILE}: [db] takes url (a postgresql:// URL)")
+        #: Where the shared state lives: a ``postgresql://`` URL (``--db`` or ``[db]
+        #: url``), or None for this data directory's SQLite file (the default).
+        self.db_url = db_url or db.get("url") or None
         self._store_setup(cfg.get("store", {}))
         self.families = parse_families(cfg.get("families", {}))
         self.clock = clock
@@ -271,17 +288,19 @@ class CouponGateway(OpServer):
         self.pay_terminal = pay.get("terminal", "COUPONS")
         self._payments = payments
         self._pay_cfg = pay
-        private_database(self.data_dir / DB_FILE)     # 0600, and so its -wal and -shm
-        con = sqlite3.connect(self.data_dir / DB_FILE, isolation_level=None, timeout=10.0,
-                              check_same_thread=False)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        con.execute("PRAGMA busy_timeout=10000")
-        for stmt in SCHEMA:
-            con.execute(stmt)
+        con = self._open_db()
+        try:
+            migrate(con, "coupon_gateway", MIGRATIONS, tables=LOCAL_TABLES)
+        except sqlite3.Error as exc:
+            con.close()
+            raise LanecoreError(f"cannot open the coupon gateway's tables: {exc}",
+                                code="DB_ERROR") from exc
         self.book = CouponBook(con)
-        from lanecore.core.rollups import ensure_rollups
-        ensure_rollups(con)        # clearing per day and issuer (core/rollups.py)
+        if self.db_url is None:
+            # clearing per day and issuer (core/rollups.py): SQLite triggers, read by
+            # the store's console; on PostgreSQL HQ's books sum coupon_clearing itself
+            from lanecore.core.rollups import ensure_rollups
+            ensure_rollups(con)
         m = cfg.get("members", {})
         try:
             self.members = Members(con, **m)
@@ -290,6 +309,26 @@ class CouponGateway(OpServer):
         self.points_value = self.members.point_value_minor
         self._crash = os.environ.get("LANECORE_COUPONS_CRASH", "")
         super().__init__(con)
+
+    def _open_db(self):
+        """The connection the gateway's tables, the coupon book and the members live
+        on: this data directory's coupons.db, or the chain's PostgreSQL database (its
+        own tables in this store's schema; DB_UNAVAILABLE when it cannot be reached —
+        never a fall back to the file)."""
+        if self.db_url is not None:
+            from lanecore.gateway.db.pg import connect, is_postgres_url, redact
+            if not is_postgres_url(self.db_url):
+                raise CouponGatewayError(f"{CONFIG_FILE}: [db] url is a postgresql:// URL, "
+                                         f"not {redact(self.db_url)!r:.80}")
+            return connect(self.db_url, lock_key=CHAIN_LOCK, store=self.store_id,
+                           local_tables=LOCAL_TABLES)
+        private_database(self.data_dir / DB_FILE)     # 0600, and so its -wal and -shm
+        con = sqlite3.connect(self.data_dir / DB_FILE, isolation_level=None, timeout=10.0,
+                              check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA busy_timeout=10000")
+        return con
 
     def _store_setup(self, store) -> None:
         """``[store]``: ``data_dir`` (the store's data directory, whose ``store.db``
@@ -1087,13 +1126,14 @@ class CouponGateway(OpServer):
             self.recover()
 
 
-def serve(data_dir, bind: str, *, curve: bool = False, metrics: str | None = None) -> int:
+def serve(data_dir, bind: str, *, curve: bool = False, metrics: str | None = None,
+          db_url: str | None = None) -> int:
     """Run the coupon gateway until SIGTERM/SIGINT; ``curve``: callers are the keys
     enrolled in its data directory, with their roles (``gateway/net/security.py``)."""
     import zmq
 
     from lanecore.gateway.net.security import ServerSecurity
-    gw = CouponGateway(data_dir)
+    gw = CouponGateway(data_dir, db_url=db_url)
     guard = ServerSecurity(gw.data_dir, zmq.Context.instance()) if curve else None
 
     from lanecore.gateway.net import metrics as M

@@ -179,6 +179,10 @@ class StoreSpec:
     theft_rate: float = 0.15          # shoppers who put an unscanned item in the bag
     mistake_rate: float = 0.08        # honest shoppers who leave a paid item behind
     store_risk: str = "medium"        # the audit policy's store risk
+    #: the catalogue's seed (None: ``seed``); a chain's stores share one catalogue
+    catalog_seed: int | None = None
+    #: the store's id in its receipts, coupons and a chain's events
+    store_id: str = "DEMO-01"
     journeys: dict = field(default_factory=lambda: dict(JOURNEYS))
 
 
@@ -270,6 +274,8 @@ class Store:
         self.kiosk_locks = {k: threading.Lock() for k in KIOSKS}
         self.order_counter = 0
         self._counter_lock = threading.Lock()
+        #: called once half of the shoppers are through (None: not)
+        self.halfway = None
 
     # ------------------------------------------------------------------------------
     # Setting up
@@ -384,7 +390,9 @@ class Store:
         for sub in ("store", "pay", "coupons", "wallet"):
             private_dir(self.dir / sub)
         store = self.dir / "store"
-        write_catalog_csv(store / "catalog.csv", self.spec.rows, seed=self.spec.seed,
+        write_catalog_csv(store / "catalog.csv", self.spec.rows,
+                          seed=self.spec.seed if self.spec.catalog_seed is None
+                          else self.spec.catalog_seed,
                           region=self.spec.region)
         self._step()
         with Catalog.open(store) as cat:
@@ -434,6 +442,7 @@ class Store:
             str(self.dir / "coupons"), "--curve", after=["payments"]))
         if self.console is not None:
             tables.append(self._console_process(store))
+        tables += self._extra_processes()
         self._supervise(tables)
         hello = self._wait_hello("serve", self.ep("service"),
                                  curve=self.curve[("service", "attendant")])
@@ -465,6 +474,16 @@ class Store:
             self.say(f"console: {self.console_url} - log in as manager, password in "
                      f"{self.dir / 'console-manager.password'} (`lanecore console user add` "
                      f"makes more staff; docs/console.md)")
+
+    def _extra_processes(self) -> list[str]:
+        """More ``[process.NAME]`` tables (a chain's store adds its link to HQ)."""
+        return []
+
+    @property
+    def order_prefix(self) -> str:
+        """Before every order number and customer id the demo makes: empty for one
+        store; a chain's store puts its id there (they share one coupon book)."""
+        return ""
 
     def _console_process(self, store: Path) -> str:
         """``--console``: the store's web console as one more supervised process (its
@@ -665,7 +684,8 @@ class Store:
         lines += ["[policy]", "poll_every_s = 0.5", "give_up_after_s = 30",
                   "reverse_not_before_s = 1",
                   "[pos]", 'auth = "hmac"',
-                  "[receipt]", 'store_name = "Lanecore Demo Market"', 'store_id = "DEMO-01"',
+                  "[receipt]", 'store_name = "Lanecore Demo Market"',
+                  f'store_id = "{self.spec.store_id}"',
                   f'sms_sink = "file:{self.dir / "sms.jsonl"}"',
                   # the 40 handhelds share one terminal key: their receipts, one limit
                   "sms_per_terminal_hour = 100000",
@@ -693,7 +713,7 @@ class Store:
         from lanecore.core.store.orderqr import Signer
         self.wallet = Signer.load_or_create(self.dir / "wallet")
         write_private(self.dir / "coupons" / "coupons.toml", (   # holds a terminal key
-            f'store_id = "DEMO-01"\ncurrency = "GBP"\n'
+            f'store_id = "{self.spec.store_id}"\ncurrency = "GBP"\n'
             f'[payments]\nendpoint = "{self.ep("payments")}"\nterminal = "COUPONS"\n'
             f'key = "{self.key_texts["COUPONS"]}"\ntimeout_s = 10\n'
             f'[wallet_keys]\nw1 = "{self.wallet.public_key_b64()}"\n'
@@ -786,11 +806,18 @@ class Store:
                                 daemon=True) if self.live else None
         if live:
             live.start()
+        # ``halfway`` (a chain's store: cut its link to HQ) runs between the first
+        # half of the shoppers and the second
+        batches = [plans] if self.halfway is None else \
+            [plans[:len(plans) // 2], plans[len(plans) // 2:]]
         try:
             with ThreadPoolExecutor(self.spec.concurrency) as pool:
-                futures = [pool.submit(self._shopper, p) for p in plans]
-                for f in futures:
-                    f.result()
+                for k, batch in enumerate(batches):
+                    if k:
+                        self.halfway()
+                    futures = [pool.submit(self._shopper, p) for p in batch]
+                    for f in futures:
+                        f.result()
         finally:
             stop_live.set()
             if live:
@@ -1084,7 +1111,7 @@ class Store:
     def _journey_coupons(self, plan: dict) -> None:
         from lanecore.core.promo.mqr import make_mqr
         rng = plan["rng"]
-        customer = f"CUST-{plan['i']:04d}"
+        customer = f"{self.order_prefix}CUST-{plan['i']:04d}"
         couponed = rng.sample(self.coupon_goods, 2)
         rows = list(dict.fromkeys(plan["rows"][:4] + couponed))
         with self.service("till") as svc, \
@@ -1104,7 +1131,7 @@ class Store:
                             customer=customer, token=self._wallet_code(rng),
                             currency="GBP", coupons=[(c["coupon_id"], c["gtin"],
                                                       c["amount_minor"]) for c in wallet])
-            order_no = f"TILL1-{plan['i']:05d}"
+            order_no = f"{self.order_prefix}TILL1-{plan['i']:05d}"
             self.tally.add(orders=1)
             r = cpn.call("checkout.mqr", order_no=order_no, till="TILL-1", mqr=text,
                          lines=lines)
@@ -1126,7 +1153,7 @@ class Store:
             for r in plan["rows"]:                   # the cashier scans the goods
                 item = svc.scan("POS-1", self.gtin(r))["item"]
                 total += item["price_minor"] * plan["qty"][r]
-            order_no = f"POS1-{plan['i']:05d}"
+            order_no = f"{self.order_prefix}POS1-{plan['i']:05d}"
             method = rng.choice(["card", "auth_code"])
             code = self._wallet_code(rng)
             quote = pay.call("pay.quote", amount_minor=total, currency="GBP", method=method,
@@ -1229,7 +1256,7 @@ class Store:
                 lines.append({"name": item["name"][:32], "qty": q,
                               "amount_minor": item["price_minor"] * q})
                 total += item["price_minor"] * q
-        order_no = f"TQ1-{plan['i']:05d}"
+        order_no = f"{self.order_prefix}TQ1-{plan['i']:05d}"
         self.tally.add(orders=1)
         with self.till_lock:                             # one customer at the register
             reg = self.register

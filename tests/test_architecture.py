@@ -23,10 +23,11 @@ TOP = ("core", "ext", "drivers", "gateway", "bench", "tests", "docs")
 PATH_RE = re.compile(r"(?<![\w./:-])((?:%s)/[\w./-]*[\w/])" % "|".join(TOP))
 
 CORE_ROOMS = {"scan", "weigh", "pay", "promo", "store"}
-CORE_SHARED = {"__init__.py", "errors.py", "config.py", "sqltxn.py", "signing.py",
-               "rollups.py"}
-GATEWAY_ROOMS = {"net", "payments", "sim", "console"}
+CORE_SHARED = {"__init__.py", "errors.py", "config.py", "sqltxn.py", "sqlschema.py",
+               "signing.py", "rollups.py"}
+GATEWAY_ROOMS = {"net", "payments", "sim", "console", "db", "chain"}
 GATEWAY_FILES = {"__init__.py", "service.py", "coupons.py", "till.py", "lane.py", "store.py",
+                 "chainstore.py",
                  "tui.py", "supervisor.py"}
 
 
@@ -50,6 +51,21 @@ def test_every_path_the_architecture_names_exists():
         assert f"gateway/{name}" in text, name
     for name in CORE_SHARED - {"__init__.py"}:
         assert f"core/{name}" in text, name
+
+
+def test_core_never_imports_the_postgresql_driver():
+    """core speaks sqlite3's DB-API only; psycopg stays behind gateway/db/pg.py (the
+    layers contract keeps core from importing gateway; this keeps the driver out)."""
+    import ast
+    found = []
+    for f in tracked("core/*.py", "core/**/*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{f.relative_to(REPO)}: {n}" for n in names
+                      if n.split(".")[0] in ("psycopg", "psycopg2", "psycopg_pool")]
+    assert len(tracked("core/*.py", "core/**/*.py")) >= 20
+    assert found == []
 
 
 def test_the_readme_links_the_architecture():

@@ -454,6 +454,9 @@ GENERIC_DECLINES: dict[str, DeclineRule] = {
     "DO_NOT_HONOUR": _REFUSED, "CODE_INVALID": _BAD_CODE, "CODE_EXPIRED": _BAD_CODE,
     "USER_PAYING": _UNKNOWN, "TIMEOUT": _UNKNOWN, "ORDER_PAID": _DONE,
     "BAD_REQUEST": _REQUEST,
+    # A channel whose records live in a database it cannot reach (stored value kept in
+    # the chain's PostgreSQL database): refused before anything was taken.
+    "DB_UNAVAILABLE": _UNAVAILABLE,
     # The words of lanecore's provider simulators (gateway/payments/providers.py), which are
     # WeChat's where WeChat has one.
     "EXCEED_LIMIT": _CHANNEL_LIMIT, "USERCANCEL": DeclineRule("PAYER_CANCELLED", False),

@@ -30,6 +30,12 @@ nothing. **A refused move is not recorded** under its ``ref``: a debit refused f
 ``BALANCE_NOT_ENOUGH`` may be sent again with the same ``ref`` after a top-up and
 succeed.
 
+**Settling.** :meth:`StoredValue.settle` answers whether a debit was made under a
+``ref`` and, when none was, voids the ``ref`` (table ``sv_voids``, schema version 2)
+so none can be made later: a caller whose own records live elsewhere (the payment
+gateway's ledger, when the accounts are in the chain's PostgreSQL database) gets a
+final answer about a debit it may or may not have sent.
+
 **PINs.** An account may have a PIN (any 4–64 printable characters; a password is
 fine). Only a salted scrypt hash is stored (``scrypt$n$r$p$salt$hash``, base64),
 compared in constant time. A debit of an account with a PIN needs the right one: a
@@ -55,7 +61,7 @@ take it about 6.7 hours instead of seconds.
 (top-up, credit, adjust), so a refund is never stuck.
 
 **Errors** are :class:`StoredValueError` with a stable ``code`` and a ``details`` map:
-``BAD_MEMBER``, ``BAD_AMOUNT``, ``BAD_REF``, ``BAD_PIN`` (a new PIN of the wrong form, a
+``BAD_MEMBER``, ``BAD_AMOUNT``, ``BAD_REF`` (also a bad ``origin``), ``BAD_PIN`` (a new PIN of the wrong form, a
 PIN that is no string), ``BAD_CURRENCY``, ``BAD_REQUEST`` (an adjust without a reason,
 a debit's bad ``source``),
 ``UNKNOWN_MEMBER``, ``REF_CONFLICT``, ``UNKNOWN_DEBIT`` (a credit's ``of_ref`` is no
@@ -80,6 +86,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 
+from lanecore.core.sqlschema import migrate
 from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 from lanecore.core.pay.throttle import SourceThrottle, source_ok
@@ -251,6 +258,13 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS sv_moves_member ON sv_moves (member)",
     "CREATE INDEX IF NOT EXISTS sv_moves_of_ref ON sv_moves (of_ref) WHERE of_ref IS NOT NULL",
 )
+#: Schema version 2: references :meth:`StoredValue.settle` closed with no move made
+#: under them — no move may ever be made under one later.
+_VOIDS = (
+    """CREATE TABLE IF NOT EXISTS sv_voids (
+        ref           TEXT PRIMARY KEY,
+        at            REAL NOT NULL)""",
+)
 
 _ACCOUNT_COLS = ("member, currency, balance_minor, frozen, pin_hash, pin_failures, "
                  "created_at, updated_at")
@@ -293,8 +307,7 @@ class StoredValue:
         self.throttle = throttle or SourceThrottle("sv_source_failures")
         try:
             with _Txn(con):
-                for stmt in _SCHEMA + self.throttle.schema():
-                    con.execute(stmt)
+                migrate(con, "storedvalue", (_SCHEMA + self.throttle.schema(), _VOIDS))
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot open the stored-value tables") from exc
 
@@ -428,6 +441,12 @@ class StoredValue:
         row = self.con.execute(f"SELECT {_MOVE_COLS}, terms FROM sv_moves WHERE ref = ?",
                                (ref,)).fetchone()
         if row is None:
+            if self.con.execute("SELECT 1 FROM sv_voids WHERE ref = ?",
+                                (ref,)).fetchone() is not None:
+                raise StoredValueError(f"reference {ref!r} was closed with nothing moved "
+                                       "(settle): no move may be made under it",
+                                       code="REF_CONFLICT",
+                                       details={"ref": ref, "voided": True})
             return None
         if row[2] != kind or json.loads(row[7]) != terms:
             raise StoredValueError(f"reference {ref!r} was used for another stored-value "
@@ -475,7 +494,8 @@ class StoredValue:
                                             "max_minor": MAX_BALANCE_MINOR})
 
     def debit(self, member: str, amount_minor: int, *, ref: str,
-              pin: str | None = None, source: str | None = None) -> Move:
+              pin: str | None = None, source: str | None = None,
+              origin: str | None = None) -> Move:
         """Take ``amount_minor`` from the member's account (a checkout).
 
         ``source`` names where the attempt came from (the payment gateway passes
@@ -492,14 +512,20 @@ class StoredValue:
         ``frozen`` — the wrong count is committed even so, see the module's notes);
         ``BALANCE_NOT_ENOUGH`` (details ``balance_minor``, ``short_minor``). ``pin`` is
         ignored for an account without a PIN; a ``pin`` that is not a string is
-        ``BAD_PIN`` and does not count."""
+        ``BAD_PIN`` and does not count.
+
+        ``origin`` (1–100 of the ref's characters) names who made the debit — a
+        payment gateway sharing the chain's database passes its own id — and is one
+        of its terms: the same ``ref`` from another origin is ``REF_CONFLICT``, never
+        answered with the other's move. Omitted, the terms are as they always were."""
         member, amount, ref = _member(member), _amount(amount_minor), _ref(ref)
         if pin is not None and not isinstance(pin, str):
             raise StoredValueError("a PIN is a string", code="BAD_PIN")
         if source is not None and not source_ok(source):
             raise StoredValueError("a source is a string of 1-128 characters",
                                    code="BAD_REQUEST", details={"field": "source"})
-        terms = self._terms(member, amount)
+        terms = self._terms(member, amount) if origin is None else \
+            self._terms(member, amount, origin=_ref(origin, "origin"))
         refusal: StoredValueError | None = None
         now = self.clock()
         try:
@@ -554,6 +580,32 @@ class StoredValue:
             raise refusal
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot debit") from exc
+
+    def settle(self, ref: str, *, origin: str | None = None) -> Move | None:
+        """The debit made under ``ref`` (by ``origin``, when given), or None — and
+        then never: with no move under ``ref`` the reference is voided in the same
+        ``BEGIN IMMEDIATE`` transaction, so a debit under it still on its way (sent
+        by a process that crashed, over a connection that broke) is ``REF_CONFLICT``
+        when it arrives and moves nothing. What a payment gateway asks about a charge
+        it left ``sent`` when the account lives in another database than its ledger:
+        the answer is final either way. A move under ``ref`` that is no debit, or
+        another origin's, is ``REF_CONFLICT``."""
+        ref = _ref(ref)
+        try:
+            with _Txn(self.con):
+                row = self.con.execute(f"SELECT {_MOVE_COLS}, terms FROM sv_moves "
+                                       "WHERE ref = ?", (ref,)).fetchone()
+                if row is None:
+                    self.con.execute("INSERT OR IGNORE INTO sv_voids (ref, at) VALUES (?, ?)",
+                                     (ref, self.clock()))
+                    return None
+                if row[2] != "debit" or json.loads(row[7]).get("origin") != origin:
+                    raise StoredValueError(f"reference {ref!r} holds another stored-value "
+                                           "move", code="REF_CONFLICT",
+                                           details={"ref": ref, "kind": row[2]})
+                return Move(*row[:7])
+        except sqlite3.Error as exc:
+            raise _db_error(exc, "cannot settle the debit") from exc
 
     def credit(self, member: str, amount_minor: int, *, ref: str, of_ref: str) -> Move:
         """Give back ``amount_minor`` of debit ``of_ref`` (a refund or a reversal) to

@@ -126,8 +126,10 @@ class SourceThrottle:
         con.execute(f"DELETE FROM {self.table} WHERE level <= (? - last_failure_at) / ? "
                     "AND (blocked_until IS NULL OR blocked_until <= ?)",
                     (now, self.decay_s, now))
-        con.execute(f"INSERT OR REPLACE INTO {self.table} (source, level, last_failure_at, "
-                    "blocked_until) VALUES (?, ?, ?, ?)", (source, level, now, until))
+        con.execute(f"INSERT INTO {self.table} (source, level, last_failure_at, "
+                    "blocked_until) VALUES (?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+                    "level = excluded.level, last_failure_at = excluded.last_failure_at, "
+                    "blocked_until = excluded.blocked_until", (source, level, now, until))
         return until
 
     @staticmethod

@@ -59,6 +59,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from lanecore.core.sqlschema import migrate
 from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 from lanecore.ext.barcode import gs1_check_digit
@@ -717,6 +718,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS coupon_clearing_by_order ON coupon_clearing (order_no)",
 )
 
+#: The coupon tables' versions (``core/sqlschema.py``): version 1 is ``_SCHEMA``.
+MIGRATIONS = (_SCHEMA,)
+
 _DEF_COLS = ("coupon_def_id", "issuer_id", "target_gtin", "target_family",
              "amount_off_minor", "percent_bp", "currency", "min_qty", "valid_from",
              "valid_until", "per_customer_limit")
@@ -765,8 +769,7 @@ class CouponBook:
         self.con = con
         try:
             with _Txn(con):
-                for stmt in _SCHEMA:
-                    con.execute(stmt)
+                migrate(con, "coupons", MIGRATIONS)
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot create the coupon tables") from exc
 

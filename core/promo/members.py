@@ -57,6 +57,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from lanecore.core.sqlschema import migrate
 from lanecore.core.sqltxn import Txn
 from lanecore.core.errors import LanecoreError
 
@@ -365,6 +366,8 @@ _SCHEMA = (
         reversed_at     REAL)""",
     "CREATE INDEX IF NOT EXISTS purchases_member ON purchases (member_id, at)",
 )
+#: The members' tables' versions (``core/sqlschema.py``): version 1 is ``_SCHEMA``.
+MIGRATIONS = (_SCHEMA,)
 
 _MEMBER_COLS = "member_id, card_no, phone, name, tier, points, created_at"
 _MOVE_COLS = "ref, member_id, kind, points, balance_after, order_no, terms, at"
@@ -423,8 +426,7 @@ class Members:
         self.max_redeem_share_bp = int(max_redeem_share_bp)
         try:
             with _Txn(con):
-                for stmt in _SCHEMA:
-                    con.execute(stmt)
+                migrate(con, "members", MIGRATIONS)
         except sqlite3.Error as exc:
             raise _db_error(exc, "cannot open the members tables") from exc
 

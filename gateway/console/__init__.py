@@ -12,10 +12,12 @@ pushes the floor live to the browser over server-sent events:
   devices) and the fan-out to every open page;
 * ``i18n``: English and Simplified Chinese message catalogues (``locale/``),
   compiled in memory with Babel at start;
-* ``analytics`` (its own module): the merchant's reports.
+* ``analytics`` (its own module): the merchant's reports;
+* ``hqviews``: the chain's analytics across stores from HQ's PostgreSQL
+  (``lanecore console --hq``; psycopg, imported there only).
 
 The console is one of the store's processes: it talks to the others only as their
 client (ZeroMQ ops through ``gateway.net.client``, the events socket as a SUB) with
-its own CurveZMQ identity. May import: ``gateway.net``, ``core``; never another
-process (``service``, ``payments``, ``coupons``, ``till``, ``lane``).
+its own CurveZMQ identity. May import: ``gateway.net``, ``gateway.db`` (a URL's
+password redacted), ``core``; never another process (``service``, ``payments``, ``coupons``, ``till``, ``lane``).
 """

@@ -415,13 +415,46 @@ def _svg(view: _View, name: str, rows: list[list]) -> str | None:
     return svg.replace("<svg ", f'<svg data-testid="chart-{name}" ', 1)
 
 
-class Analytics:
+class ViewTables:
+    """What every set of analytics views gives the console: a view's rows with its
+    chart, and its CSV. A subclass has ``views`` (name → view with ``title`` and
+    ``columns``), ``draw(view, name, rows)`` (its chart) and ``rows(name, since,
+    until)``."""
+
+    VIEWS: dict = {}
+
+    @staticmethod
+    def draw(view, name: str, rows: list[list]) -> str | None:
+        return None
+
+    def view(self, name: str, since: _dt.date | None, until: _dt.date | None) -> dict:
+        """``{"title", "columns", "rows", "svg"}``: the view's rows and its chart
+        (a static SVG document, None when there is nothing to draw)."""
+        rows = self.rows(name, since, until)
+        v = self.VIEWS[name]
+        return {"title": v.title, "columns": list(v.columns), "rows": rows,
+                "svg": self.draw(v, name, rows)}
+
+    def csv(self, name: str, since, until) -> str:
+        """The view's rows as CSV (RFC 4180, ``\\r\\n``), with the column names first."""
+        rows = self.rows(name, since, until)
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(self.VIEWS[name].columns)
+        w.writerows(rows)
+        return out.getvalue()
+
+
+class Analytics(ViewTables):
     """The analytics views over a store's databases. ``store_db``: the store's
     ``store.db``; ``ledger_db`` (payments.db) and ``coupons_db`` (coupons.db) are
     optional: their views are empty without them. Each is opened **read-only**: its
     owner (the service, the payment gateway, the coupon gateway) built its rollups at
     start (``core/rollups.py``) and its triggers keep them; a database whose rollups
     are missing or of another version is refused with ``ROLLUPS_MISSING``."""
+
+    VIEWS = VIEWS
+    draw = staticmethod(_svg)
 
     def __init__(self, store_db: Path, ledger_db: Path | None = None,
                  coupons_db: Path | None = None):
@@ -500,20 +533,3 @@ class Analytics:
                     return []
         except sqlite3.Error as exc:
             raise LanecoreError(f"cannot read view {name}: {exc}", code="DB_ERROR") from exc
-
-    def view(self, name: str, since: _dt.date | None, until: _dt.date | None) -> dict:
-        """``{"title", "columns", "rows", "svg"}``: the view's rows and its chart
-        (a static SVG document, None when there is nothing to draw)."""
-        rows = self.rows(name, since, until)
-        v = VIEWS[name]
-        return {"title": v.title, "columns": list(v.columns), "rows": rows,
-                "svg": _svg(v, name, rows)}
-
-    def csv(self, name: str, since, until) -> str:
-        """The view's rows as CSV (RFC 4180, ``\\r\\n``), with the column names first."""
-        rows = self.rows(name, since, until)
-        out = io.StringIO()
-        w = csv.writer(out)
-        w.writerow(VIEWS[name].columns)
-        w.writerows(rows)
-        return out.getvalue()

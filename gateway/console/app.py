@@ -60,6 +60,14 @@ PAGES = (("/lanes", N_("Lanes"), "attendant"), ("/alarms", N_("Alarms"), "attend
          ("/promotions", N_("Promotions"), "manager"), ("/coupons", N_("Coupons"), "manager"),
          ("/members", N_("Members"), "manager"), ("/terminals", N_("POS terminals"), "manager"),
          ("/analytics", N_("Analytics"), "manager"), ("/staff", N_("Staff"), "admin"))
+#: The page of a console given HQ's database (``--hq``), in the menu before Staff.
+HQ_PAGE = ("/hq", N_("Chain analytics"), "manager")
+#: The pages of a console run against HQ only (``--hq`` and no store): the store's
+#: pages are hidden and answer 404 (docs/console.md, "Across stores").
+HQ_ONLY_PAGES = ("/hq", "/staff")
+#: What a console of HQ only does not have (every store page, the live floor).
+STORE_ONLY = frozenset({p for p, _t, _r in PAGES} - set(HQ_ONLY_PAGES)
+                       | {"/floor.json", "/events"})
 
 #: What each error code says to a person.
 ERRORS = {
@@ -194,7 +202,8 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
                curve=None, coupons: str | None = None, coupons_curve=None,
                store_db=None, ledger_db=None, coupons_db=None,
                analytics=None, clock=time.time, secure_cookies: bool = False,
-               ready=None, currency: str = "GBP", terminals=None) -> Starlette:
+               ready=None, currency: str = "GBP", terminals=None,
+               hq=None) -> Starlette:
     """The console app over ``DATA_DIR/console.db``.
 
     ``service``/``events``: the verification service's ROUTER and PUB endpoints
@@ -206,7 +215,10 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
     from the service (``alarm.list``, ``audit.list``, ``audit.record``).
     ``terminals``: the payment gateway's terminal registry for ``/terminals``, as
     ``open(readonly=False) -> (con, registry)`` (the command line passes
-    ``gateway/payments/terminals.py``'s ``open_registry`` over ``--ledger-db``)."""
+    ``gateway/payments/terminals.py``'s ``open_registry`` over ``--ledger-db``).
+    ``hq``: the analytics across stores on ``/hq`` (``console/hqviews.py``'s
+    ``HQAnalytics`` over HQ's PostgreSQL, ``--hq``); with it and none of the store's
+    parts the console is HQ's: only ``/hq`` and ``/staff``."""
     data_dir = Path(data_dir)
     from lanecore.core.config import private_dir
     private_dir(data_dir)
@@ -220,6 +232,15 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
     templates.env.filters["grams"] = _grams
     templates.env.filters["when"] = _when
     state: dict = {"analytics": analytics, "analytics_tried": analytics is not None}
+    hq_only = hq is not None and not any((service, events, coupons, store_db, ledger_db,
+                                          coupons_db, analytics, terminals))
+    home = "/hq" if hq_only else "/lanes"
+
+    pages = PAGES[:-1] + ((HQ_PAGE,) if hq is not None else ()) + PAGES[-1:]
+
+    def shown(path: str) -> bool:
+        """Whether the menu shows the page (HQ only: HQ's pages)."""
+        return not hq_only or path in HQ_ONLY_PAGES
 
     def get_analytics():
         if not state["analytics_tried"]:
@@ -245,8 +266,8 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
     def render(request: Request, name: str, session, status: int = 200, **ctx) -> Response:
         lang = lang_of(request, session)
         _ = gettext_for(lang)
-        nav = [(p, _(t)) for p, t, r in PAGES
-               if session is not None and session.may(r)]
+        nav = [(p, _(t)) for p, t, r in pages
+               if session is not None and session.may(r) and shown(p)]
         script = {m: _(m) for m in SCRIPT_MESSAGES}
         context = dict(
             _=_, lang=lang, html_lang=HTML_LANG[lang], langs=[(k, LANG_NAMES[k]) for k in LANGS],
@@ -285,6 +306,9 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         session = current(request)
         if session is None:
             return None, None, RedirectResponse("/login", status_code=303)
+        root = "/" + request.url.path.strip("/").split("/")[0]
+        if hq_only and root in STORE_ONLY:
+            return session, None, error(request, session, "NOT_FOUND", 404)
         form = None
         if post:
             form = await request.form()
@@ -299,7 +323,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         return session, form, None
 
     def page(path: str):
-        for p, _t, role in PAGES:
+        for p, _t, role in pages:
             if p == path:
                 return role
         raise KeyError(path)
@@ -312,12 +336,12 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
                              "service": bool(service)})
 
     async def index(request: Request):
-        return RedirectResponse("/lanes" if current(request) else "/login", status_code=303)
+        return RedirectResponse(home if current(request) else "/login", status_code=303)
 
     async def login_page(request: Request):
         session = current(request)
         if session is not None:
-            return RedirectResponse("/lanes", status_code=303)
+            return RedirectResponse(home, status_code=303)
         token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
         resp = render(request, "login.html", None, login_csrf=token, failed=None)
         _set_cookie(resp, LOGIN_CSRF_COOKIE, token, max_age=3600)
@@ -352,7 +376,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             resp.headers["X-Error-Code"] = exc.code
             return resp
         staff.record(session.name, session.role, "login")
-        resp = RedirectResponse("/lanes", status_code=303)
+        resp = RedirectResponse(home, status_code=303)
         _set_cookie(resp, SESSION_COOKIE, token, max_age=int(auth.SESSION_S))
         resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
         return resp
@@ -376,9 +400,9 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             return error(request, session, "BAD_FIELD", 400)
         staff.set_lang(session.name, lang)
         staff.record(session.name, session.role, "lang", detail=lang)
-        back = form.get("next") or "/lanes"
+        back = form.get("next") or home
         if not (isinstance(back, str) and back.startswith("/") and not back.startswith("//")):
-            back = "/lanes"
+            back = home
         return RedirectResponse(back, status_code=303)
 
     async def lanes(request: Request):
@@ -640,6 +664,47 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         return PlainTextResponse(text, media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}.csv"'})
 
+    async def hq_page(request: Request):
+        session, _f, refused = await gate(request, page("/hq"))
+        if refused is not None:
+            return refused
+        try:
+            since = _date(request.query_params.get("from"))
+            until = _date(request.query_params.get("to"))
+        except LanecoreError:
+            return error(request, session, "BAD_DATE", 400)
+        views = []
+        for name, title in hq.views():
+            try:
+                v = await asyncio.to_thread(hq.view, name, since, until)
+            except LanecoreError as exc:
+                v = {"title": title, "columns": [], "rows": [], "svg": None,
+                     "problem": exc.code}
+            views.append(_words(name, v, gettext_for(lang_of(request, session))))
+        return render(request, "hq.html", session, views=views,
+                      since=since.isoformat() if since else "",
+                      until=until.isoformat() if until else "")
+
+    async def hq_csv(request: Request):
+        session, _f, refused = await gate(request, page("/hq"))
+        if refused is not None:
+            return refused
+        name = request.path_params["name"]
+        if name not in {n for n, _t in hq.views()}:
+            return error(request, session, "UNKNOWN_VIEW", 404)
+        try:
+            since = _date(request.query_params.get("from"))
+            until = _date(request.query_params.get("to"))
+        except LanecoreError:
+            return error(request, session, "BAD_DATE", 400)
+        try:
+            text = await asyncio.to_thread(hq.csv, name, since, until)
+        except LanecoreError as exc:
+            return error(request, session, "UNAVAILABLE", 503, exc.code)
+        staff.record(session.name, session.role, "hq.csv", target=name)
+        return PlainTextResponse(text, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="hq-{name}.csv"'})
+
     async def staff_page(request: Request):
         session, _f, refused = await gate(request, page("/staff"))
         if refused is not None:
@@ -713,6 +778,8 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             await hub.stop()
             await asyncio.to_thread(svc.close)
             await asyncio.to_thread(cpn.close)
+            if hq is not None and hasattr(hq, "close"):
+                await asyncio.to_thread(hq.close)
 
     routes = [
         Route("/healthz", healthz),
@@ -732,6 +799,8 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         *promotions_routes(),
         Route("/analytics", analytics_page),
         Route("/analytics/{name:str}.csv", analytics_csv),
+        *([Route("/hq", hq_page), Route("/hq/{name:str}.csv", hq_csv)]
+          if hq is not None else []),
         Route("/staff", staff_page, methods=["GET"]),
         Route("/staff", staff_add, methods=["POST"]),
         Route("/floor.json", floor_json),

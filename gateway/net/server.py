@@ -51,6 +51,7 @@ import time
 import zmq
 
 from lanecore.core.errors import LanecoreError
+from lanecore.core.sqlschema import migrate
 from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.identity import DEV, ROLES, Principal, forbidden
 from lanecore.gateway.net.protocol import ProtocolError
@@ -228,9 +229,12 @@ class OpServer:
 
     def __init__(self, con: sqlite3.Connection, *, publish=None) -> None:
         self.con = con
-        con.execute(REQUESTS_SQL)
-        if "digest" not in {row[1] for row in con.execute("PRAGMA table_info(service_requests)")}:
+        cols = {row[1] for row in con.execute("PRAGMA table_info(service_requests)")}
+        if cols and "digest" not in cols:
             con.execute("ALTER TABLE service_requests ADD COLUMN digest BLOB")  # older files
+        # version 1: the table as it is (core/sqlschema.py; a store's own on a chain's
+        # shared database)
+        migrate(con, "requests", ((REQUESTS_SQL,),), tables=("service_requests",))
         self._replies: collections.OrderedDict[tuple, tuple[float, bytes, bytes]] = \
             collections.OrderedDict()
         self.publish = publish or (lambda topic, event: None)

@@ -39,6 +39,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import time
 import tomllib
 from pathlib import Path
@@ -54,6 +55,7 @@ from lanecore.core.pay.routing import (ConfigError, Decline, NoEligibleChannel,
                                        PaymentRequest, Router, Usage, parse_channels)
 from lanecore.core.pay.storedvalue import StoredValue, StoredValueError
 
+from lanecore.gateway.db.pg import CHAIN_LOCK
 from lanecore.gateway.net import protocol as P
 from lanecore.gateway.net.identity import ANY, declare, roles
 from lanecore.gateway.net.protocol import NAME, Field
@@ -69,7 +71,14 @@ LEDGER_FILE = "payments.db"
 #: Card-kind channels call the bank provider (``core/pay/recon.py``: bills by kind too).
 PROVIDER_KIND = recon_PROVIDER_KIND
 _PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor",
-                    "server_key", "client_key")
+                    "server_key", "client_key", "db")
+#: The gateway's own id in payments.db, made once when a stored-value channel keeps
+#: its accounts in the chain database: the ``origin`` of its debits there, so another
+#: store's charge with the same merchant reference is refused, never taken for this one.
+_ORIGIN_SCHEMA = """CREATE TABLE IF NOT EXISTS sv_chain_origin (
+    k INTEGER PRIMARY KEY CHECK (k = 1), origin TEXT NOT NULL)"""
+#: Stored-value refusals that are the payer's (routing: no fall-back), as today.
+_SV_DECLINES = ("BALANCE_NOT_ENOUGH", "ACCOUNT_FROZEN", "WRONG_PASSWORD")
 #: The gateway's own CurveZMQ keypair for provider links (``client_key`` of a channel
 #: names another), made on first use; its public half goes to the providers.
 PROVIDER_CLIENT_KEY = "keys/provider_client.key_secret"
@@ -97,10 +106,12 @@ _TRUST_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS sv_topup_terminals_at ON sv_topup_terminals (terminal, at)",
 )
 ENTRY_MODES = ("magstripe", "chip", "nfc")
-#: Channel kinds the gateway settles itself, in its own database.
+#: Channel kinds the gateway settles itself, in its own database (stored value: or in
+#: the chain's PostgreSQL database, when its channel names ``db``).
 LOCAL_KINDS = ("cash", "stored_value")
 #: after_ledger: intents committed, nothing sent; after_provider: answers in, not yet
-#: written; before_reply: outcomes committed, no reply sent. The grouped path adds
+#: written (stored value in the chain database: the debit or refund's credit made
+#: there, the ledger not yet ``paid``); before_reply: outcomes committed, no reply sent. The grouped path adds
 #: in_group (inside the group's transaction, before its commit), during_sends (some
 #: of a group's provider requests sent, not all) and during_replies (some replies sent).
 CRASH_POINTS = ("after_ledger", "after_provider", "before_reply", "in_group",
@@ -206,6 +217,8 @@ class PaymentGateway(OpServer):
         self.connectors: dict[str, Connector] = {}
         self.pin_policy: dict[str, tuple[frozenset, int | None]] = {}
         self._svs: dict[str, StoredValue] = {}
+        #: currency → the chain database's URL, for stored-value channels with ``db``
+        self.sv_db: dict[str, str] = self._sv_databases(raw)
         for ch in self.router.channels:
             self.pin_policy[ch.name] = self._pin_policy(ch, raw[ch.name])
             if ch.kind in LOCAL_KINDS:
@@ -245,6 +258,14 @@ class PaymentGateway(OpServer):
         for stmt in _TRUST_SCHEMA:
             self.ledger.con.execute(stmt)
         self.receipt_cfg = self._receipt_config(config.get("receipt", {}))
+        self.sv_origin: str | None = None
+        if self.sv_db:
+            con = self.ledger.con
+            con.execute(_ORIGIN_SCHEMA)
+            con.execute("INSERT OR IGNORE INTO sv_chain_origin (k, origin) VALUES (1, ?)",
+                        (f"pay-{os.urandom(8).hex()}",))
+            (self.sv_origin,) = con.execute(
+                "SELECT origin FROM sv_chain_origin WHERE k = 1").fetchone()
         self._signer = None
         from lanecore.gateway.payments.outbox import Outbox, OutboxError, sink_from_url
         try:
@@ -273,6 +294,33 @@ class PaymentGateway(OpServer):
         self.group_stats = {"commits": 0, "intents": 0, "outcomes": 0}
         super().__init__(self.ledger.con, publish=publish)
         self.recover()
+
+    def _sv_databases(self, raw) -> dict[str, str]:
+        """``db`` of the stored-value channels: the chain's PostgreSQL database that
+        keeps their accounts (``docs/pay/payments.md``), per currency. Only a
+        ``stored_value`` channel may have one; every stored-value channel of one
+        currency names the same database, or none does (their accounts are one)."""
+        from lanecore.gateway.db.pg import is_postgres_url, redact
+        out: dict[str, str | None] = {}
+        for ch in self.router.channels:
+            where = f"{CONFIG_FILE}: channels.{ch.name}"
+            url = raw[ch.name].get("db")
+            if url is not None:
+                if ch.kind != "stored_value":
+                    raise PaymentConfigError(f"{where}: db is for stored_value channels "
+                                             "(where their member accounts live)")
+                if not is_postgres_url(url):
+                    shown = redact(url) if isinstance(url, str) else type(url).__name__
+                    raise PaymentConfigError(f"{where}.db: a postgresql:// URL, not "
+                                             f"{shown!r:.80}")
+            if ch.kind != "stored_value":
+                continue
+            if ch.currency in out and out[ch.currency] != url:
+                raise PaymentConfigError(
+                    f"{where}: every stored_value channel in {ch.currency} keeps its "
+                    "accounts in the same place (the same db, or none)")
+            out[ch.currency] = url
+        return {cur: url for cur, url in out.items() if url is not None}
 
     def _provider_curve(self, name: str, table: dict):
         """The CurveZMQ keys of a channel's provider link: ``server_key`` (the
@@ -971,6 +1019,8 @@ class PaymentGateway(OpServer):
                                            req.currency, req.method, channel.name,
                                            req.terminal, payer=req.payer,
                                            scope=scope, lines=lines)
+            if charge.currency in self.sv_db:
+                return self._stored_value_chain(charge, means["member"], means.get("pin"))
             self._maybe_crash("after_ledger")
             return self._stored_value(charge, means["member"], means.get("pin"))
         conn = self.connectors[channel.name]
@@ -1051,7 +1101,110 @@ class PaymentGateway(OpServer):
             raise
         return self.ledger.get(ref)
 
+    def _stored_value_chain(self, charge: L.Charge, member: str, pin: str | None
+                            ) -> L.Charge:
+        """Member stored value kept in the chain's PostgreSQL database: the debit
+        cannot share the ledger's transaction, so it is done as a provider charge is
+        (``docs/pay/payments.md`` "Stored value in the chain database"): the ledger's
+        ``sent`` committed first; then the debit, keyed by the merchant reference
+        (made once, whoever asks again); then ``paid`` — or ``failed`` with the
+        refusal's code, as on the ledger's own database. The chain database out of
+        reach before anything was sent: ``failed`` with ``DB_UNAVAILABLE``, a
+        channel's outage for routing. Lost during the debit: the debit is settled
+        (:meth:`StoredValue.settle`) — now if the database answers, else by recovery."""
+        ref = charge.merchant_ref
+        try:
+            sv = self._chain_sv(charge.currency)
+        except StoredValueError as exc:           # nothing sent: an outage of the channel
+            return self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
+        self.ledger.move(ref, L.SENT)             # write-ahead: from here it may be debited
+        self._maybe_crash("after_ledger")
+        who = self.caller.id if self.caller is not None else charge.terminal
+        try:
+            sv.debit(member, charge.amount_minor, ref=ref, pin=pin,
+                     source=f"terminal:{who}", origin=self.sv_origin)
+        except StoredValueError as exc:
+            if exc.code in ("DB_ERROR", "DB_BUSY"):
+                # it may have been committed: never guess, ask (and close the ref)
+                lost = not self._chain_check(charge.currency)
+                return self._settle_chain_sv(
+                    charge, reason="DB_UNAVAILABLE" if lost else exc.code,
+                    detail=exc.message)
+            failed = self.ledger.move(ref, L.FAILED, reason=exc.code, detail=exc.message)
+            if exc.code in _SV_DECLINES:
+                return failed
+            raise
+        self._maybe_crash("after_provider")
+        return self.ledger.move(ref, L.PAID, provider_ref=f"sv:{ref}")
+
+    def _settle_chain_sv(self, charge: L.Charge, *, reason: str = "NOT_SENT",
+                         detail: str | None = None) -> L.Charge:
+        """A stored-value charge ``sent`` with its account in the chain database, its
+        debit's fate not known here (a crash, a broken connection): the chain
+        database's answer decides — the debit is there: ``paid``; it is not: the
+        reference is voided in the same transaction (so a debit still on its way can
+        never land) and the charge ``failed``. Never debited again here: the PIN is
+        not kept, and the shopper, who got no answer, may have paid another way.
+        The database out of reach: the charge stays ``sent`` for the next pass."""
+        ref = charge.merchant_ref
+        try:
+            move = self._chain_sv(charge.currency).settle(ref, origin=self.sv_origin)
+        except StoredValueError as exc:
+            if exc.code in ("DB_UNAVAILABLE", "DB_ERROR", "DB_BUSY"):
+                self._chain_check(charge.currency)
+                log.warning("stored value %s: the chain database did not answer (%s); "
+                            "settled on the next pass", ref, exc.code)
+                return charge
+            raise
+        if move is not None:
+            return self.ledger.move(ref, L.PAID, provider_ref=f"sv:{ref}")
+        return self.ledger.move(ref, L.FAILED, reason=reason, detail=detail)
+
+    def _chain_sv(self, currency: str) -> StoredValue:
+        """The member accounts in the chain database, connected (again) if need be;
+        ``DB_UNAVAILABLE`` (a :class:`StoredValueError`) when it cannot be reached.
+        Never the ledger's own file instead."""
+        sv = self._svs.get(currency)
+        if sv is not None and self._chain_check(currency):
+            return sv
+        from lanecore.gateway.db.pg import DbUnavailable, connect
+        try:
+            con = connect(self.sv_db[currency], lock_key=CHAIN_LOCK, connect_timeout_s=2.0)
+        except DbUnavailable as exc:
+            raise StoredValueError(exc.message, code="DB_UNAVAILABLE",
+                                   details=exc.details) from None
+        except sqlite3.Error as exc:
+            raise StoredValueError(f"the chain database: {exc}",
+                                   code="DB_UNAVAILABLE") from None
+        try:
+            sv = StoredValue(con, currency, clock=self.clock)
+        except StoredValueError as exc:
+            con.close()
+            raise StoredValueError(f"the chain database: {exc.message}",
+                                   code="DB_UNAVAILABLE") from None
+        self._svs[currency] = sv
+        return sv
+
+    def _chain_check(self, currency: str) -> bool:
+        """True when the chain connection of ``currency`` still answers; a broken one
+        is closed and forgotten (the next use connects again)."""
+        sv = self._svs.get(currency)
+        if sv is None:
+            return False
+        try:
+            sv.con.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            self._svs.pop(currency, None)
+            try:
+                sv.con.close()
+            except Exception:    # already broken: nothing more to close
+                pass
+            return False
+
     def _sv(self, currency: str) -> StoredValue:
+        if currency in self.sv_db:
+            return self._chain_sv(currency)
         sv = self._svs.get(currency)
         if sv is None:
             sv = self._svs[currency] = StoredValue(self.con, currency, clock=self.clock)
@@ -1126,6 +1279,8 @@ class PaymentGateway(OpServer):
             return charge
         if self._is_cash(charge):
             return self._settle_cash(charge)
+        if self._kind(charge) == "stored_value" and charge.currency in self.sv_db:
+            return self._settle_chain_sv(charge)
         if self._kind(charge) == "stored_value":
             taken = self._sv(charge.currency).find(ref) is not None
             return self.ledger.move(ref, L.PAID if taken else L.FAILED,
@@ -1174,6 +1329,8 @@ class PaymentGateway(OpServer):
                 self.drive(charge, force=True)
             except Exception:   # one bad charge must not keep the gateway down
                 log.exception("recovery of %s failed", charge.merchant_ref)
+        if self.sv_db:
+            self._chain_refunds()
 
     def on_idle(self) -> None:
         try:
@@ -1196,6 +1353,13 @@ class PaymentGateway(OpServer):
             self._last_refund_try[refund.refund_ref] = now
             conn = self.connectors.get(refund.channel)
             if conn is None:
+                ch = self.router.by_name.get(refund.channel)
+                if ch is not None and ch.kind == "stored_value" and \
+                        refund.currency in self.sv_db:
+                    try:
+                        self._refund_chain_sv(refund, self.ledger.get(refund.merchant_ref))
+                    except Exception:
+                        log.exception("refund %s failed", refund.refund_ref)
                 continue
             try:
                 self._send_refund(refund, conn)
@@ -1549,8 +1713,11 @@ class PaymentGateway(OpServer):
         charge = paid[-1]
         if self._kind(charge) == "stored_value":
             ref = charge.merchant_ref
-            self.con.execute("BEGIN IMMEDIATE")     # committed with the reply's record
-            sv = self._sv(charge.currency)
+            sv = self._sv(charge.currency)          # DB_UNAVAILABLE before anything moved
+            # on the ledger's database: one transaction with the reversal, committed with
+            # the reply's record; in the chain database: the credit first (keyed, so a
+            # retry after a crash finds nothing left to give back), then the ledger
+            self.con.execute("BEGIN IMMEDIATE")
             back = sv.refundable(ref)
             if back:
                 sv.credit(charge.payer, back, ref=f"reverse:{ref}", of_ref=ref)
@@ -1594,6 +1761,8 @@ class PaymentGateway(OpServer):
         """Back onto the member's account, with the refund's moves, in one transaction."""
         if refund.state in (L.PAID, L.FAILED):
             return refund
+        if charge.currency in self.sv_db:
+            return self._refund_chain_sv(refund, charge)
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -1610,6 +1779,54 @@ class PaymentGateway(OpServer):
                 con.execute("ROLLBACK")
             raise
         return out
+
+    def _refund_chain_sv(self, refund: L.Refund, charge: L.Charge) -> L.Refund:
+        """A stored-value refund with the account in the chain database, as a
+        provider refund: ``sent`` committed first, then the credit keyed
+        ``refund:<refund_ref>`` (made once however often it is sent), then ``paid``.
+        A refusal (``OVER_REFUND``, ``UNKNOWN_DEBIT`` …) is ``failed`` and raised; the
+        database out of reach before ``sent``: ``failed`` with ``DB_UNAVAILABLE``,
+        raised (nothing was sent: a new refund reference tries again); lost after it:
+        left ``sent``, and the recovery pass sends the same credit again until the
+        database answers — the member is owed it and the key makes a second credit
+        impossible."""
+        rr = refund.refund_ref
+        try:
+            sv = self._chain_sv(charge.currency)
+        except StoredValueError as exc:
+            if refund.state == L.CREATED:
+                self.ledger.move_refund(rr, L.FAILED, reason=exc.code)
+                raise
+            log.warning("stored-value refund %s: the chain database did not answer "
+                        "(%s); sent again on the next pass", rr, exc.code)
+            return refund
+        if refund.state == L.CREATED:
+            refund = self.ledger.move_refund(rr, L.SENT)
+        try:
+            sv.credit(charge.payer, refund.amount_minor, ref=f"refund:{rr}",
+                      of_ref=charge.merchant_ref)
+        except StoredValueError as exc:
+            if exc.code in ("DB_ERROR", "DB_BUSY", "DB_UNAVAILABLE"):
+                self._chain_check(charge.currency)
+                log.warning("stored-value refund %s: the chain database did not answer "
+                            "(%s); sent again on the next pass", rr, exc.code)
+                return refund
+            self.ledger.move_refund(rr, L.FAILED, reason=exc.code)
+            raise
+        self._maybe_crash("after_provider")
+        return self.ledger.move_refund(rr, L.PAID, provider_ref=f"sv:refund:{rr}")
+
+    def _chain_refunds(self) -> None:
+        """Open stored-value refunds whose accounts are in the chain database: their
+        credit sent again (the same key: once)."""
+        for refund in self.ledger.refunds(open_only=True):
+            ch = self.router.by_name.get(refund.channel)
+            if ch is None or ch.kind != "stored_value" or refund.currency not in self.sv_db:
+                continue
+            try:
+                self._refund_chain_sv(refund, self.ledger.get(refund.merchant_ref))
+            except Exception:
+                log.exception("refund %s failed", refund.refund_ref)
 
     def _send_refund(self, refund: L.Refund, conn: Connector) -> L.Refund:
         """Send (or send again: the provider knows a refund by its reference) a refund
@@ -1664,8 +1881,16 @@ class PaymentGateway(OpServer):
         local = []          # cash, stored value: their bill is the gateway's own record
         for ch in self.router.channels:
             if ch.kind in LOCAL_KINDS:
+                con = self.con
+                if ch.kind == "stored_value" and ch.currency in self.sv_db:
+                    try:                 # the member accounts' record: the chain's
+                        con = self._chain_sv(ch.currency).con
+                    except StoredValueError as exc:
+                        missing.append({"channel": ch.name, "code": exc.code,
+                                        "message": exc.message})
+                        continue
                 local.append(ch.name)
-                bills.extend(local_bill(day, ch.kind, ch.name, self.con))
+                bills.extend(local_bill(day, ch.kind, ch.name, con))
         rows = [r for r in day if r["channel"] in channels or r["channel"] in local]
         report = recon.reconcile(rows, bills, channels=channels + local)
         return {"date": date, "channels": channels, "local": local, "no_bill": missing,

@@ -159,6 +159,26 @@ def test_demo_runs_a_small_store_and_its_json_summary_reconciles(tmp_path):
     assert p.returncode == 0 and "every check passed" in p.stdout.decode()
 
 
+def test_demo_stores_runs_a_chain_whose_books_equal_every_stores_ledger(tmp_path):
+    """`lanecore demo --stores N` (docs/chain.md): real PostgreSQL and NATS, HQ and a
+    store whose link is cut and restored; every store's ledger equals HQ's copy."""
+    p = run("demo", "--stores", 1, "--shoppers", 6, "--cut-s", 1, "--seed", 5, "--json",
+            "--data-dir", tmp_path / "chain")
+    assert p.returncode == 0, p.stdout.decode()[-2000:] + p.stderr.decode()[-3000:]
+    s = json.loads(p.stdout)
+    assert s["checks_failed"] == [] and s["chain_balanced"] is True
+    assert s["stores"] == 1 and set(s["books"]) == {"S1"}
+    b = s["books"]["S1"]
+    assert b["equal"] and b["store"]["net_minor"] == b["hq"]["net_minor"] > 0
+    from lanecore.gateway.chain.link import BOOK_KINDS
+    assert {k: v for k, v in b["hq"]["events"].items() if k in BOOK_KINDS} == \
+        b["store"]["events"] and b["store"]["events"]["payment"] > 0
+    assert s["price_applied_s"]["S1"] is not None and s["cut"][0].startswith("S1 cut for")
+    assert {"postgres", "nats-server", "hq", "S1/serve", "S1/link"} <= set(s["cpu_s"])
+    p = run("demo", "--stores", 0, "--data-dir", tmp_path / "chain2")
+    assert p.returncode == 2 and b"BAD_ARGUMENT" in p.stderr
+
+
 def test_output_closed_early_is_not_an_error(tmp_path, data_dir):
     f = tmp_path / "many.txt"
     f.write_text("5901234123457\n" * 200_000)

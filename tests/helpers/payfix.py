@@ -127,17 +127,19 @@ def start_gateway(kind: str, data_dir: Path, endpoint: str, env=None,
                              endpoint, "--data-dir", str(data_dir), mode],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
-    deadline = time.monotonic() + 30
-    with Client(endpoint, timeout_s=1.0, retries=0, curve=curve) as c:
-        while True:
-            try:
+    deadline = time.monotonic() + 60
+    while True:
+        # a fresh client (socket) each try: a hello sent before the gateway bound its
+        # socket is not left queued in front of the next one
+        try:
+            with Client(endpoint, timeout_s=1.0, retries=0, curve=curve) as c:
                 c.call("hello")
-                return proc
-            except ServiceError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise AssertionError(f"gateway {kind} did not start: "
-                                         f"{proc.stderr.read()}") from None
+            return proc
+        except ServiceError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"gateway {kind} did not start: "
+                                     f"{proc.stderr.read()}") from None
 
 
 def books_after_recovery(d: Path, provider, n_orders: int):

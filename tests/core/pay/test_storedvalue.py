@@ -12,13 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lanecore.core.pay import storedvalue as sv
-from lanecore.core.scan.catalog import connect
 from lanecore.core.pay.routing import DECLINE_TABLE
 from lanecore.core.pay.storedvalue import (MAX_PIN_FAILURES, Move, StoredValue,
                                            StoredValueError)
 
 #: Pure Python, no kernel: the twins pass of `make test` leaves it out.
 pytestmark = pytest.mark.kernel_free
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db  # noqa: F401 - one fixture, [sqlite] and [postgresql]
 
 
 def code_of(fn, *args, **kw) -> StoredValueError:
@@ -37,8 +38,8 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path):
-    con = connect(tmp_path / "store.db")
+def store(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     yield con
     con.close()
 
@@ -186,6 +187,38 @@ def test_ref_conflict(s):
     assert s.balance("m") == 900 and s.balance("n") == 0
 
 
+def test_origin_is_a_term_of_the_debit(s):
+    s.open_account("m")
+    s.topup("m", 1000, ref="t1")
+    d = s.debit("m", 100, ref="A-1-1", origin="pay-a")
+    assert s.debit("m", 100, ref="A-1-1", origin="pay-a") == d       # its own replay
+    # another gateway's charge under the same reference: refused, never its move
+    assert code_of(s.debit, "m", 100, ref="A-1-1", origin="pay-b").code == "REF_CONFLICT"
+    assert code_of(s.debit, "m", 100, ref="A-1-1").code == "REF_CONFLICT"
+    assert code_of(s.debit, "m", 100, ref="x", origin="no spaces").code == "BAD_REF"
+    assert s.balance("m") == 900
+
+
+def test_settle_answers_and_voids_for_good(s):
+    s.open_account("m")
+    s.topup("m", 1000, ref="t1")
+    d = s.debit("m", 300, ref="D-1", origin="pay-a")
+    assert s.settle("D-1", origin="pay-a") == d
+    assert s.settle("D-1", origin="pay-a") == d                     # asked again
+    assert code_of(s.settle, "D-1", origin="pay-b").code == "REF_CONFLICT"
+    assert code_of(s.settle, "t1").code == "REF_CONFLICT"          # a top-up, no debit
+    assert s.settle("D-2", origin="pay-a") is None                 # never debited ...
+    assert s.settle("D-2", origin="pay-a") is None
+    late = code_of(s.debit, "m", 300, ref="D-2", origin="pay-a")    # ... and now never
+    assert late.code == "REF_CONFLICT" and late.details["voided"]
+    assert code_of(s.topup, "m", 5, ref="D-2").code == "REF_CONFLICT"
+    assert s.find("D-2") is None and s.balance("m") == 700
+    # a debit refused (no funds) leaves its ref open: settle voids it too
+    assert code_of(s.debit, "m", 5000, ref="D-3").code == "BALANCE_NOT_ENOUGH"
+    assert s.settle("D-3") is None
+    assert code_of(s.debit, "m", 5, ref="D-3").code == "REF_CONFLICT"
+
+
 def test_ref_conflict_across_currencies(store):
     cny, usd = StoredValue(store, "CNY"), StoredValue(store, "USD")
     cny.open_account("m")
@@ -271,12 +304,12 @@ def test_failure_while_writing_rolls_everything_back(s, monkeypatch):
     assert not s.con.in_transaction
 
 
-def test_persists_across_connections(tmp_path):
-    con = connect(tmp_path / "store.db")
+def test_persists_across_connections(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     StoredValue(con).open_account("m", pin="2468")
     StoredValue(con).topup("m", 700, ref="t1")
     con.close()
-    con = connect(tmp_path / "store.db")
+    con = db.connect()
     try:
         again = StoredValue(con)
         assert again.balance("m") == 700 and again.account("m").has_pin
@@ -376,6 +409,7 @@ op_st = st.lists(st.one_of(
 ), max_size=40)
 
 
+# SQLite only (in memory): a fresh database for each generated example.
 @given(ops=op_st)
 def test_balance_is_the_sum_of_the_moves(ops):
     con = memory()
@@ -461,15 +495,14 @@ def _run_threads(n: int, work) -> list:
     return out
 
 
-def test_two_connections_never_overspend(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_two_connections_never_overspend(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     s = StoredValue(con)
     s.open_account("m")
     s.topup("m", 1000, ref="t1")
 
     def lane(i: int) -> list:
-        own = connect(path)
+        own = db.connect()
         try:
             mine = StoredValue(own)
             got = []
@@ -491,15 +524,14 @@ def test_two_connections_never_overspend(tmp_path):
     con.close()
 
 
-def test_twenty_connections_one_debit_each(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_twenty_connections_one_debit_each(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     s = StoredValue(con)
     s.open_account("m")
     s.topup("m", 1000, ref="t1")
 
     def lane(i: int):
-        own = connect(path)
+        own = db.connect()
         try:
             return StoredValue(own).debit("m", 100, ref=f"d{i}")
         finally:
@@ -514,15 +546,14 @@ def test_twenty_connections_one_debit_each(tmp_path):
     con.close()
 
 
-def test_the_same_ref_from_two_connections_moves_once(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_the_same_ref_from_two_connections_moves_once(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     s = StoredValue(con)
     s.open_account("m")
     s.topup("m", 1000, ref="t1")
 
     def lane(i: int):
-        own = connect(path)
+        own = db.connect()
         try:
             return StoredValue(own).debit("m", 300, ref="ORD-7-1")
         finally:

@@ -21,6 +21,8 @@ from lanecore.core.promo.coupons import (
     parse_8110, parse_8112,
 )
 from lanecore.ext.barcode import parse_scan
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db  # noqa: F401 - one fixture, [sqlite] and [postgresql]
 
 
 def err(fn, *args, **kw) -> CouponError:
@@ -397,8 +399,8 @@ def define(book, def_id="D-SHAMPOO", **kw) -> Definition:
 
 
 @pytest.fixture
-def book():
-    con = sqlite3.connect(":memory:", isolation_level=None)
+def book(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     b = CouponBook(con)
     b.add_issuer("ACME", "Acme Household Ltd")
     b.add_issuer("GLOBEX", "Globex Foods")
@@ -668,6 +670,8 @@ def test_inside_the_callers_transaction(wallet):
     assert states(wallet, "A1") == ["issued"] and wallet.order("O1") is None
 
 
+# SQLite only: a 0.05 s busy timeout on a file's lock (PostgreSQL's lock_timeout is
+# the writer lock's, tested by the chain race).
 def test_db_busy(tmp_path):
     path = tmp_path / "store.db"
     a = connect(path)
@@ -693,9 +697,8 @@ def test_db_busy(tmp_path):
 # Fifty tills, one coupon
 # ======================================================================================
 
-def test_fifty_tills_race_for_one_coupon(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_fifty_tills_race_for_one_coupon(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     book = CouponBook(con)
     book.add_issuer("ACME", "Acme")
     define(book)
@@ -709,7 +712,7 @@ def test_fifty_tills_race_for_one_coupon(tmp_path):
 
     def till(i: int) -> None:
         try:
-            c = connect(path, timeout=30)
+            c = db.connect(timeout=30)
             try:
                 b = CouponBook(c)
                 start.wait()
@@ -750,6 +753,7 @@ COUPONS = ("K1", "K2", "K3")
 ORDERS = ("P1", "P2", "P3", "P4")
 
 
+# SQLite only (in memory): hundreds of generated sequences, each on a fresh database.
 class Ledger(RuleBasedStateMachine):
     """The book against a model of it; whatever the sequence, a coupon has at most
     one live clearing row, and exactly one while it is redeemed."""

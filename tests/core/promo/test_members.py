@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lanecore.core.scan.catalog import connect
 from lanecore.core.promo.members import (
     CODES, KINDS, MAX_HISTORY, Member, MemberError, Members, PointMove, Purchase, Reversal,
     normalise_card, normalise_phone,
@@ -24,6 +23,8 @@ pytestmark = pytest.mark.kernel_free
 
 T0 = 1_700_000_000
 DOCS = REPO / "docs" / "promo" / "members.md"
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db  # noqa: F401 - one fixture, [sqlite] and [postgresql]
 
 
 def code_of(fn, *args, **kw) -> str:
@@ -37,8 +38,8 @@ def memory() -> sqlite3.Connection:
 
 
 @pytest.fixture
-def store(tmp_path):
-    con = connect(tmp_path / "store.db")
+def store(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     yield con
     con.close()
 
@@ -483,6 +484,7 @@ ops_st = st.lists(st.one_of(
 ), max_size=40)
 
 
+# SQLite only (in memory): a fresh database for each generated example.
 @given(ops=ops_st)
 def test_points_never_negative_and_balance_is_the_sum_of_moves(ops):
     con = memory()
@@ -604,15 +606,14 @@ def _run_threads(n: int, work) -> list:
     return out
 
 
-def test_two_connections_redeeming_never_overspend(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_two_connections_redeeming_never_overspend(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     m = Members(con)
     m.enrol(card_no="12345678", member_id="m", now=T0)
     rich(m, "m", 1000)
 
     def lane(i: int) -> list:
-        own = connect(path)
+        own = db.connect()
         try:
             mine = Members(own)
             got = []
@@ -637,15 +638,14 @@ def test_two_connections_redeeming_never_overspend(tmp_path):
     con.close()
 
 
-def test_the_same_order_from_two_connections_redeems_once(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_the_same_order_from_two_connections_redeems_once(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     m = Members(con)
     m.enrol(card_no="12345678", member_id="m", now=T0)
     rich(m, "m", 1000)
 
     def lane(i: int):
-        own = connect(path)
+        own = db.connect()
         try:
             return Members(own).redeem("m", 300, order_no="K1-7", basket_total_minor=1000,
                                        now=T0)
@@ -701,13 +701,12 @@ def test_a_failure_while_writing_rolls_everything_back(m, ann, monkeypatch):
     assert m.balance("ann") == 95 and len(m.moves("ann")) == 3
 
 
-def test_persists_across_connections(tmp_path):
-    path = tmp_path / "store.db"
-    con = connect(path)
+def test_persists_across_connections(db):  # noqa: F811 - the dbfix fixture
+    con = db.connect()
     Members(con).enrol(phone="+8613800138000", member_id="ann", now=T0)
     Members(con).earn("ann", "O1", 1234, now=T0)
     con.close()
-    con = connect(path)
+    con = db.connect()
     m = Members(con)
     assert m.find("+86 138 0013 8000").points == 12
     assert m.earn("ann", "O1", 1234, now=T0 + 1).points == 12

@@ -19,6 +19,9 @@ from lanecore.core.store.orderqr import Signer
 from lanecore.gateway.coupons import CouponGateway
 from repo import REPO
 
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db_toml_module  # noqa: F401 - [sqlite] and [postgresql]
+
 pytestmark = pytest.mark.slow
 
 DOC = REPO / "docs" / "protocol.md"
@@ -108,7 +111,7 @@ def requests(draw):
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory):
+def gw(tmp_path_factory, db_toml_module):  # noqa: F811 - the dbfix fixture
     d = tmp_path_factory.mktemp("cfuzz")
     (d / "catalog.csv").write_text("gtin,name,price_minor,unit_weight_g,weight_sd_g,flags\n"
                                    f"{GTINS[0]},Shampoo,700,420,4,\n{GTINS[1]},Soap,450,100,2,\n")
@@ -116,7 +119,7 @@ def gw(tmp_path_factory):
     (d / "coupons.toml").write_text(f'currency = "CNY"\n[wallet_keys]\n'
                                     f'w1 = "{SIGNER.public_key_b64()}"\n'
                                     '[payments]\nendpoint = "ipc:///nonexistent/x.ipc"\n'
-                                    'timeout_s = 0.05\nretries = 0\n')
+                                    'timeout_s = 0.05\nretries = 0\n' + db_toml_module)
     g = CouponGateway(d)
     for i, (op, f) in enumerate((("issuer.add", {"issuer_id": "ACME", "name": "Acme"}),
                   ("coupon.define", {"definition": dict(

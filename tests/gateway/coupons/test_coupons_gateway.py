@@ -26,6 +26,8 @@ from lanecore.gateway.net.client import Client, CurveKeys, ServiceError
 from lanecore.gateway.coupons import CouponGateway
 
 from payfix import start_gateway, wallet, write_config
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db_toml  # noqa: F401 - [sqlite] and [postgresql]
 
 SHAMPOO = "06901234567892"          # GTIN-14 with a good check digit
 SOAP = "06901234567809"
@@ -42,7 +44,7 @@ def stock_catalogue(data_dir, text: str = CATALOGUE) -> None:
 
 
 @pytest.fixture
-def stack(tmp_path, providers):
+def stack(tmp_path, providers, db_toml):  # noqa: F811 - the dbfix fixture
     """A provider, a payment gateway process, and a coupon gateway data dir that
     trusts a wallet key (in `wallet/`)."""
     p = providers("wx", "wechat")
@@ -67,7 +69,7 @@ timeout_s = 5
 w1 = "{signer.public_key_b64()}"
 [members]
 earn_per_minor = 100
-''')
+''' + db_toml)
     state = {"provider": p, "pay_dir": pay_dir, "pay_ep": pay_ep, "cdir": cdir,
              "wallet_dir": wallet_dir, "signer": signer, "tmp": tmp_path, "procs": [pay]}
     yield state

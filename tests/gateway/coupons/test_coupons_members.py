@@ -9,6 +9,9 @@ import pytest
 from lanecore.gateway.coupons import CouponGateway
 from lanecore.gateway.net.identity import Principal
 
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db_toml  # noqa: F401 - [sqlite] and [postgresql]
+
 T0 = 1_800_000_000
 MANAGER = Principal("key:console", frozenset({"attendant", "manager"}), "curve")
 ATTENDANT = Principal("key:ann", frozenset({"attendant"}), "curve")
@@ -25,8 +28,8 @@ class Clock:
 
 
 @pytest.fixture
-def gw(tmp_path):
-    (tmp_path / "coupons.toml").write_text('currency = "CNY"\n')
+def gw(tmp_path, db_toml):  # noqa: F811 - the dbfix fixture
+    (tmp_path / "coupons.toml").write_text('currency = "CNY"\n' + db_toml)
     clock = Clock()
     g = CouponGateway(tmp_path, clock=clock)
     g.clock_ = clock

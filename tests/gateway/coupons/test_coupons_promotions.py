@@ -5,12 +5,14 @@ restart — from their window's start, until it ends or they are ended; managers
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
 from lanecore.core.scan.catalog import import_csv
 from lanecore.gateway.coupons import CouponGateway
 from lanecore.gateway.net.identity import Principal
+
+from chainfix import chain_root, pg_server  # noqa: F401 - the [postgresql] runs
+from dbfix import db_toml, reopen  # noqa: F401 - [sqlite] and [postgresql]
 
 SHAMPOO = "06901234567892"
 SOAP = "06901234567809"
@@ -29,14 +31,14 @@ class Clock:
 
 
 @pytest.fixture
-def gw(tmp_path):
+def gw(tmp_path, db_toml):  # noqa: F811 - the dbfix fixture
     (tmp_path / "catalog.csv").write_text(
         "gtin,name,price_minor,unit_weight_g,weight_sd_g,flags\n"
         f"{SHAMPOO},Shampoo 400 ml,3000,420,4,\n{SOAP},Soap,450,100,2,\n")
     assert import_csv(tmp_path, tmp_path / "catalog.csv").rows_bad == 0
     (tmp_path / "coupons.toml").write_text(
         'currency = "CNY"\n[[promotions]]\nid = "TOML-SOAP"\nkind = "item"\n'
-        f'gtin = "{SOAP}"\namount_off_minor = 50\n')
+        f'gtin = "{SOAP}"\namount_off_minor = 50\n' + db_toml)
     clock = Clock()
     g = CouponGateway(tmp_path, clock=clock)
     g.clock_ = clock
@@ -174,7 +176,7 @@ def test_the_promotions_table_holds_what_was_asked(gw, tmp_path):
     ok(gw, MANAGER, "promo.create", definition={**ITEM, "id": "S1"}, valid_until=T0 + 60,
        staff="max")
     ok(gw, MANAGER, "promo.end", promo_id="S1")
-    con = sqlite3.connect(tmp_path / "coupons.db")
+    con = reopen(gw)
     try:
         row = con.execute("SELECT id, definition, valid_from, valid_until, created_by, "
                           "created_at, ended_at FROM promotions").fetchone()
@@ -214,7 +216,7 @@ def test_a_file_promotion_ended_stops_at_the_next_basket_and_is_listed_ended(gw,
     ok(gw, MANAGER, "promo.create", definition={**ITEM, "id": "DB-1"})
     assert [(p["promo_id"], p["source"]) for p in ok(gw, MANAGER, "promo.list")
             ["promotions"]] == [("DB-1", "db")]
-    con = sqlite3.connect(tmp_path / "coupons.db")
+    con = reopen(gw)
     try:
         assert con.execute("SELECT promo_id, ended_at, ended_by, staff FROM "
                            "promo_overrides").fetchall() == \
