@@ -616,11 +616,17 @@ OP_ROLES = {
     "promotion.set": roles("hq"),
     "promotion.end": roles("hq"),
     "terminal.set": roles("hq"),
+    "catalog.push": roles("hq"),
     "hq.totals": roles("hq"),
     "hq.stats": roles("hq"),
     "hq.recon": roles("hq"),
     "hq.clearing": roles("hq"),
 }
+
+
+#: The largest catalogue push (bytes of CSV text): one JetStream message each (the
+#: server's default max_payload is 1 MiB); a larger catalogue goes in several pushes.
+CATALOG_PUSH_MAX = 512 * 1024
 
 
 def _gtin14(text: str) -> str:
@@ -664,6 +670,8 @@ class HQ(OpServer):
               "valid_until": Field("int", required=False, min=0)}, PURE),
             ("promotion.end", self.op_promotion_end,
              {"promo_id": Field("str", min=1, max=64)}, PURE),
+            ("catalog.push", self.op_catalog_push,
+             {"csv": Field("str", min=1, max=CATALOG_PUSH_MAX)}, PURE),
             ("terminal.set", self.op_terminal_set,
              {"terminal_id": Field("str", min=1, max=64),
               "store": Field("str", required=False, min=1, max=32),
@@ -784,6 +792,34 @@ class HQ(OpServer):
                             "WHERE promo_id = %s", (cid, pid))
         self._committed()
         return {"promo_id": pid, "change_id": cid, "changed": True}
+
+    def op_catalog_push(self, f) -> dict:
+        """Items for every store's catalogue, as the store's own price-list CSV
+        (``docs/scan/catalog.md``: new items added, listed ones replaced): checked
+        here first by the store's own importer on a scratch catalogue, so a store
+        never receives a row its import would refuse (``BAD_CATALOG`` with the first
+        problems); then sent to every store, which imports it into ``store.db``."""
+        import tempfile
+
+        from lanecore.core.scan import catalog
+        with tempfile.TemporaryDirectory(prefix="lanecore-hq-catalog-") as scratch:
+            path = Path(scratch) / "push.csv"
+            path.write_text(f["csv"], encoding="utf-8")
+            try:
+                report = catalog.import_csv(Path(scratch), path)
+            except LanecoreError as exc:
+                raise LanecoreError(f"the catalogue push is refused: {exc.message}",
+                                    code="BAD_CATALOG") from None
+        if report.rows_bad or not report.rows_imported:
+            raise LanecoreError(
+                f"the catalogue push is refused: {report.rows_bad} bad rows of "
+                f"{report.rows_read}", code="BAD_CATALOG",
+                details={"errors": report.to_dict()["errors"][:5]})
+        with self.pg.transaction():
+            cid = self._change("catalog", {})
+            self._set_body(cid, "catalog", {"csv": f["csv"], "rows": report.rows_imported})
+        self._committed()
+        return {"rows": report.rows_imported, "change_id": cid}
 
     #: What ``terminal.set``'s ``limits`` may hold (the store registry's own limits).
     TERMINAL_LIMITS = ("max_payment_minor", "max_day_minor", "methods")

@@ -561,7 +561,24 @@ class Applier:
             return "applied"
         if kind == "terminal":
             return self._terminal(body)
+        if kind == "catalog":
+            return self._catalog(body)
         return f"skipped: unknown kind {kind}"
+
+    def _catalog(self, body: dict) -> str:
+        """HQ's items imported into ``store.db`` with the store's own importer (an
+        upsert in one transaction that bumps ``catalog_version``: the running service
+        reloads), from a private scratch file this link makes and removes."""
+        import tempfile
+
+        from lanecore.core.scan import catalog
+        with tempfile.TemporaryDirectory(prefix=".hq-catalog-",
+                                         dir=self.store_db.parent) as scratch:
+            path = Path(scratch) / "push.csv"
+            path.write_text(body["csv"], encoding="utf-8")
+            report = catalog.import_csv(self.store_db.parent, path)
+        return (f"applied: {report.rows_imported} items"
+                + (f", {report.rows_bad} refused" if report.rows_bad else ""))
 
     def _terminal(self, body: dict) -> str:
         """A POS terminal's state or limits in this store's payment gateway registry

@@ -38,7 +38,7 @@ DUPLICATE_WINDOW_S = 180.0
 STORE_KINDS = ("payment", "reversal", "refund", "order", "verdict", "alarm", "audit",
                "fault", "bill")
 #: What HQ sends.
-HQ_KINDS = ("price", "promotion", "terminal")
+HQ_KINDS = ("price", "promotion", "terminal", "catalog")
 HQ_INGEST = "hq-ingest"
 _STORE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 

@@ -14,13 +14,13 @@ import time
 import pytest
 
 from chainfix import chain_root, nats_server, pg_server, pg_url  # noqa: F401
-from chainstack import start_hq, start_link, stop
+from chainstack import start_hq, start_link, stop, wait_for
 from lanecore.gateway.net.client import Client, ServiceError
 from lanecore.gateway.payments.terminals import open_registry
 
 pytestmark = pytest.mark.kernel_free
 
-DEADLINE_S = 2.0
+DEADLINE_S = 2.0          # the issue's line: in force in every store within 2 s
 STORES = ("t1", "t2")
 
 
@@ -30,15 +30,6 @@ def _terminal(d, tid="POS-1"):
         return reg.get(tid)
     finally:
         con.close()
-
-
-def _within(check, what: str) -> float:
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > DEADLINE_S:
-            raise AssertionError(f"{what}: not in force within {DEADLINE_S} s")
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 def test_hq_terminal_changes_reach_the_stores_registries(tmp_path, pg_url,  # noqa: F811
@@ -61,8 +52,8 @@ def test_hq_terminal_changes_reach_the_stores_registries(tmp_path, pg_url,  # no
             # disabled in t2 only
             r = h.call("terminal.set", terminal_id="POS-1", store="t2", enabled=False)
             assert r["store"] == "t2" and r["enabled"] is False and r["change_id"] > 0
-            _within(lambda: _terminal(dirs["t2"]).disabled_at is not None,
-                    "POS-1 disabled in t2")
+            wait_for(lambda: _terminal(dirs["t2"]).disabled_at is not None,
+                    DEADLINE_S, "POS-1 disabled in t2")
             time.sleep(0.3)            # t1 had as long to apply it, and must not have
             assert _terminal(dirs["t1"]).disabled_at is None
             # limits in every store
@@ -70,8 +61,8 @@ def test_hq_terminal_changes_reach_the_stores_registries(tmp_path, pg_url,  # no
                    limits={"max_payment_minor": 20_000, "max_day_minor": 100_000,
                            "methods": ["card", "auth_code"]})
             for sid in STORES:
-                _within(lambda sid=sid: _terminal(dirs[sid]).max_payment_minor == 20_000,
-                        f"POS-1's limits in {sid}")
+                wait_for(lambda sid=sid: _terminal(dirs[sid]).max_payment_minor == 20_000,
+                        DEADLINE_S, f"POS-1's limits in {sid}")
                 t = _terminal(dirs[sid])
                 assert (t.max_day_minor, sorted(t.methods)) == (100_000,
                                                                 ["auth_code", "card"])
@@ -79,8 +70,8 @@ def test_hq_terminal_changes_reach_the_stores_registries(tmp_path, pg_url,  # no
                 _terminal(dirs["t1"]).disabled_at is None
             # enabled again; a terminal a store does not have changes nothing there
             h.call("terminal.set", terminal_id="POS-1", store="t2", enabled=True)
-            _within(lambda: _terminal(dirs["t2"]).disabled_at is None,
-                    "POS-1 enabled in t2")
+            wait_for(lambda: _terminal(dirs["t2"]).disabled_at is None,
+                    DEADLINE_S, "POS-1 enabled in t2")
             h.call("terminal.set", terminal_id="POS-9", enabled=False)
             for bad in ({"terminal_id": "POS-1"},
                         {"terminal_id": "POS-1", "limits": {"max_payment_minor": -1}},
