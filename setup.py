@@ -80,6 +80,9 @@ setup(
         "argon2-cffi>=23.1",
         "babel>=2.14",
         "python-multipart>=0.0.9",
+        # ISO 8583 messages of the payment gateway's card link to an acquirer's host
+        # and of its simulator (gateway/payments/iso8583.py, gateway/sim/acquirer.py)
+        "pyiso8583>=4.0,<5",
         # the console's analytics charts, server-rendered static SVG
         # (gateway/console/analytics.py)
         "pygal>=3.0",

@@ -71,7 +71,12 @@ LEDGER_FILE = "payments.db"
 #: Card-kind channels call the bank provider (``core/pay/recon.py``: bills by kind too).
 PROVIDER_KIND = recon_PROVIDER_KIND
 _PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor",
-                    "server_key", "client_key", "db")
+                    "server_key", "client_key", "db", "protocol", "merchant_id",
+                    "terminal_id")
+#: A card channel's link protocols: lanecore's own (ZeroMQ, the default) or ISO 8583
+#: to an acquirer's host (gateway/payments/iso8583.py), with its state file.
+PROTOCOLS = ("lanecore", "iso8583")
+ISO8583_STATE = "iso8583.sqlite"
 #: The gateway's own id in payments.db, made once when a stored-value channel keeps
 #: its accounts in the chain database: the ``origin`` of its debits there, so another
 #: store's charge with the same merchant reference is refused, never taken for this one.
@@ -231,6 +236,14 @@ class PaymentGateway(OpServer):
             if "endpoint" not in table:
                 raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name} needs the "
                                          "provider's endpoint")
+            protocol = table.get("protocol", "lanecore")
+            if protocol not in PROTOCOLS or (protocol == "iso8583" and ch.kind != "card"):
+                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name}.protocol is "
+                                         f"one of {', '.join(PROTOCOLS)} (iso8583: card "
+                                         f"channels only), got {protocol!r}")
+            if protocol == "iso8583":
+                self.connectors[ch.name] = self._iso8583(ch.name, table)
+                continue
             self.connectors[ch.name] = connector(table["endpoint"], kind,
                                                  timeout_s=float(table.get("timeout_s", 5.0)),
                                                  curve=self._provider_curve(ch.name, table))
@@ -321,6 +334,29 @@ class PaymentGateway(OpServer):
                     "accounts in the same place (the same db, or none)")
             out[ch.currency] = url
         return {cur: url for cur, url in out.items() if url is not None}
+
+    def _iso8583(self, name: str, table: dict) -> Connector:
+        """A card channel's ISO 8583 link (``protocol = "iso8583"``): plain TCP, so
+        only to a loopback host (a live acquirer needs TLS; docs/pay/providers.md)."""
+        from lanecore.gateway.net.security import is_loopback
+        from lanecore.gateway.payments.iso8583 import Iso8583Connector, parse_endpoint
+        where = f"{CONFIG_FILE}: channels.{name}"
+        for key in ("server_key", "client_key"):
+            if key in table:
+                raise PaymentConfigError(f"{where}: {key} is for lanecore's ZeroMQ link, "
+                                         "not ISO 8583")
+        try:
+            host, port = parse_endpoint(table["endpoint"])
+            if not is_loopback(f"tcp://{host}:{port}"):
+                raise PaymentConfigError(
+                    f"{where}: {table['endpoint']} is not loopback: ISO 8583 here is plain "
+                    "TCP (card data in clear)", code="PLAIN_NOT_ALLOWED")
+            return Iso8583Connector(
+                str(table["endpoint"]), "bank", timeout_s=float(table.get("timeout_s", 5.0)),
+                merchant_id=table.get("merchant_id"), terminal_id=table.get("terminal_id"),
+                state_path=self.data_dir / ISO8583_STATE)
+        except ProviderError as exc:
+            raise PaymentConfigError(f"{where}: {exc.message}") from exc
 
     def _provider_curve(self, name: str, table: dict):
         """The CurveZMQ keys of a channel's provider link: ``server_key`` (the
@@ -1749,6 +1785,10 @@ class PaymentGateway(OpServer):
         if conn is None and not local:
             raise LanecoreError(f"a {charge.channel} payment is not refunded here (cash "
                                 "goes back from the drawer)", code="NOT_REVERSIBLE")
+        if conn is not None and not getattr(conn, "refunds", True):
+            raise LanecoreError(f"a {charge.channel} payment (ISO 8583) is not refunded "
+                                "over that link: reverse it the same day",
+                                code="NOT_SUPPORTED")
         refund, _ = self.ledger.create_refund(charge.merchant_ref, f["refund_ref"],
                                               f["amount_minor"])
         if local:

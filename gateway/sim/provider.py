@@ -763,7 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lanecore sim provider",
         description="A payment provider simulator (ZeroMQ ROUTER + MessagePack; "
                     "docs/pay/providers.md). Prints one JSON line with its endpoint when ready.")
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=KINDS + ("acquirer",),
+                   help="a wallet, the bank (this protocol), or acquirer: an ISO 8583 "
+                        "host over TCP (`--kind acquirer --help` for its knobs)")
     p.add_argument("--bind", default="tcp://127.0.0.1:*",
                    help="ZeroMQ address (default: a free TCP port on localhost)")
     p.add_argument("--data-dir", required=True, metavar="D",
@@ -813,8 +815,14 @@ def behaviour_from_args(opts) -> Behaviour:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lanecore sim provider …``: run until SIGINT/SIGTERM."""
-    opts = build_parser().parse_args(argv)
+    """``lanecore sim provider …``: run until SIGINT/SIGTERM. ``--kind acquirer``:
+    the ISO 8583 acquirer host (``gateway/sim/acquirer.py``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--kind=acquirer" or (a == "--kind" and args[i + 1:i + 2] == ["acquirer"])
+           for i, a in enumerate(args)):
+        from lanecore.gateway.sim import acquirer
+        return acquirer.main(args)
+    opts = build_parser().parse_args(args)
     b = behaviour_from_args(opts)
     try:
         provider = Provider(opts.kind, opts.data_dir, b, synchronous=opts.synchronous.upper())
