@@ -143,6 +143,9 @@ _SOURCES = (
      "WHERE event_id > ? ORDER BY event_id LIMIT ?",
      ("at", "lane", "device", "event", "code", "message")),
 )
+#: A source's cursor moved (link.db).
+_SET_CURSOR = ("INSERT INTO cursors (source, seq) VALUES (?, ?) "
+               "ON CONFLICT (source) DO UPDATE SET seq = excluded.seq")
 _CHARGE_KIND = {"paid": "payment", "reversed": "reversal"}
 #: What is dropped from a member identifier before telling a phone number (``+``…)
 #: from a card number or member id (as core/promo/members.py reads one).
@@ -354,9 +357,7 @@ class Outbox:
         self.con.execute("BEGIN IMMEDIATE")
         try:
             self.con.executemany(insert_sql, rows)
-            self.con.execute("INSERT INTO cursors (source, seq) VALUES (?, ?) "
-                             "ON CONFLICT (source) DO UPDATE SET seq = excluded.seq",
-                             (source, last))
+            self.con.execute(_SET_CURSOR, (source, last))
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -460,9 +461,7 @@ class Outbox:
                                      "VALUES (?, ?, ?)",
                                      [(name, sha, time.time()) for name, sha in last])
             else:
-                self.con.execute("INSERT INTO cursors (source, seq) VALUES (?, ?) "
-                                 "ON CONFLICT (source) DO UPDATE SET seq = excluded.seq",
-                                 (source, last))
+                self.con.execute(_SET_CURSOR, (source, last))
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")

@@ -630,15 +630,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             until = _date(request.query_params.get("to"))
         except LanecoreError:
             return error(request, session, "BAD_DATE", 400)
-        views = []
-        if a is not None:
-            for name, title in a.views():
-                try:
-                    v = await asyncio.to_thread(a.view, name, since, until)
-                except LanecoreError as exc:
-                    v = {"title": title, "columns": [], "rows": [], "svg": None,
-                         "problem": exc.code}
-                views.append(_words(name, v, gettext_for(lang_of(request, session))))
+        views = [] if a is None else await each_view(a, since, until, request, session)
         return render(request, "analytics.html", session, views=views,
                       available=a is not None,
                       since=since.isoformat() if since else "",
@@ -664,6 +656,19 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
         return PlainTextResponse(text, media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}.csv"'})
 
+    async def each_view(a, since, until, request, session) -> list:
+        """Every view of ``a`` (the store's analytics or HQ's), each with its rows and
+        chart, or with its error code as ``problem``; in the reader's language."""
+        views = []
+        for name, title in a.views():
+            try:
+                v = await asyncio.to_thread(a.view, name, since, until)
+            except LanecoreError as exc:
+                v = {"title": title, "columns": [], "rows": [], "svg": None,
+                     "problem": exc.code}
+            views.append(_words(name, v, gettext_for(lang_of(request, session))))
+        return views
+
     async def hq_page(request: Request):
         session, _f, refused = await gate(request, page("/hq"))
         if refused is not None:
@@ -673,14 +678,7 @@ def create_app(data_dir, *, service: str | None = None, events: str | None = Non
             until = _date(request.query_params.get("to"))
         except LanecoreError:
             return error(request, session, "BAD_DATE", 400)
-        views = []
-        for name, title in hq.views():
-            try:
-                v = await asyncio.to_thread(hq.view, name, since, until)
-            except LanecoreError as exc:
-                v = {"title": title, "columns": [], "rows": [], "svg": None,
-                     "problem": exc.code}
-            views.append(_words(name, v, gettext_for(lang_of(request, session))))
+        views = await each_view(hq, since, until, request, session)
         return render(request, "hq.html", session, views=views,
                       since=since.isoformat() if since else "",
                       until=until.isoformat() if until else "")
