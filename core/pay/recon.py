@@ -26,6 +26,8 @@ discrepancies a day holds.
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import re
 from collections import Counter
@@ -125,6 +127,18 @@ def parse_bill(rows: Iterable[Mapping], channel: str) -> list[BillRow]:
                              "refund_ref exactly on refund lines")
         out.append(row)
     return out
+
+
+def bill_csv(rows: Iterable[BillRow]) -> str:
+    """Bill rows as lanecore's bill CSV text (:data:`BILL_COLUMNS`, a header line,
+    ``\n`` line ends): the simulator's bill, and a provider's own bill normalised
+    (``DATA_DIR/bills/CHANNEL-DATE.csv`` beside the file as it came)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=BILL_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r.to_csv())
+    return buf.getvalue()
 
 
 def bill_channel(prefix: str, channels: Mapping[str, str]) -> str:

@@ -31,9 +31,8 @@ those points with those probabilities (seeded by ``LANECORE_PAY_CRASH_SEED``);
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -72,10 +71,19 @@ LEDGER_FILE = "payments.db"
 PROVIDER_KIND = recon_PROVIDER_KIND
 _PROVIDER_FIELDS = ("endpoint", "timeout_s", "pin_entries", "cvm_limit_minor",
                     "server_key", "client_key", "db", "protocol", "merchant_id",
-                    "terminal_id")
-#: A card channel's link protocols: lanecore's own (ZeroMQ, the default) or ISO 8583
-#: to an acquirer's host (gateway/payments/iso8583.py), with its state file.
-PROTOCOLS = ("lanecore", "iso8583")
+                    "terminal_id", "ca_file", "notify_url",
+                    # WeChat Pay v2 (gateway/payments/wechatpay.py)
+                    "appid", "mch_id", "key_file", "sign_type", "client_cert_file",
+                    "client_key_file",
+                    # Alipay (gateway/payments/alipay.py)
+                    "app_id", "seller_id", "app_private_key_file", "alipay_public_key_file")
+#: A channel's link protocols: lanecore's own (ZeroMQ, the default), ISO 8583 to an
+#: acquirer's host (card channels; gateway/payments/iso8583.py, with its state file),
+#: or a wallet's own HTTPS API (docs/pay/providers.md).
+PROTOCOLS = ("lanecore", "iso8583", "wechatpay-v2", "alipay")
+#: protocol → (the channel kind that may speak it, the connector's module)
+PROTOCOL_KIND = {"iso8583": ("card", "iso8583"), "wechatpay-v2": ("wechat", "wechatpay"),
+                 "alipay": ("alipay", "alipay")}
 ISO8583_STATE = "iso8583.sqlite"
 #: The gateway's own id in payments.db, made once when a stored-value channel keeps
 #: its accounts in the chain database: the ``origin`` of its debits there, so another
@@ -237,12 +245,18 @@ class PaymentGateway(OpServer):
                 raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name} needs the "
                                          "provider's endpoint")
             protocol = table.get("protocol", "lanecore")
-            if protocol not in PROTOCOLS or (protocol == "iso8583" and ch.kind != "card"):
-                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{ch.name}.protocol is "
-                                         f"one of {', '.join(PROTOCOLS)} (iso8583: card "
-                                         f"channels only), got {protocol!r}")
+            if protocol not in PROTOCOLS or (protocol in PROTOCOL_KIND
+                                             and PROTOCOL_KIND[protocol][0] != ch.kind):
+                raise PaymentConfigError(
+                    f"{CONFIG_FILE}: channels.{ch.name}.protocol is one of "
+                    f"{', '.join(PROTOCOLS)} (" + ", ".join(
+                        f"{p}: {k} channels only" for p, (k, _) in PROTOCOL_KIND.items())
+                    + f"), got {protocol!r}")
             if protocol == "iso8583":
                 self.connectors[ch.name] = self._iso8583(ch.name, table)
+                continue
+            if protocol != "lanecore":
+                self.connectors[ch.name] = self._wallet_api(ch.name, protocol, table)
                 continue
             self.connectors[ch.name] = connector(table["endpoint"], kind,
                                                  timeout_s=float(table.get("timeout_s", 5.0)),
@@ -357,6 +371,23 @@ class PaymentGateway(OpServer):
                 state_path=self.data_dir / ISO8583_STATE)
         except ProviderError as exc:
             raise PaymentConfigError(f"{where}: {exc.message}") from exc
+
+    def _wallet_api(self, name: str, protocol: str, table: dict) -> Connector:
+        """A wallet channel over the wallet's own HTTPS API (``protocol`` wechatpay-v2
+        or alipay): the connector module's ``from_config`` reads its keys (credential
+        files relative to the data directory, 0600)."""
+        import importlib
+        for key in ("server_key", "client_key"):
+            if key in table:
+                raise PaymentConfigError(f"{CONFIG_FILE}: channels.{name}: {key} is for "
+                                         f"lanecore's ZeroMQ link, not {protocol}")
+        module = importlib.import_module(
+            f"lanecore.gateway.payments.{PROTOCOL_KIND[protocol][1]}")
+        try:
+            return module.from_config(name, table, self.data_dir)
+        except ProviderError as exc:
+            raise PaymentConfigError(f"{CONFIG_FILE}: channels.{name}: {exc.message}",
+                                     code=exc.code) from exc
 
     def _provider_curve(self, name: str, table: dict):
         """The CurveZMQ keys of a channel's provider link: ``server_key`` (the
@@ -1911,12 +1942,23 @@ class PaymentGateway(OpServer):
             except ProviderError as exc:
                 missing.append({"channel": name, "code": exc.code, "message": exc.message})
                 continue
-            # named by the channel (routing's names: A-Z a-z 0-9 _ . -, never a '/')
-            own = bill_dir / f"{name}-{date}.csv"
-            write_private(own, bill.csv_text.encode("utf-8"))
-            text = own.read_text(encoding="utf-8")
+            # named by the channel (routing's names: A-Z a-z 0-9 _ . -, never a '/'),
+            # kept in the provider's own format; what is read is that file. A wallet's
+            # own bill is also kept normalised as CHANNEL-DATE.csv (lanecore recon, the
+            # chain's link read that)
+            own = bill_dir / f"{name}-{date}.{bill.suffix}"
+            write_private(own, bill.raw if bill.raw is not None
+                          else bill.csv_text.encode("utf-8"))
+            try:
+                rows = conn.bill_rows(dataclasses.replace(bill, raw=own.read_bytes()), name)
+            except ProviderError as exc:
+                missing.append({"channel": name, "code": exc.code, "message": exc.message})
+                continue
+            if bill.suffix != "csv":
+                write_private(bill_dir / f"{name}-{date}.csv",
+                              recon.bill_csv(rows).encode("utf-8"))
             channels.append(name)
-            bills.extend(recon.parse_bill(csv.DictReader(io.StringIO(text)), name))
+            bills.extend(rows)
         day = self.ledger.day_rows(date)
         local = []          # cash, stored value: their bill is the gateway's own record
         for ch in self.router.channels:

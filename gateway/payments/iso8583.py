@@ -24,7 +24,6 @@ travel only as the terminal's ISO 9564 PIN block in field 52.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
 import sqlite3
@@ -34,12 +33,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import iso8583
-import msgpack
 import zmq
 from iso8583.specs import default_ascii
 
 from lanecore.core.sqltxn import private_database
-from lanecore.gateway.payments.providers import (DECLINES, Card, Connector,
+from lanecore.gateway.payments.httpapi import ThreadedConnector
+from lanecore.gateway.payments.providers import (DECLINES, Card,
                                                  ProviderError, ProviderResult,
                                                  _check_money, _check_ref, mask_pan)
 
@@ -286,7 +285,7 @@ class _State:
         self.con.close()
 
 
-class Iso8583Connector(Connector):
+class Iso8583Connector(ThreadedConnector):
     """A card channel's link to an acquirer's host over ISO 8583 (``protocol =
     "iso8583"`` in payments.toml): ``endpoint`` ``tcp://HOST:PORT``, the acquirer's
     ``merchant_id`` (field 42, up to 15) and ``terminal_id`` (field 41, up to 8),
@@ -300,6 +299,7 @@ class Iso8583Connector(Connector):
 
     #: refunds are not part of this link (the gateway refuses them, NOT_SUPPORTED)
     refunds = False
+    thread_name = "iso8583"
 
     def __init__(self, endpoint: str, kind: str = "bank", *, timeout_s: float = 5.0,
                  merchant_id: str, terminal_id: str, state_path: str | Path,
@@ -321,10 +321,6 @@ class Iso8583Connector(Connector):
         self.advice_backoff_max_s = float(advice_backoff_max_s)
         self.clock = clock
         self.state = _State(Path(state_path))
-        self._pull: zmq.Socket | None = None
-        self._inproc = f"inproc://iso8583-{self._prefix}"
-        self._rids = itertools.count(1)
-        self._workers: set[threading.Thread] = set()
 
     # -- messages --------------------------------------------------------------------
     def _financial(self, ref: str, amount_minor: int, currency: str, card: Card) -> dict:
@@ -451,69 +447,12 @@ class Iso8583Connector(Connector):
         log.info("iso8583 0430 %s: reversal acknowledged after %d advice(s)", ref, tries + 1)
         return ProviderResult("reversed", merchant_ref=ref, message="reversal acknowledged")
 
-    # -- the gateway's ops -------------------------------------------------------------
-    def charge(self, merchant_ref: str, amount_minor: int, currency: str, *,
-               terminal: str | None = None, card: Card | None = None, **other
-               ) -> ProviderResult:
+    # -- the gateway's ops (charge, prepare_charge, post, answers: ThreadedConnector) ---
+    def _charge_job(self, merchant_ref: str, amount_minor: int, currency: str,
+                    terminal: str | None, card: Card | None = None, **other) -> dict:
         if other:
             raise ProviderError("an ISO 8583 charge takes card=Card(…) and nothing else")
-        doc = self._financial(merchant_ref, amount_minor, currency, card)
-        return self.result("charge", merchant_ref, self._charge_reply(merchant_ref, doc))
-
-    def prepare_charge(self, merchant_ref: str, amount_minor: int, currency: str, *,
-                       terminal: str | None = None, card: Card | None = None, **other
-                       ) -> tuple[str, bytes]:
-        if other:
-            raise ProviderError("an ISO 8583 charge takes card=Card(…) and nothing else")
-        doc = self._financial(merchant_ref, amount_minor, currency, card)
-        rid = f"{self._prefix}:{next(self._rids)}"
-        return rid, msgpack.packb({"id": rid, "ref": merchant_ref, "doc": doc})
-
-    def async_socket(self) -> zmq.Socket:
-        """Where the answers of requests in flight arrive (exchanges run in threads)."""
-        if self._pull is None:
-            s = self._ctx.socket(zmq.PULL)
-            s.setsockopt(zmq.LINGER, 0)
-            s.bind(self._inproc)
-            self._pull = s
-        return self._pull
-
-    def post(self, frame: bytes) -> bool:
-        self.async_socket()
-        job = msgpack.unpackb(frame, raw=False)
-        t = threading.Thread(target=self._run, args=(job,), daemon=True,
-                             name=f"iso8583-{job['ref']}")
-        self._workers.add(t)
-        t.start()
-        return True
-
-    def _run(self, job: dict) -> None:
-        try:
-            reply = self._charge_reply(job["ref"], job["doc"])
-        except Exception:
-            log.exception("iso8583 exchange of %s failed", job["ref"])
-            reply = None
-        finally:
-            self._workers.discard(threading.current_thread())
-        if reply is None:
-            return              # the gateway's deadline makes it unknown
-        push = self._ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 1000)
-        try:
-            push.connect(self._inproc)
-            push.send(msgpack.packb({"id": job["id"], **reply}, use_bin_type=True))
-        finally:
-            push.close()
-
-    def answers(self) -> list[dict]:
-        out: list[dict] = []
-        if self._pull is None:
-            return out
-        while True:
-            try:
-                out.append(msgpack.unpackb(self._pull.recv(zmq.NOBLOCK), raw=False))
-            except zmq.Again:
-                return out
+        return self._financial(merchant_ref, amount_minor, currency, card)
 
     def query(self, merchant_ref: str) -> ProviderResult:
         """ISO 8583 has no query: an open charge is settled by reversal advice
@@ -576,8 +515,3 @@ class Iso8583Connector(Connector):
                "11": self.state.next_stan(self.terminal_id), "41": self.terminal_id}
         return self._exchange(doc, self.timeout_s) is not None
 
-    def close(self) -> None:
-        super().close()
-        if self._pull is not None:
-            self._pull.close(0)
-            self._pull = None

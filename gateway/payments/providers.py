@@ -28,6 +28,8 @@ socket): use one per thread.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import logging
 import re
@@ -207,7 +209,9 @@ class ProviderResult:
     ``not_found``; ``decline_code``: the provider's code (or ``TIMEOUT``), ``None``
     when it had nothing to say; ``paid_minor``: what the provider holds as paid for
     the trade (minor units, 0 unless it was paid); ``refunded_minor``: refunded so far;
-    ``duplicate``: the provider had seen this merchant_ref (nothing charged again)."""
+    ``duplicate``: the provider had seen this merchant_ref (nothing charged again);
+    ``code_url``: the content of the merchant-presented QR a ``precreate`` made (the
+    shopper scans it with the wallet), None otherwise."""
 
     status: str
     provider_ref: str | None = None
@@ -217,6 +221,7 @@ class ProviderResult:
     refunded_minor: int = 0
     merchant_ref: str | None = None
     duplicate: bool = False
+    code_url: str | None = None
 
     @property
     def final(self) -> bool:
@@ -236,10 +241,16 @@ class BillFile:
     rows: int
     csv_text: str | None
     injected: dict | None
+    #: the provider's own bill as downloaded (WeChat Pay's text, Alipay's zip), kept
+    #: as it came; None for lanecore's CSV (``csv_text``)
+    raw: bytes | None = None
+    #: the file name suffix the bill is kept under (``DATA_DIR/bills/CHANNEL-DATE.*``)
+    suffix: str = "csv"
 
 
 #: Provider trade states → connector statuses (``paying`` is "user paying").
-_STATUS = {"paid": "paid", "paying": "unknown", "failed": "failed", "closed": "reversed",
+_STATUS = {"paid": "paid", "paying": "unknown", "awaiting": "unknown", "failed": "failed",
+           "closed": "reversed",
            "reversed": "reversed", "refunded": "refunded", "not_found": "not_found",
            "unknown": "unknown"}
 
@@ -486,6 +497,14 @@ class Connector:
         rows = reply.get("rows")
         return BillFile(date, self.kind, str(reply.get("path") or ""),
                         rows if isinstance(rows, int) else 0, text, reply.get("injected"))
+
+    def bill_rows(self, bill: BillFile, channel: str) -> list:
+        """The reconciliation rows (``core.pay.recon.BillRow``) of a bill this
+        connector fetched, as kept on disk: lanecore's CSV here; a wallet's own
+        format in its connector."""
+        from lanecore.core.pay import recon
+        text = bill.raw.decode("utf-8") if bill.raw is not None else (bill.csv_text or "")
+        return recon.parse_bill(csv.DictReader(io.StringIO(text)), channel)
 
     def _bill_parts(self, date: str, size) -> str:
         """A bill too large for one reply, fetched in ``bill.part`` pieces."""

@@ -27,10 +27,8 @@ The wire protocol, every op, field, code and behaviour knob: ``docs/pay/provider
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import heapq
-import io
 import json
 import os
 import random
@@ -68,6 +66,10 @@ REF_PREFIX = {"wechat": "42", "alipay": "20", "unionpay": "62", "bank": "BK"}
 MAX_BILL_REPLY = 900_000
 #: Bytes of a bill in one ``bill.part`` answer.
 MAX_BILL_PART = 512 << 10
+#: The wire protocols a simulator speaks: lanecore's own, or a wallet's HTTPS API
+#: (its kind: the one wallet that speaks it).
+SIM_PROTOCOLS = ("lanecore", "wechatpay-v2", "alipay")
+HTTPS_SIMS = {"wechatpay-v2": ("wechat", "wechat"), "alipay": ("alipay", "alipay")}
 #: Special outcomes a ``next`` script may hold besides the kind's decline codes.
 OUTCOMES = ("paid", "userpaying", "usercancel", "systemerror", "timeout", "drop")
 
@@ -149,6 +151,11 @@ _SCHEMAS = {
                "coupons": Field("list", False, 0, 20)},
     "query": {"merchant_ref": _REF},
     "reverse": {"merchant_ref": _REF},
+    # a merchant-presented QR (a wallet's native order / precreate): the trade waits
+    # for the shopper's scan; `scan` is the shopper's wallet paying (or cancelling) it
+    "precreate": {"merchant_ref": _REF, "amount_minor": _MONEY,
+                  "currency": Field("str", min=3, max=3), "terminal": Field("str", False, 1, 64)},
+    "scan": {"merchant_ref": _REF, "outcome": Field("str", choices=("paid", "cancel"))},
     "refund": {"merchant_ref": _REF, "refund_ref": _REF, "amount_minor": _MONEY},
     "bill": {"date": Field("str", min=10, max=10), "inject": Field("map", False, 0, 8)},
     "bill.part": {"date": Field("str", min=10, max=10),
@@ -156,7 +163,7 @@ _SCHEMAS = {
     "stats": {}, "ping": {}, "configure": _KNOBS,
 }
 #: Ops whose answers are subject to latency and timeouts (the trade ops).
-_TRADE_OPS = ("charge", "query", "reverse", "refund")
+_TRADE_OPS = ("charge", "query", "reverse", "refund", "precreate")
 
 
 def _iso(ts: float) -> str:
@@ -257,6 +264,8 @@ class Provider:
                 return {}, "drop"
             reply = self.charge(f, outcome, now)
             silent = outcome == "timeout" or (outcome is None and self._chance(b.timeout_p))
+        elif op == "scan":
+            return self.scan(f, now), "reply"   # the shopper's side: always answered
         else:
             reply = getattr(self, op)(f, now)
             silent = self._chance(b.timeout_p)
@@ -452,6 +461,63 @@ class Provider:
     def query(self, f: dict, now: float) -> dict:
         return self._answer(self._trade(f["merchant_ref"]), f["merchant_ref"])
 
+    def precreate(self, f: dict, now: float) -> dict:
+        """A merchant-presented QR's order: a trade ``paying`` (code ``USERPAYING``,
+        entry ``qr``) with no completion time — it waits for :meth:`scan`. Asked
+        again with the same terms: the same trade (``duplicate``); other terms:
+        ``OUT_TRADE_NO_USED``; a closed one: ``ORDERCLOSED``."""
+        if self.kind not in WALLET_KINDS:
+            raise ProtocolError("BAD_FIELD", "only a wallet presents a QR to pay")
+        ref, amount, currency = f["merchant_ref"], f["amount_minor"], f["currency"]
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            t = self._trade(ref)
+            if t is None:
+                fee = (amount * FEE_BPS[self.kind] + 5000) // 10000
+                self.con.execute(
+                    "INSERT INTO trades (merchant_ref, provider_ref, amount_minor, currency, "
+                    "status, code, entry, terminal, created_at, then_status, fee_minor) "
+                    "VALUES (?, ?, ?, ?, 'paying', 'USERPAYING', 'qr', ?, ?, 'paid', ?)",
+                    (ref, self._provider_ref(ref), amount, currency, f.get("terminal"), now,
+                     fee))
+            else:
+                self.con.execute("UPDATE trades SET requests = requests + 1 "
+                                 "WHERE merchant_ref = ?", (ref,))
+            self.con.execute("COMMIT")
+        except BaseException:
+            if self.con.in_transaction:
+                self.con.execute("ROLLBACK")
+            raise
+        if t is None:
+            return self._answer(self._trade(ref), ref)
+        if t["status"] in ("closed", "reversed"):
+            return self._answer(t, ref, status="failed", code="ORDERCLOSED",
+                                message=self._message("ORDERCLOSED"), duplicate=True)
+        if (t["amount_minor"], t["currency"]) != (amount, currency):
+            return {"merchant_ref": ref, "status": "failed", "code": "OUT_TRADE_NO_USED",
+                    "message": self._message("OUT_TRADE_NO_USED"), "paid_minor": 0,
+                    "duplicate": True}
+        return self._answer(t, ref, duplicate=True)
+
+    def scan(self, f: dict, now: float) -> dict:
+        """The shopper's wallet pays (``outcome`` ``paid``) or cancels a precreated
+        trade still waiting for it; any other trade is answered as it stands
+        (``changed`` false): a closed order can never be paid."""
+        ref = f["merchant_ref"]
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.con.execute(
+                "UPDATE trades SET status = ?, code = ?, paid_at = ?, complete_at = ? "
+                "WHERE merchant_ref = ? AND status = 'paying' AND entry = 'qr'",
+                ("paid", None, now, now, ref) if f["outcome"] == "paid"
+                else ("failed", "USERCANCEL", None, now, ref))
+            self.con.execute("COMMIT")
+        except BaseException:
+            if self.con.in_transaction:
+                self.con.execute("ROLLBACK")
+            raise
+        return self._answer(self._trade(ref), ref, changed=cur.rowcount == 1)
+
     def reverse(self, f: dict, now: float) -> dict:
         ref = f["merchant_ref"]
         self.con.execute("BEGIN IMMEDIATE")
@@ -560,12 +626,7 @@ class Provider:
         out_dir = self.data_dir / "bills"
         out_dir.mkdir(exist_ok=True)
         path = out_dir / f"{self.kind}-{date}.csv"
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=recon.BILL_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r.to_csv())
-        text = buf.getvalue()
+        text = recon.bill_csv(rows)
         _write_atomic(path, text)
         sidecar = path.with_suffix(".inject.json")
         if record is not None:
@@ -763,6 +824,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lanecore sim provider",
         description="A payment provider simulator (ZeroMQ ROUTER + MessagePack; "
                     "docs/pay/providers.md). Prints one JSON line with its endpoint when ready.")
+    p.add_argument("--protocol", default="lanecore", choices=SIM_PROTOCOLS,
+                   help="lanecore: this ZeroMQ protocol (default); wechatpay-v2 (--kind "
+                        "wechat) or alipay (--kind alipay): the wallet's own HTTPS API "
+                        "(docs/pay/wechatpay.md, docs/pay/alipay.md), --bind HOST:PORT")
     p.add_argument("--kind", required=True, choices=KINDS + ("acquirer",),
                    help="a wallet, the bank (this protocol), or acquirer: an ISO 8583 "
                         "host over TCP (`--kind acquirer --help` for its knobs)")
@@ -822,8 +887,19 @@ def main(argv: list[str] | None = None) -> int:
            for i, a in enumerate(args)):
         from lanecore.gateway.sim import acquirer
         return acquirer.main(args)
-    opts = build_parser().parse_args(args)
+    parser = build_parser()
+    opts = parser.parse_args(args)
     b = behaviour_from_args(opts)
+    if opts.protocol != "lanecore":
+        kind, module = HTTPS_SIMS[opts.protocol]
+        if opts.kind != kind:
+            parser.error(f"--protocol {opts.protocol} is --kind {kind}'s API")
+        if opts.curve:
+            parser.error("--curve is for the ZeroMQ protocol; the wallets' APIs are HTTPS")
+        if opts.bind == parser.get_default("bind"):
+            opts.bind = "127.0.0.1:0"
+        import importlib
+        return importlib.import_module(f"lanecore.gateway.sim.{module}").run(opts, b)
     try:
         provider = Provider(opts.kind, opts.data_dir, b, synchronous=opts.synchronous.upper())
     except ProtocolError as exc:
