@@ -903,7 +903,8 @@ def cmd_recon(args) -> int:
 
     from lanecore.core.pay import recon
     from lanecore.core.pay.ledger import day_rows
-    from lanecore.gateway.payments.gateway import load_payments_config, local_bill
+    from lanecore.gateway.payments.gateway import (bill_utc_offset, load_payments_config,
+                                                   local_bill)
     date = recon.check_date(args.date)
     ledger_path = Path(args.ledger)
     if not ledger_path.is_file():
@@ -936,6 +937,12 @@ def cmd_recon(args) -> int:
     con = sqlite3.connect(f"file:{ledger_path.resolve()}?mode=ro", uri=True)
     try:
         ledger = day_rows(con, date)
+        # a wallet over its own API bills China Standard Time days: its rows are those
+        offsets = {name: bill_utc_offset(raw[name].get("protocol")) for name in channels
+                   if name in raw and isinstance(raw[name], dict)}
+        for off in set(offsets.values()) - {0}:
+            ledger = [r for r in ledger if offsets.get(r["channel"], 0) != off] + [
+                r for r in day_rows(con, date, off) if offsets.get(r["channel"], 0) == off]
         for name in local:          # the drawer's record is the cash channel's bill
             channels.append(name)
             url = raw[name].get("db") if kinds[name] == "stored_value" else None

@@ -83,6 +83,9 @@ setup(
         # ISO 8583 messages of the payment gateway's card link to an acquirer's host
         # and of its simulator (gateway/payments/iso8583.py, gateway/sim/acquirer.py)
         "pyiso8583>=4.0,<5",
+        # WeChat Pay's XML answers, notifications and its simulator's requests, parsed
+        # without entity expansion or external entities (gateway/payments/wechatpay.py)
+        "defusedxml>=0.7",
         # the console's analytics charts, server-rendered static SVG
         # (gateway/console/analytics.py)
         "pygal>=3.0",

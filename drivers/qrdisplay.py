@@ -8,7 +8,8 @@ Layers, from the wire up (``docs/drivers/qr-display.md`` documents every byte):
   the header bytes sum to 0 mod 256, BODY a MessagePack map, CRC-16/CCITT-FALSE over
   SEQ..BODY: :func:`encode_frame`, :class:`FrameDecoder`;
 * messages — typed, validated frozen dataclasses (:class:`PaymentData`,
-  :class:`QrPay`, :class:`Cancel`, :class:`StatusRequest` one way;
+  :class:`QrPay`, :class:`Cancel`, :class:`StatusRequest`, :class:`ShowQr` (a
+  wallet's code URL to draw), :class:`ShowResult` (how the payment ended) one way;
   :class:`QrShown`, :class:`PayResult`, :class:`CardRead`, :class:`DisplayStatus`
   the other), each with a stable error code for every bad field;
 * the link protocol — every data frame is acknowledged (``ACK``) or refused (``NAK``
@@ -19,7 +20,7 @@ Layers, from the wire up (``docs/drivers/qr-display.md`` documents every byte):
   pure classes (bytes and monotonic times in, events and bytes out);
 * the port loop — :class:`QrDisplayDriver` on a :class:`~lanecore.drivers.link.Link`,
   with the register's synchronous calls ``send_payment``, ``qr_pay``,
-  ``wait_result``, ``cancel`` and ``status``.
+  ``wait_result``, ``cancel``, ``status``, ``show_qr`` and ``show_result``.
 
 Money is integer minor units, times are monotonic seconds.
 """
@@ -43,11 +44,12 @@ from lanecore.drivers.link import (BAD_FRAME, GARBAGE, NO_ANSWER, UNKNOWN_STATUS
 
 __all__ = [
     "STX", "ETX", "MAX_BODY", "header_check", "T_ACK", "T_NAK", "T_PAYMENT_DATA", "T_QR_PAY",
-    "T_CANCEL", "T_STATUS_REQ", "T_QR_SHOWN", "T_PAY_RESULT", "T_CARD_READ", "T_STATUS",
-    "REASONS", "STATES", "ERROR_CODES", "DEFAULT_LINE",
+    "T_CANCEL", "T_STATUS_REQ", "T_SHOW_QR", "T_SHOW_RESULT", "T_QR_SHOWN", "T_PAY_RESULT",
+    "T_CARD_READ", "T_STATUS", "REASONS", "STATES", "RESULTS", "ERROR_CODES",
+    "DEFAULT_LINE",
     "ProtocolError", "QrDisplayError", "crc16", "encode_frame", "pack_body",
     "Frame", "Corrupt", "FrameDecoder",
-    "Item", "PaymentData", "QrPay", "Cancel", "StatusRequest",
+    "Item", "PaymentData", "QrPay", "Cancel", "StatusRequest", "ShowQr", "ShowResult",
     "QrShown", "PayResult", "CardRead", "DisplayStatus",
     "Acked", "Rejected", "GaveUp", "Command",
     "RegisterProtocol", "DisplayProtocol", "QrDisplayDriver",
@@ -67,6 +69,8 @@ T_PAYMENT_DATA = 0x10
 T_QR_PAY = 0x11
 T_CANCEL = 0x12
 T_STATUS_REQ = 0x13
+T_SHOW_QR = 0x14
+T_SHOW_RESULT = 0x16          # (0x15 is NAK)
 T_QR_SHOWN = 0x20
 T_PAY_RESULT = 0x21
 T_CARD_READ = 0x22
@@ -78,6 +82,8 @@ REASONS = ("DECLINED", "TIMEOUT", "CANCELLED", "INSUFFICIENT_FUNDS", "NETWORK",
 #: What the display is doing (STATUS ``state``); anything else reads as ``UNKNOWN``.
 STATES = ("IDLE", "DATA_LOADED", "SHOWING_QR", "PAYING", "RESULT")
 CHANNELS = ("QR", "CARD")
+#: What SHOW_RESULT tells the shopper (``result``).
+RESULTS = ("paid", "failed", "cancelled", "expired")
 CARD_KINDS = ("CARD", "NFC")
 
 #: NAK codes and the driver's own error codes (QrDisplayError.code).
@@ -98,6 +104,8 @@ ERROR_CODES = {
     "ORDER_MISMATCH": "QR_PAY or CANCEL for another order than the one loaded",
     "BUSY": "PAYMENT_DATA while a payment is under way (CANCEL it first)",
     "ORDER_DONE": "the order already has its final result",
+    "AMOUNT_MISMATCH": "SHOW_QR or SHOW_RESULT whose amount or currency is not the "
+                       "loaded order's",
     # the register's driver
     "NO_ANSWER": "the display did not acknowledge in time (after all resends)",
     "TIMEOUT": "no payment result within the caller's timeout",
@@ -112,6 +120,10 @@ _ORDER_RE = re.compile(r"[A-Za-z0-9._/-]{1,25}")
 _REGISTER_RE = re.compile(r"[A-Za-z0-9-]{1,8}")
 _ID_RE = re.compile(r"[\x21-\x7e]{1,25}")
 _TXN_RE = re.compile(r"[\x21-\x7e]{1,64}")
+#: SHOW_QR ``content``: the wallet's code URL, printable ASCII (no spaces).
+_CONTENT_RE = re.compile(r"[\x21-\x7e]{8,512}")
+#: SHOW_RESULT ``text``: up to 40 characters, no control characters.
+_TEXT_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,40}")
 _PAN_RE = re.compile(r"[0-9]{0,6}\*{4,}[0-9]{4}|tok_[A-Za-z0-9]{4,60}")
 _MAX_AMOUNT = 10 ** 10 - 1
 _MAX_ITEMS = 100
@@ -461,6 +473,85 @@ class StatusRequest(_Message):
     @classmethod
     def from_body(cls, body: dict, now: float = 0.0) -> "StatusRequest":
         return cls()
+
+
+@dataclass(frozen=True)
+class ShowQr(_Message):
+    """Draw the QR whose content the register supplies — a wallet's own
+    merchant-presented QR (its ``code_url`` from the native order / precreate),
+    not the display's EMVCo payload — for the loaded order, with its amount. The
+    display answers QR_SHOWN with ``payload`` = ``content``; the result then comes
+    from the register (SHOW_RESULT), not from the display."""
+
+    order_no: str
+    content: str
+    amount_minor: int
+    currency: str = "CNY"
+    TYPE = T_SHOW_QR
+
+    def __post_init__(self) -> None:
+        self.from_body(self.to_body())       # the same checks the display makes
+
+    def to_body(self) -> dict:
+        return {"order": self.order_no, "content": self.content,
+                "amount": self.amount_minor, "currency": self.currency}
+
+    @classmethod
+    def from_body(cls, body: dict, now: float = 0.0) -> "ShowQr":
+        order = _text(body, "order", _ORDER_RE)
+        content = _get(body, "content")
+        if not isinstance(content, str) or not _CONTENT_RE.fullmatch(content):
+            raise ProtocolError("content is 8-512 printable ASCII characters (the "
+                                "wallet's code URL)")
+        amount, currency = _amount(body), _currency(body)
+        self = cls.__new__(cls)
+        for k, v in (("order_no", order), ("content", content), ("amount_minor", amount),
+                     ("currency", currency)):
+            object.__setattr__(self, k, v)
+        return self
+
+
+@dataclass(frozen=True)
+class ShowResult(_Message):
+    """Tell the shopper how the loaded order's payment ended: ``result`` one of
+    :data:`RESULTS` (``paid``, ``failed``, ``cancelled``, ``expired``), the
+    ``amount_minor`` of ``currency`` (the order's), and an optional short ``text``
+    (1-40 characters, no control characters; e.g. the wallet's reason). The
+    display stops showing the QR at once: a QR that was paid, cancelled or expired
+    is never left up for a second scan."""
+
+    order_no: str
+    result: str
+    amount_minor: int
+    currency: str = "CNY"
+    text: str = ""
+    TYPE = T_SHOW_RESULT
+
+    def __post_init__(self) -> None:
+        self.from_body(self.to_body())
+
+    def to_body(self) -> dict:
+        d = {"order": self.order_no, "result": self.result, "amount": self.amount_minor,
+             "currency": self.currency}
+        if self.text:
+            d["text"] = self.text
+        return d
+
+    @classmethod
+    def from_body(cls, body: dict, now: float = 0.0) -> "ShowResult":
+        order = _text(body, "order", _ORDER_RE)
+        result = _get(body, "result")
+        if result not in RESULTS:
+            raise ProtocolError(f"result {result!r} is not one of {', '.join(RESULTS)}")
+        amount, currency = _amount(body), _currency(body)
+        text = _get(body, "text", optional=True, default="")
+        if text != "" and (not isinstance(text, str) or not _TEXT_RE.fullmatch(text)):
+            raise ProtocolError("text is 1-40 characters, no control characters")
+        self = cls.__new__(cls)
+        for k, v in (("order_no", order), ("result", result), ("amount_minor", amount),
+                     ("currency", currency), ("text", text)):
+            object.__setattr__(self, k, v)
+        return self
 
 
 # --------------------------------------------------------------------------------------
@@ -824,7 +915,8 @@ class _Endpoint:
 
 class RegisterProtocol(_Endpoint):
     """The register's side: sends :class:`PaymentData`, :class:`QrPay`,
-    :class:`Cancel`, :class:`StatusRequest`; acknowledges and returns the
+    :class:`Cancel`, :class:`StatusRequest`, :class:`ShowQr`, :class:`ShowResult`;
+    acknowledges and returns the
     display's messages. A PAY_RESULT with an unknown reason or a STATUS with an
     unknown state is acknowledged (it was delivered intact), returned with
     ``UNKNOWN`` and reported as an ``UNKNOWN_STATUS`` fault."""
@@ -858,7 +950,7 @@ class DisplayProtocol(_Endpoint):
     same answer again and is not returned (so it is never acted on twice)."""
 
     RECEIVES = {T_PAYMENT_DATA: PaymentData, T_QR_PAY: QrPay, T_CANCEL: Cancel,
-                T_STATUS_REQ: StatusRequest}
+                T_STATUS_REQ: StatusRequest, T_SHOW_QR: ShowQr, T_SHOW_RESULT: ShowResult}
 
     def _received(self, seq: int, msg: _Message, events: list, now: float) -> None:
         events.append(Command(seq, msg))
@@ -1081,15 +1173,7 @@ class QrDisplayDriver:
             self._shown = None
             self._new_attempt(pay.order_no)
         self._request(QrPay(pay.order_no), timeout_s)
-        with self._cv:
-            while self._shown is None:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise QrDisplayError("the display acknowledged QR_PAY but did not "
-                                         "report the QR shown", code="NO_ANSWER")
-                self._cv.wait(left)
-            shown = self._shown
-            self._min_attempt = max(self._min_attempt, shown.attempt)
+        shown = self._await_shown(end, "QR_PAY")
         try:
             qr = MerchantQr.from_payload(shown.payload)
         except EmvQrError as exc:
@@ -1100,6 +1184,61 @@ class QrDisplayDriver:
             raise QrDisplayError("the QR shown carries another order or amount",
                                  code="QR_MISMATCH")
         return shown
+
+    def _await_shown(self, end: float, request: str) -> QrShown:
+        """The QR_SHOWN the display reports after ``request`` was acknowledged, by
+        the monotonic time ``end`` (``NO_ANSWER`` otherwise)."""
+        with self._cv:
+            while self._shown is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise QrDisplayError(f"the display acknowledged {request} but did "
+                                         "not report the QR shown", code="NO_ANSWER")
+                self._cv.wait(left)
+            shown = self._shown
+            self._min_attempt = max(self._min_attempt, shown.attempt)
+        return shown
+
+    def show_qr(self, content: str, timeout_s: float = 3.0) -> QrShown:
+        """Have the display draw ``content`` — a wallet's code URL from a
+        merchant-presented order (SHOW_QR) — for the loaded order; returns the
+        QR_SHOWN, after checking that the display drew exactly that content for
+        this order and amount (``QR_MISMATCH`` otherwise). The payment's result is
+        the register's to learn (from the payment gateway) and to show
+        (:meth:`show_result`)."""
+        end = time.monotonic() + timeout_s
+        with self._cv:
+            pay = self._payment
+            if pay is None:
+                raise QrDisplayError("send_payment first", code="NO_PAYMENT_DATA")
+            self._shown = None
+            self._new_attempt(pay.order_no)
+        try:
+            msg = ShowQr(pay.order_no, content, pay.amount_minor, pay.currency)
+        except ProtocolError as exc:
+            raise QrDisplayError(f"SHOW_QR: {exc.message}", code=exc.code) from None
+        self._request(msg, timeout_s)
+        shown = self._await_shown(end, "SHOW_QR")
+        if (shown.payload, shown.amount_minor, shown.currency) != (
+                content, pay.amount_minor, pay.currency):
+            raise QrDisplayError("the display drew another QR than the one sent",
+                                 code="QR_MISMATCH")
+        return shown
+
+    def show_result(self, result: str, *, text: str = "", timeout_s: float = 2.0) -> None:
+        """Tell the shopper how the loaded order's payment ended (SHOW_RESULT:
+        ``result`` one of :data:`RESULTS`, ``text`` up to 40 characters); the
+        display takes the QR down. Raises :class:`QrDisplayError` (the NAK's code,
+        ``NO_ANSWER``; ``BAD_FIELD`` for a result or text the protocol refuses)."""
+        with self._cv:
+            pay = self._payment
+            if pay is None:
+                raise QrDisplayError("send_payment first", code="NO_PAYMENT_DATA")
+        try:
+            msg = ShowResult(pay.order_no, result, pay.amount_minor, pay.currency, text)
+        except ProtocolError as exc:
+            raise QrDisplayError(f"SHOW_RESULT: {exc.message}", code=exc.code) from None
+        self._request(msg, timeout_s)
 
     def wait_result(self, timeout_s: float) -> PayResult:
         """The final result of the loaded order (raises ``TIMEOUT``). Results of

@@ -70,6 +70,10 @@ TILL_CODES = {
                    "client (reason of a failed row)",
     "DECLINED:<code>": "the payment gateway's card charge failed with the bank's "
                        "decline code (reason of a failed row)",
+    "EXPIRED": "a wallet QR (wallet_pay) was not paid before it expired; the gateway "
+               "closed it at the wallet (reason of a cancelled row)",
+    "PAYMENT_MISMATCH": "the gateway's paid answer is for another order, amount or "
+                        "currency: never a sale (reason of a failed row)",
     "REVERSED": "the gateway answered with a charge that was reversed (reason of a "
                 "failed row)",
     "PAYMENT_UNKNOWN": "the gateway's answer to a card charge is not known yet; the "
@@ -555,6 +559,112 @@ class Register:
             raise TillError(f"cancel: {exc.message}", code=exc.code) from None
         return self._close(sale, result)
 
+    def wallet_pay(self, *, wallet: str | None = None, timeout_s: float | None = None,
+                   poll_every_s: float = 0.5) -> Sale:
+        """The cashier's "wallet QR": the open sale paid by the wallet's own
+        merchant-presented QR (WeChat Pay's native order, Alipay's precreate). Asks
+        the payment gateway for it (``pay.present``, ``wallet``: ``wechat`` or
+        ``alipay``, default the gateway's routing), has the display draw its code
+        URL (SHOW_QR), follows the gateway (``pay.status`` every ``poll_every_s``)
+        until the payment is final — the gateway learns it from the wallet's
+        notification or its own poll — then shows the result (SHOW_RESULT, the QR
+        comes down) and records the sale: ``paid`` (txn_ref: the wallet's
+        transaction id), ``cancelled`` (``EXPIRED``: not paid before the QR's
+        expiry; ``CANCELLED``: closed after ``timeout_s``), or ``failed``
+        (``DECLINED:<code>``). ``timeout_s`` (default: until the QR expires, plus
+        a poll): then the QR is closed at the wallet (``pay.present`` with
+        ``cancel``), which ends it paid if the shopper beat the close. Raises
+        :class:`TillError`: ``NO_PAYMENTS``, the gateway's refusal (``NO_ELIGIBLE_
+        CHANNEL``, ``NO_NOTIFY_URL``, …), ``PAYMENT_UNKNOWN`` (the gateway did not
+        answer: the sale stays open, call again: the same QR comes back)."""
+        sale = self._need_open()
+        if self.payments is None:
+            raise TillError("a wallet QR needs the payment gateway (payments=)",
+                            code="NO_PAYMENTS")
+        d = sale.data
+        fields = {"order_no": d.order_no, "amount_minor": d.amount_minor,
+                  "currency": d.currency, "terminal": self.terminal}
+        if wallet is not None:
+            fields["wallet"] = wallet
+        with self._cv:
+            sale.started = True
+        reply = self._gateway("pay.present", fields)
+        if reply.get("status") == "pending" and not reply.get("code_url"):
+            reply = self._gateway("pay.present", fields)      # asked again: same order
+        if reply.get("status") == "pending":
+            if not reply.get("code_url"):
+                raise TillError(f"order {d.order_no}: the wallet has not given a QR yet; "
+                                "ask again", code="PAYMENT_UNKNOWN")
+            try:
+                self.shown = self.driver.show_qr(reply["code_url"])
+            except QrDisplayError as exc:
+                # the QR is not up: close it at the wallet so nobody pays it unseen
+                reply = self._gateway("pay.present", dict(fields, cancel=True))
+                if reply.get("status") != "paid":
+                    self._finish(sale, "failed", exc.code, None, None, "qr")
+                    raise TillError(f"order {d.order_no}: the display did not show the "
+                                    f"wallet's QR ({exc.message})", code=exc.code) from None
+            else:
+                wait = timeout_s if timeout_s is not None else \
+                    max(0.0, float(reply.get("expires_at") or 0) - self.clock()) \
+                    + 2 * poll_every_s + 1.0
+                end = time.monotonic() + wait
+                while reply.get("status") == "pending":
+                    if time.monotonic() >= end:
+                        reply = self._gateway("pay.present", dict(fields, cancel=True))
+                        break
+                    time.sleep(poll_every_s)
+                    reply = self._gateway("pay.status", {"order_no": d.order_no})
+        return self._wallet_result(sale, reply)
+
+    def _gateway(self, op: str, fields: dict) -> dict:
+        """One gateway request, repeated with the same id while its answer is not
+        known (TIMEOUT and the like); a refusal is a :class:`TillError`."""
+        from lanecore.gateway.net.client import ServiceError
+        rid = self.payments.new_id()
+        end = time.monotonic() + self.charge_timeout_s
+        while True:
+            try:
+                return self.payments.call_with_id(rid, op, **fields)
+            except ServiceError as exc:
+                if exc.code not in _TRANSIENT:
+                    raise TillError(f"{op}: {exc}", code=exc.code) from None
+                if time.monotonic() >= end:
+                    raise TillError(f"{op}: the payment gateway did not answer ({exc})",
+                                    code="PAYMENT_UNKNOWN") from None
+            time.sleep(0.2)
+
+    def _wallet_result(self, sale: _Open, reply: dict) -> Sale:
+        """A wallet QR's final answer from the gateway: shown, then recorded."""
+        d = sale.data
+        status, code = reply.get("status"), reply.get("decline_code") or ""
+        if status == "pending":
+            raise TillError(f"order {d.order_no}: the wallet QR is not final yet",
+                            code="PAYMENT_UNKNOWN")
+        if status == "paid":
+            why = payment_mismatch(reply, d.order_no, d.amount_minor, d.currency)
+            if why is not None:
+                log.warning("order %s: the gateway's paid answer is not this sale's: %s",
+                            d.order_no, why)
+                shown, row = ("failed", "PAYMENT_MISMATCH"), (
+                    "failed", "PAYMENT_MISMATCH", reply.get("provider_ref"))
+            else:
+                shown, row = ("paid", ""), (
+                    "paid", None, reply.get("provider_ref") or reply.get("merchant_ref"))
+        elif code == "EXPIRED":
+            shown, row = ("expired", ""), ("cancelled", "EXPIRED", None)
+        elif code == "CANCELLED":
+            shown, row = ("cancelled", ""), ("cancelled", "CANCELLED", None)
+        else:
+            reason = "REVERSED" if status == "reversed" else f"DECLINED:{code}"
+            shown, row = ("failed", code[:40]), ("failed", reason, None)
+        try:
+            self.driver.show_result(shown[0], text=shown[1])
+        except QrDisplayError as exc:      # the sale stands; the screen is the display's
+            log.warning("order %s: the display did not take the result (%s)",
+                        d.order_no, exc.code)
+        return self._finish(sale, row[0], row[1], row[2], None, "qr")
+
     def charge_card(self, card: str, *, kind: str = "NFC") -> Sale:
         """A card token read by a reader on the register itself (seed 002's other
         wiring): the same as a token read at the display's reader (on
@@ -819,7 +929,9 @@ def run_commands(register: Register, lines: Iterable[str], out, *,
     """Run JSON commands, one per line, answering one JSON line each:
     ``{"op": "sell", "order_no", "lines"?, "total_minor", "currency"?}``,
     ``{"op": "qr_pay"}`` (answers ``payload``), ``{"op": "wait", "timeout_s"?}``,
-    ``{"op": "cancel"}``, ``{"op": "get", "order_no"}``, ``{"op": "status"}``.
+    ``{"op": "cancel"}``, ``{"op": "get", "order_no"}``, ``{"op": "status"}``,
+    ``{"op": "wallet_pay", "wallet"?, "timeout_s"?}`` (the wallet's own QR through
+    the payment gateway: :meth:`Register.wallet_pay`).
     Answers ``{"ok": true, "sale": {...}}`` or ``{"ok": false, "error": {code,
     message}}``. Returns the number of errors."""
     errors = 0
@@ -839,6 +951,9 @@ def run_commands(register: Register, lines: Iterable[str], out, *,
             elif op == "qr_pay":
                 shown = register.qr_pay()
                 ans = {"payload": shown.payload, "attempt": shown.attempt}
+            elif op == "wallet_pay":
+                ans = {"sale": register.wallet_pay(wallet=cmd.get("wallet"),
+                                                   timeout_s=cmd.get("timeout_s")).to_dict()}
             elif op == "wait":
                 ans = {"sale": register.wait_result(cmd.get("timeout_s", wait_s)).to_dict()}
             elif op == "cancel":

@@ -380,9 +380,9 @@ class Ledger:
                              (refund_ref,)).fetchone()
         return None if r is None else Refund(*r)
 
-    def day_rows(self, date: str) -> list[dict]:
+    def day_rows(self, date: str, utc_offset_s: int = 0) -> list[dict]:
         """:func:`day_rows` of this ledger."""
-        return day_rows(self.con, date)
+        return day_rows(self.con, date, utc_offset_s)
 
     def get(self, ref: str) -> Charge:
         row = self._row(ref)
@@ -575,12 +575,15 @@ def next_step(charge: Charge, now: float, policy: UnknownPolicy = UnknownPolicy(
     return NextStep("query", now)
 
 
-def day_rows(con: sqlite3.Connection, date: str) -> list[dict]:
-    """One UTC day's ledger rows as ``core.pay.recon.reconcile`` takes them: charges by
+def day_rows(con: sqlite3.Connection, date: str, utc_offset_s: int = 0) -> list[dict]:
+    """One day's ledger rows as ``core.pay.recon.reconcile`` takes them: charges by
     the day they were paid (else sent, else created) — the day the provider's bill
-    puts them on — and refunds by the day they were done (else created). ``con`` may
-    be read-only (``lanecore recon``)."""
+    puts them on — and refunds by the day they were done (else created). The day is
+    UTC's, or that of the zone ``utc_offset_s`` seconds ahead of UTC (a provider whose
+    bill days are China Standard Time: 28800). ``con`` may be read-only
+    (``lanecore recon``)."""
     start, end = day_bounds(date)
+    start, end = start - utc_offset_s, end - utc_offset_s
     rows = [dict(zip(("merchant_ref", "channel", "amount_minor", "currency", "state"), r))
             for r in con.execute(
                 "SELECT merchant_ref, channel, amount_minor, currency, state FROM charges "

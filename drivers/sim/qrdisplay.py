@@ -15,6 +15,11 @@ payment result the script decides. Script actions, besides the generic ones
 * ``delay S`` — results arrive S seconds after ``pay``/``fail``/``card``;
 * ``drop-acks N`` — the next N acknowledgements are lost on the line.
 
+SHOW_QR (the register's QR content: a wallet's code URL) is drawn as it is; while it
+is up, ``pay`` and ``fail`` do nothing (the shopper pays the wallet, and the result
+comes from the register: SHOW_RESULT, which takes the QR down and shows the result,
+kept in :attr:`QrDisplaySim.shown_result`).
+
 ``docs/drivers/qr-display.md`` documents the options and the protocol.
 """
 
@@ -26,7 +31,8 @@ import time
 from lanecore.core.pay.emvqr import MerchantQr, qr_text
 from lanecore.drivers.qrdisplay import (REASONS, Cancel, CardRead, Command,
                                         DisplayProtocol, DisplayStatus, PayResult,
-                                        PaymentData, QrPay, QrShown, StatusRequest)
+                                        PaymentData, QrPay, QrShown, ShowQr, ShowResult,
+                                        StatusRequest)
 from lanecore.drivers.sim import ScriptedDevice, ScriptError, float_arg
 
 HELP = "customer QR display: payment data in, EMV payment QR shown, result out"
@@ -67,6 +73,11 @@ class QrDisplaySim(ScriptedDevice):
         self.payment: PaymentData | None = None
         self.payload: str | None = None          # the QR on the screen
         self.last_result: PayResult | None = None
+        #: the QR on the screen is the register's (SHOW_QR: a wallet's code URL); its
+        #: result comes from the register (SHOW_RESULT), not from the shopper here
+        self.register_qr = False
+        #: the last SHOW_RESULT on the screen (None: none since the order was loaded)
+        self.shown_result: ShowResult | None = None
         self.attempt = 0
         self.payments_started = 0                # attempts begun (tests count these)
         self.commands: list = []                 # every command acted on
@@ -112,7 +123,10 @@ class QrDisplaySim(ScriptedDevice):
                 self.proto.reject(cmd, "ORDER_DONE", f"order {msg.order_no} is paid")
             else:
                 self.payment, self.payload, self.state = msg, None, "DATA_LOADED"
+                self.register_qr, self.shown_result = False, None
                 self._accept(cmd)
+        elif isinstance(msg, (ShowQr, ShowResult)):
+            self._register_says(cmd, msg, busy, done, now)
         elif isinstance(msg, (QrPay, Cancel)):
             if self.payment is None:
                 self.proto.reject(cmd, "NO_PAYMENT_DATA")
@@ -138,6 +152,47 @@ class QrDisplaySim(ScriptedDevice):
                                         self.payment.amount_minor, self.payment.currency,
                                         self.attempt), now)
 
+    def _register_says(self, cmd: Command, msg, busy: bool, done: bool, now: float) -> None:
+        """SHOW_QR (draw the register's QR content) and SHOW_RESULT (the payment's
+        end, as the register learnt it from the payment gateway: the QR comes down)."""
+        p = self.payment
+        if p is None:
+            self.proto.reject(cmd, "NO_PAYMENT_DATA")
+        elif msg.order_no != p.order_no:
+            self.proto.reject(cmd, "ORDER_MISMATCH", f"order {p.order_no} is loaded, not "
+                                                     f"{msg.order_no}")
+        elif (msg.amount_minor, msg.currency) != (p.amount_minor, p.currency):
+            self.proto.reject(cmd, "AMOUNT_MISMATCH", f"order {p.order_no} is "
+                                                      f"{p.amount_minor} {p.currency}")
+        elif isinstance(msg, ShowQr):
+            if done:
+                self.proto.reject(cmd, "ORDER_DONE", f"order {msg.order_no} is paid")
+                return
+            self._accept(cmd)
+            if not (busy and self.register_qr and self.payload == msg.content):
+                self.attempt += 1             # the same content again: the same attempt
+                self.payments_started += 1
+            self.payload, self.register_qr, self.shown_result = msg.content, True, None
+            self.state = "SHOWING_QR"
+            self._pending = None
+            self._shown_at = now
+            self._print_qr()
+            self.proto.send(QrShown(p.order_no, self.payload, p.amount_minor, p.currency,
+                                    self.attempt), now)
+        else:
+            if done and msg.result != "paid":
+                self.proto.reject(cmd, "ORDER_DONE", f"order {msg.order_no} is paid")
+                return
+            self._accept(cmd)
+            self.payload, self.shown_result, self.state = None, msg, "RESULT"
+            self._pending = None
+            if msg.result == "paid":
+                self._paid[msg.order_no] = None
+                if len(self._paid) > 1000:
+                    del self._paid[next(iter(self._paid))]
+            self._say(f"result: {msg.result.upper()} {msg.amount_minor} {msg.currency} "
+                      f"order {msg.order_no}{'  ' + msg.text if msg.text else ''}")
+
     def _start_attempt(self, now: float) -> None:
         p = self.payment
         self.attempt += 1
@@ -148,6 +203,7 @@ class QrDisplaySim(ScriptedDevice):
             device_id=self.device_id, hardware_serial=self.serial,
             merchant_gui=self.merchant_gui, merchant_id=self.merchant_id,
             country=self.country, store_name_local=self.store_name_local).to_payload()
+        self.register_qr, self.shown_result = False, None
         self.state = "SHOWING_QR"
         self._pending = None
         self._shown_at = now
@@ -188,6 +244,7 @@ class QrDisplaySim(ScriptedDevice):
         with self._lock:
             self.proto.poll(now)
             if (self.auto_pay_s is not None and self.state == "SHOWING_QR"
+                    and not self.register_qr
                     and self._pending is None and now - self._shown_at >= self.auto_pay_s):
                 self._schedule(self._result(True, paid=self.payment.amount_minor))
             if self._pending is not None and now >= self._pending[0]:
@@ -214,6 +271,12 @@ class QrDisplaySim(ScriptedDevice):
 
     def _do(self, action: str, args: tuple) -> None:
         in_progress = self.state in ("SHOWING_QR", "PAYING")
+        if action in ("pay", "fail") and in_progress and self.register_qr:
+            # the wallet's own QR: the shopper pays the wallet, and the register
+            # learns it from the payment gateway and says so with SHOW_RESULT
+            self._say(f"{action}: the QR shown is the register's; its result comes "
+                      "from the register")
+            return
         if action == "scan":
             if self.state == "SHOWING_QR":
                 self.state = "PAYING"

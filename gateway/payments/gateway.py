@@ -10,7 +10,8 @@ and nothing is taken twice or lost.
 Configuration: ``DATA_DIR/payments.toml`` (``docs/pay/payments.md``): the channels with
 their routing fields (``core/pay/routing.py``) plus ``endpoint`` and ``timeout_s`` of
 their provider; the ``[policy]`` for unknown results; the ``[qr]`` merchant for
-``pay.qr``.
+``pay.qr``; ``[notify]`` for ``pay.present`` (a wallet's own merchant-presented QR
+and the listener for its notifications, ``gateway/payments/notify.py``).
 
 **Group commit.** Served from its socket, the gateway handles the charges in flight
 together: each loop turn admits the new ``pay.charge`` requests (checks, limits and
@@ -174,6 +175,7 @@ OP_ROLES = {
     "pay.refund": roles("till", "pos", "coupons", "manager"),
     "recon.run": roles("manager", "hq"),
     "pay.qr": roles("handheld", "kiosk", "till", "pos"),
+    "pay.present": roles("handheld", "kiosk", "till", "pos"),
     "pay.list": _PAYING | roles("attendant", "manager", "hq"),
     "pay.receipt": _PAYING,
     "sv.open": roles("till", "pos", "manager"),
@@ -208,7 +210,7 @@ class PaymentGateway(OpServer):
         self.data_dir = resolve_data_dir(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = load_payments_config(self.data_dir)
-        unknown = set(config) - {"channels", "policy", "qr", "pos", "receipt"}
+        unknown = set(config) - {"channels", "policy", "qr", "pos", "receipt", "notify"}
         if unknown:
             raise PaymentConfigError(f"{CONFIG_FILE}: unknown section(s) {sorted(unknown)}")
         self.clock = clock
@@ -266,6 +268,7 @@ class PaymentGateway(OpServer):
         except TypeError as exc:
             raise PaymentConfigError(f"{CONFIG_FILE} [policy]: {exc}") from exc
         self.qr = dict(config.get("qr", {}))
+        self._init_present(config.get("notify"))     # dynamic QR: [notify]
         pos = dict(config.get("pos", {}))
         unknown = set(pos) - {"auth", "max_skew_s"}
         if unknown or pos.get("auth", "off") not in ("off", "hmac"):
@@ -479,6 +482,14 @@ class PaymentGateway(OpServer):
             ("pay.qr", self.op_qr,
              {"order_no": Field("str", min=1, max=25), "amount_minor": money,
               "currency": ccy, "terminal": NAME}, PURE),
+            ("pay.present", self.op_present,
+             {"order_no": Field("str", min=1, max=56), "amount_minor": money,
+              "currency": ccy, "terminal": NAME,
+              "wallet": Field("str", required=False, choices=("wechat", "alipay",
+                                                              "unionpay")),
+              "channel": Field("str", required=False, min=1, max=64),
+              "cancel": Field("bool", required=False),
+              "lines": Field("list", required=False, max=200)}, PURE),
             ("pay.list", self.op_list,
              {"date": Field("str", required=False, min=10, max=10),
               "terminal": Field("str", required=False, max=32)}, PURE),
@@ -821,7 +832,8 @@ class PaymentGateway(OpServer):
             states[state] = n
         return {"uptime_s": round(time.monotonic() - self.started, 3),
                 "requests": dict(self.counts), "errors": dict(self.errors),
-                "replays": self.replays, "charges": states}
+                "replays": self.replays, "charges": states,
+                "notify": None if self.notifier is None else dict(self.notifier.counts)}
 
     # ------------------------------------------------------------------------------
     def _maybe_crash(self, point: str) -> None:
@@ -1340,6 +1352,10 @@ class PaymentGateway(OpServer):
         last = self._last_query.get(charge.merchant_ref)
         step = next_step(charge, now, self.policy, last_query_at=None if force else last)
         ref = charge.merchant_ref
+        if charge.method == "qr":
+            presented = self._presented(ref)
+            if presented is not None:         # a presented QR: its own expiry (below)
+                return self._drive_present(charge, presented, force=force)
         if step.action == "fail":
             return self.ledger.move(ref, L.FAILED, reason="NOT_SENT")
         if step.action == "wait" or step.at > now:
@@ -1472,7 +1488,7 @@ class PaymentGateway(OpServer):
     def io_sockets(self):
         if self._io is None:
             self._io = tuple(c.async_socket() for c in self.connectors.values())
-        return self._io
+        return self._io + self._notify_fds()
 
     def io_ready(self) -> bool:
         return bool(self._new or self._ready or self._arrived)
@@ -1480,6 +1496,8 @@ class PaymentGateway(OpServer):
     def on_io(self, send) -> None:
         """Take the providers' answers (and the requests past their deadline); when
         there is anything to do, one turn."""
+        if self.notifier is not None:
+            self._take_notifications()       # the wallets' notifications (dynamic QR)
         if self._io is not None:
             self._collect()
         if self._new or self._ready or self._arrived:
@@ -1927,14 +1945,18 @@ class PaymentGateway(OpServer):
                 "_final": status != "pending"}
 
     def op_recon(self, f) -> dict:
-        """Reconcile one UTC day: the ledger against every provider channel's bill.
-        Each bill's text comes over the provider link (``Connector.bill``: in the
-        reply, or in parts) and is written to ``DATA_DIR/bills/CHANNEL-DATE.csv``;
-        the bill read is that file. A path the provider names is never opened."""
+        """Reconcile one day: the ledger against every provider channel's bill. The
+        day is the provider's bill day (``Connector.bill_utc_offset_s``: UTC's, or
+        China Standard Time's for WeChat Pay and Alipay), and the ledger's rows of that
+        channel are that same day's; cash and stored value: the UTC day. Each bill
+        comes over the provider link (``Connector.bill``) and is written to
+        ``DATA_DIR/bills/CHANNEL-DATE.<suffix>`` in the provider's own format; the bill
+        read is that file. A path the provider names is never opened."""
         from lanecore.core.config import private_dir, write_private
         from lanecore.core.pay import recon
         date = recon.check_date(f["date"])
         bills, channels, missing = [], [], []
+        offsets: dict[str, int] = {}          # channel → its bill day's offset from UTC
         bill_dir = private_dir(self.data_dir / BILLS_DIR)
         for name, conn in self.connectors.items():
             try:
@@ -1958,8 +1980,12 @@ class PaymentGateway(OpServer):
                 write_private(bill_dir / f"{name}-{date}.csv",
                               recon.bill_csv(rows).encode("utf-8"))
             channels.append(name)
+            offsets[name] = conn.bill_utc_offset_s
             bills.extend(rows)
         day = self.ledger.day_rows(date)
+        days = {0: day}
+        for off in set(offsets.values()) - {0}:
+            days[off] = self.ledger.day_rows(date, off)
         local = []          # cash, stored value: their bill is the gateway's own record
         for ch in self.router.channels:
             if ch.kind in LOCAL_KINDS:
@@ -1973,10 +1999,305 @@ class PaymentGateway(OpServer):
                         continue
                 local.append(ch.name)
                 bills.extend(local_bill(day, ch.kind, ch.name, con))
-        rows = [r for r in day if r["channel"] in channels or r["channel"] in local]
+        rows = [r for r in day if r["channel"] in local]
+        rows += [r for off, d in days.items() for r in d
+                 if offsets.get(r["channel"], -1) == off]
         report = recon.reconcile(rows, bills, channels=channels + local)
         return {"date": date, "channels": channels, "local": local, "no_bill": missing,
                 **report.to_dict()}
+
+    # ------------------------------------------------------------------------------
+    # Dynamic QR: the wallet's own merchant-presented QR (gateway/payments/notify.py)
+    # ------------------------------------------------------------------------------
+    def _init_present(self, table) -> None:
+        """``[notify]`` read and the ``presented_qr`` table made (at start-up)."""
+        from lanecore.gateway.payments import notify as N
+        try:
+            self.notify_cfg = N.parse_config(table, self.data_dir)
+        except N.NotifyConfigError as exc:
+            raise PaymentConfigError(exc.message, code=exc.code) from exc
+        for stmt in N.PRESENT_SCHEMA:
+            self.ledger.con.execute(stmt)
+        #: the notification listener (started with the loop, :meth:`start_notify`)
+        self.notifier = None
+
+    def start_notify(self):
+        """Start the notification listener of ``[notify] bind`` (once); it is also
+        started by the served loop (:meth:`io_sockets`). Returns it."""
+        from lanecore.gateway.payments.notify import NotifyListener
+        if self.notifier is None:
+            if self.notify_cfg is None or self.notify_cfg.bind is None:
+                raise PaymentConfigError(f"{CONFIG_FILE} [notify] has no bind: no "
+                                         "notification listener here")
+            self.notifier = NotifyListener(self.connectors, self.notify_cfg).start()
+        return self.notifier
+
+    def stop_notify(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier = None
+
+    def _notify_fds(self) -> tuple:
+        cfg = self.notify_cfg
+        if self.notifier is None and cfg is not None and cfg.bind is not None:
+            self.start_notify()
+        return () if self.notifier is None else (self.notifier.fileno(),)
+
+    def _presented(self, ref: str) -> dict | None:
+        row = self.con.execute("SELECT merchant_ref, channel, code_url, notify_url, "
+                               "expires_at, created_at, closed_at, source FROM presented_qr "
+                               "WHERE merchant_ref = ?", (ref,)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("merchant_ref", "channel", "code_url", "notify_url", "expires_at",
+                         "created_at", "closed_at", "source"), row))
+
+    def op_present(self, f) -> dict:
+        """A merchant-presented QR from the wallet (its native order / precreate) for
+        ``order_no``: routed like a charge of method ``qr`` to a channel whose
+        connector can ``precreate`` (``wallet``: of that kind; ``channel``: that
+        one), written to the ledger and marked ``sent`` before the wallet is asked
+        (write-ahead). Answers the payment object with ``code_url`` (what the shopper
+        scans) and ``expires_at``; asked again, the same QR (never a second wallet
+        order); paid, the payment. ``cancel: true``: close the order's pending QR at
+        the wallet (``failed``, reason ``CANCELLED``) — or, paid first, the payment."""
+        order_no = f["order_no"]
+        if self.caller is not None:
+            self._terminal_for(f)        # FORBIDDEN: in another terminal's name
+        if self.notify_cfg is None:
+            raise LanecoreError(f"{CONFIG_FILE} has no [notify] public_url: the wallet "
+                                "needs a notify URL for a presented QR",
+                                code="NO_NOTIFY_URL")
+        scope = self._scope()
+        terms = dict(f, method="qr")
+        attempts = self.ledger.attempts(order_no, scope=scope)
+        if f.get("cancel"):
+            return self._present_cancel(order_no, attempts, terms)
+        paid = [c for c in attempts if c.state == L.PAID]
+        if paid:
+            self._same_terms(order_no, paid[-1], terms)
+            return self._present_reply(order_no, paid[-1])
+        open_ = [c for c in attempts if not c.final]
+        if open_:
+            self._same_terms(order_no, open_[-1], terms)     # a card charge: MISMATCH
+            return self._present_reply(order_no, self._precreate(open_[-1]))
+        self._check_terminal_limits(terms)
+        req = PaymentRequest(f["amount_minor"], f["currency"], "qr", f["terminal"])
+        lines = self._charge_lines(f)
+        reasons, chosen = {}, None
+        for ch, why in self.router.explain(req, self._usage()):
+            conn = self.connectors.get(ch.name)
+            if why is None and not callable(getattr(conn, "precreate", None)):
+                why = "NO_PRESENTED_QR"         # its connector cannot make one
+            elif why is None and (f.get("channel") not in (None, ch.name)
+                                  or f.get("wallet") not in (None, ch.kind)):
+                why = "NOT_ASKED"
+            reasons[ch.name] = why
+            if why is None and chosen is None:
+                chosen = ch
+        if chosen is None:
+            raise NoEligibleChannel(reasons)
+        attempt = self.ledger.last_attempt(order_no) + 1
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            charge, _ = self.ledger.create(order_no, attempt, f["amount_minor"],
+                                           f["currency"], "qr", chosen.name, f["terminal"],
+                                           scope=scope, lines=lines, sent=True)
+            now = self.clock()
+            con.execute("INSERT INTO presented_qr (merchant_ref, channel, notify_url, "
+                        "expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (charge.merchant_ref, chosen.name,
+                         self.notify_cfg.notify_url(chosen.name),
+                         now + self.notify_cfg.expire_s, now))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+                self._usage_day = None
+            raise
+        self._maybe_crash("after_ledger")
+        return self._present_reply(order_no, self._precreate(charge))
+
+    def _precreate(self, charge: L.Charge) -> L.Charge:
+        """Ask the wallet for the order's QR when the gateway has none yet (a first
+        request, or one whose answer was lost: the same ``merchant_ref``, which the
+        wallet answers with the same order). Expired, or final: nothing is asked."""
+        ref = charge.merchant_ref
+        row = self._presented(ref)
+        if row is None or row["code_url"] or charge.final \
+                or self.clock() >= row["expires_at"]:
+            return charge
+        conn = self.connectors.get(charge.channel)
+        if conn is None or not callable(getattr(conn, "precreate", None)):
+            return charge
+        subject = f"{self.receipt_cfg['store_name']} {charge.order_no}"[:64]
+        try:
+            res = conn.precreate(ref, charge.amount_minor, charge.currency,
+                                 subject=subject, notify_url=row["notify_url"])
+        except ProviderError as exc:
+            if charge.state == L.SENT:           # refused before it was sent
+                self._present_final(self.ledger.move(ref, L.FAILED, reason=exc.code,
+                                                     detail=exc.message), "precreate")
+            raise
+        self._maybe_crash("after_provider")
+        if res.code_url:
+            self.con.execute("UPDATE presented_qr SET code_url = ? WHERE merchant_ref = ?",
+                             (res.code_url, ref))
+        return self._present_apply(charge, res, "precreate")
+
+    def _present_apply(self, charge: L.Charge, res, source: str) -> L.Charge:
+        """A wallet's word on a presented QR — the precreate's answer, a poll, a
+        notification — into the ledger, in the gateway's one loop thread. The first
+        ``paid`` moves the charge; a second finds it paid and changes nothing. A
+        ``paid`` for a charge the ledger already ended otherwise (expired, cancelled)
+        is a late result: not recorded, the money given back (:meth:`_present_late`)."""
+        ref = charge.merchant_ref
+        if charge.final:
+            if res.status == "paid" and charge.state != L.PAID:
+                self._present_late(charge, res, source)
+            return charge
+        if res.status == "paid":
+            if res.paid_minor and res.paid_minor != charge.amount_minor:
+                log.error("presented QR %s: the wallet says %d paid, the order is %d: not "
+                          "recorded", ref, res.paid_minor, charge.amount_minor)
+                raise LanecoreError(f"{ref}: paid {res.paid_minor}, not "
+                                    f"{charge.amount_minor}", code="AMOUNT_MISMATCH")
+            return self._present_final(self._apply(charge, res), source)
+        if res.status in ("failed", "reversed"):
+            # the shopper cancelled in the wallet, or the wallet closed the order:
+            # nothing was taken
+            reason = res.decline_code or ("ORDERCLOSED" if res.status == "reversed"
+                                          else "DECLINED")
+            return self._present_final(self.ledger.move(ref, L.FAILED, reason=reason,
+                                                        detail=res.message or None), source)
+        # waiting for the shopper (USERPAYING), or not known yet
+        if charge.state == L.SENT:
+            return self.ledger.move(ref, L.UNKNOWN, reason=res.decline_code or "USERPAYING")
+        if source == "poll":
+            return self.ledger.move(ref, L.QUERIED)
+        return charge
+
+    def _present_final(self, charge: L.Charge, source: str) -> L.Charge:
+        """A presented QR's final state: which path got there first, and the event."""
+        if charge.final:
+            self.con.execute("UPDATE presented_qr SET source = COALESCE(source, ?) "
+                             "WHERE merchant_ref = ?", (source, charge.merchant_ref))
+            status = {L.PAID: "paid", L.FAILED: "failed", L.REVERSED: "reversed"}[
+                charge.state]
+            self.publish("payment", {"order_no": charge.order_no, "status": status,
+                                     "merchant_ref": charge.merchant_ref,
+                                     "channel": charge.channel, "method": "qr",
+                                     "amount_minor": charge.amount_minor,
+                                     "currency": charge.currency,
+                                     "reason": charge.reason, "source": source})
+        return charge
+
+    def _present_late(self, charge: L.Charge, res, source: str) -> None:
+        """A ``paid`` for a presented QR the ledger ended unpaid (expired or
+        cancelled, and its close did not stop the payment): the ledger is not
+        changed — the till was told the order is not paid — and the trade is
+        reversed at the wallet, so the shopper gets the money back."""
+        self.present_late += 1
+        log.error("presented QR %s: a late paid (%s) after it ended %s (%s): reversing "
+                  "it at the wallet", charge.merchant_ref, source, charge.state,
+                  charge.reason)
+        conn = self.connectors.get(charge.channel)
+        if conn is not None:
+            back = conn.reverse(charge.merchant_ref)
+            if back.status != "reversed":
+                log.error("presented QR %s: the reversal is %s; reconciliation shows it",
+                          charge.merchant_ref, back.status)
+
+    present_late = 0
+
+    def _drive_present(self, charge: L.Charge, row: dict, *, force: bool) -> L.Charge:
+        """One step for an open presented QR (from :meth:`drive`): polled every
+        ``[policy] poll_every_s`` until its ``expires_at``; then asked once more and,
+        still unpaid, closed at the wallet — ``failed`` with reason ``EXPIRED``
+        (a close the wallet answers ``paid``: the payment it is)."""
+        ref = charge.merchant_ref
+        if charge.state == L.CREATED:
+            return self.ledger.move(ref, L.FAILED, reason="NOT_SENT")
+        conn = self.connectors.get(charge.channel)
+        if conn is None:
+            return charge
+        now = self.clock()
+        expired = now >= row["expires_at"]
+        last = self._last_query.get(ref)
+        if not (force or expired or last is None or now - last >= self.policy.poll_every_s):
+            return charge
+        self._last_query[ref] = now
+        res = conn.query(ref)
+        if res.status in ("paid", "failed", "reversed") or not expired:
+            charge = self._present_apply(charge, res, "poll")
+            if charge.final or not expired:
+                return charge
+        close = getattr(conn, "close_order", None) or conn.reverse
+        res = close(ref)
+        if res.status == "paid":                 # paid before the close: a sale
+            return self._present_apply(charge, res, "poll")
+        if res.status not in ("reversed", "not_found", "failed"):
+            return charge                        # not known: closed on the next pass
+        self.con.execute("UPDATE presented_qr SET closed_at = ? WHERE merchant_ref = ?",
+                         (now, ref))
+        return self._present_final(self.ledger.move(ref, L.FAILED, reason="EXPIRED"),
+                                   "expiry")
+
+    def _present_cancel(self, order_no: str, attempts: list, terms: dict) -> dict:
+        """``pay.present`` with ``cancel``: the open presented QR asked about once
+        more, then closed at the wallet (``failed``, ``CANCELLED``)."""
+        if not attempts:
+            raise LanecoreError(f"no payment for order {order_no}", code="UNKNOWN_ORDER")
+        open_ = [c for c in attempts if not c.final and self._presented(c.merchant_ref)]
+        if not open_:
+            paid = [c for c in attempts if c.state == L.PAID]
+            return self._present_reply(order_no, paid[-1] if paid else attempts[-1])
+        charge = open_[-1]
+        self._same_terms(order_no, charge, terms)
+        conn = self.connectors.get(charge.channel)
+        ref = charge.merchant_ref
+        charge = self._present_apply(charge, conn.query(ref), "poll")
+        if not charge.final:
+            close = getattr(conn, "close_order", None) or conn.reverse
+            res = close(ref)
+            if res.status == "paid":
+                charge = self._present_apply(charge, res, "poll")
+            elif res.status in ("reversed", "not_found", "failed"):
+                self.con.execute("UPDATE presented_qr SET closed_at = ? WHERE "
+                                 "merchant_ref = ?", (self.clock(), ref))
+                charge = self._present_final(
+                    self.ledger.move(ref, L.FAILED, reason="CANCELLED"), "cancel")
+        return self._present_reply(order_no, charge)
+
+    def _present_reply(self, order_no: str, charge: L.Charge) -> dict:
+        out = self._reply_map(order_no, charge)
+        out.pop("_final")
+        row = self._presented(charge.merchant_ref)
+        out["code_url"] = row["code_url"] if row else None
+        out["expires_at"] = row["expires_at"] if row else None
+        out["reason"] = charge.reason if out["status"] != "paid" else None
+        return out
+
+    def _take_notifications(self) -> None:
+        """The verified notifications the listener queued, into the ledger (the
+        loop's thread); each told whether it is recorded (its acknowledgement)."""
+        for a in self.notifier.take():
+            try:
+                charge = self.ledger.get(a.result.merchant_ref)
+                if charge.channel != a.channel or self._presented(charge.merchant_ref) \
+                        is None:
+                    log.warning("notification on %s for %s, which is not a presented QR "
+                                "of that channel: not recorded", a.channel,
+                                a.result.merchant_ref)
+                    continue
+                self._present_apply(charge, a.result, "notify")
+                a.recorded = True
+            except Exception as exc:
+                log.warning("notification for %s not recorded: %s", a.result.merchant_ref,
+                            getattr(exc, "code", type(exc).__name__))
+            finally:
+                a.done.set()
 
     def op_qr(self, f) -> dict:
         """A dynamic merchant-presented QR for the amount (EMVCo MPM)."""
@@ -1987,6 +2308,17 @@ class PaymentGateway(OpServer):
         payload = emvqr.build_mpm(currency=currency, amount_minor=f["amount_minor"],
                                   bill=f["order_no"], terminal=f["terminal"], **self.qr)
         return {"payload": payload}
+
+
+def bill_utc_offset(protocol) -> int:
+    """The offset from UTC (seconds) of the bill days of a channel speaking
+    ``protocol``: its connector module's ``BILL_UTC_OFFSET_S`` (WeChat Pay and Alipay:
+    China Standard Time, 28800); 0 (UTC days) for lanecore's link and ISO 8583."""
+    if protocol not in PROTOCOL_KIND or protocol == "iso8583":
+        return 0
+    import importlib
+    module = importlib.import_module(f"lanecore.gateway.payments.{PROTOCOL_KIND[protocol][1]}")
+    return int(getattr(module, "BILL_UTC_OFFSET_S", 0))
 
 
 def local_bill(day_rows: list, kind: str, channel: str, con) -> list:

@@ -26,6 +26,7 @@ import http.client
 import ipaddress
 import itertools
 import logging
+import secrets
 import socket
 import socketserver
 import ssl
@@ -43,7 +44,7 @@ from lanecore.core.config import check_private, write_private
 from lanecore.gateway.payments.providers import Connector, ProviderError, ProviderResult
 
 __all__ = ["TestPki", "make_test_pki", "issue_client_cert", "server_context",
-           "client_context", "read_key_file", "HttpReply", "HttpsClient",
+           "client_context", "trust_context", "post_url", "read_key_file", "parse_bind", "HttpReply", "HttpsClient",
            "ThreadedConnector", "NoAnswer", "SimHttpsServer", "Notifier", "resolve_path"]
 
 log = logging.getLogger("lanecore.httpapi")
@@ -83,7 +84,11 @@ def _cert(subject_cn: str, public_key, issuer_cn: str, issuer_key, *, ca: bool,
          .serial_number(x509.random_serial_number())
          .not_valid_before(now - _dt.timedelta(minutes=5))
          .not_valid_after(now + _dt.timedelta(days=days))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
+                        critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+             issuer_key.public_key()), critical=False))
     if ca:
         b = b.add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True,
@@ -117,10 +122,12 @@ def make_test_pki(directory, hosts=("127.0.0.1", "localhost", "::1")) -> TestPki
             and (d / "ca.key").exists():
         return pki
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("lanecore test CA", ca_key.public_key(), "lanecore test CA", ca_key, ca=True)
+    # each test CA its own name (and key identifiers): a client trusting two of them
+    # finds the right issuer
+    name = f"lanecore test CA {secrets.token_hex(4)}"
+    ca = _cert(name, ca_key.public_key(), name, ca_key, ca=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert(hosts[0], key.public_key(), "lanecore test CA", ca_key, ca=False,
-                 hosts=hosts)
+    cert = _cert(hosts[0], key.public_key(), name, ca_key, ca=False, hosts=hosts)
     write_private(d / "ca.key", _key_pem(ca_key))
     write_private(pki.key_file, _key_pem(key))
     write_private(pki.cert_file, cert.public_bytes(serialization.Encoding.PEM))
@@ -167,6 +174,19 @@ def client_context(ca_file=None, cert_file=None, key_file=None) -> ssl.SSLContex
     if cert_file is not None:
         ctx.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
     return ctx
+
+
+def parse_bind(text, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT`` (or ``tcp://HOST:PORT``; ``[::1]:PORT`` for IPv6; PORT ``0`` or
+    ``*``: a free one) as ``(host, port)``. ProviderError ``BAD_ADDRESS`` for
+    anything else."""
+    raw = text.removeprefix("tcp://") if isinstance(text, str) else ""
+    host, sep, port = raw.rpartition(":")
+    port = "0" if port == "*" else port
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ProviderError(f"an address is HOST:PORT with PORT 0-65535, got {text!r:.60}",
+                            code="BAD_ADDRESS")
+    return host.strip("[]") or default_host, int(port)
 
 
 def resolve_path(value, base: Path, what: str) -> Path:
@@ -245,7 +265,8 @@ class HttpsClient:
             resp = conn.getresponse()
             length = resp.getheader("content-length")
             if length is not None and int(length) > MAX_BODY:
-                log.warning("%s %s: a %s-byte answer refused", method, target, length)
+                log.warning("%s %s: a %s-byte answer refused", method,
+                            target.partition("?")[0], length)
                 return None
             data = resp.read(MAX_BODY + 1)
             if len(data) > MAX_BODY:
@@ -253,14 +274,51 @@ class HttpsClient:
             return HttpReply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
         except ssl.SSLCertVerificationError as exc:
             log.warning("%s %s: the server's certificate does not verify: %s", method,
-                        target, exc.verify_message)
+                        target.partition("?")[0], exc.verify_message)
             return None
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            log.warning("%s %s%s: no answer (%s)", method, self.base_url, target,
-                        type(exc).__name__)
+            log.warning("%s %s%s: no answer (%s)", method, self.base_url,
+                        target.partition("?")[0], type(exc).__name__)
             return None
         finally:
             conn.close()
+
+
+def trust_context(*ca_files) -> ssl.SSLContext:
+    """A verifying client context that trusts the system's authorities and every CA
+    file given (None ones skipped): what a provider's notifier trusts for a
+    merchant's notify URL."""
+    ctx = client_context()
+    for f in ca_files:
+        if f:
+            ctx.load_verify_locations(str(f))
+    return ctx
+
+
+def post_url(url: str, body: bytes, headers: dict, *, context: ssl.SSLContext,
+             timeout_s: float = 5.0) -> HttpReply | None:
+    """POST ``body`` to ``url`` (``https``, or ``http`` as the providers allow for
+    notify URLs), the answer's first 64 KiB; None when none came (a notifier then
+    tries again on its schedule)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=timeout_s,
+                                           context=context)
+    elif u.scheme == "http":
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout_s)
+    else:
+        return None
+    try:
+        conn.request("POST", (u.path or "/") + (f"?{u.query}" if u.query else ""),
+                     body=body, headers=headers)
+        resp = conn.getresponse()
+        return HttpReply(resp.status, {k.lower(): v for k, v in resp.getheaders()},
+                         resp.read(1 << 16))
+    except (OSError, http.client.HTTPException) as exc:
+        log.info("notification to %s: %s", u.netloc, type(exc).__name__)
+        return None
+    finally:
+        conn.close()
 
 
 # -- the gateway's non-blocking path -----------------------------------------------------

@@ -261,6 +261,9 @@ class Connector:
     be taken for the next request's."""
 
     kind = ""
+    #: the provider's bill days: UTC's (0), or a zone this many seconds ahead of UTC
+    #: (WeChat Pay's and Alipay's bills are China Standard Time days: 28800)
+    bill_utc_offset_s = 0
 
     def __init__(self, endpoint: str, kind: str, *, timeout_s: float = 5.0,
                  context: zmq.Context | None = None, curve=None) -> None:

@@ -43,7 +43,8 @@ from pathlib import Path
 
 from lanecore.core.sqltxn import private_database
 from lanecore.gateway.payments import iso8583 as M
-from lanecore.gateway.payments.providers import luhn_ok, mask_pan
+from lanecore.gateway.payments.httpapi import parse_bind
+from lanecore.gateway.payments.providers import ProviderError, luhn_ok, mask_pan
 from lanecore.gateway.sim.provider import pin_from_block
 
 #: Test cards (Luhn-valid): PAN → the response code the host gives them.
@@ -256,12 +257,6 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-def parse_bind(bind: str) -> tuple[str, int]:
-    text = bind.removeprefix("tcp://")
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", 0 if port in ("*", "") else int(port)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lanecore sim provider --kind acquirer",
@@ -314,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         addr = parse_bind(opts.bind)
     except ValueError as exc:
         print(f"lanecore: BAD_FIELD: {exc}", file=sys.stderr)
+        return 2
+    except ProviderError as exc:
+        print(f"lanecore: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
     server = _Server(addr, _Handler)
     server.acquirer = host

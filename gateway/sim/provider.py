@@ -216,7 +216,9 @@ class Provider:
     processed)."""
 
     def __init__(self, kind: str, data_dir: str | os.PathLike, behaviour: Behaviour, *,
-                 synchronous: str = "FULL", clock=time.time) -> None:
+                 synchronous: str = "FULL", clock=time.time, shared: bool = False) -> None:
+        """``shared``: the database connection may be used from other threads than
+        this one — one at a time, under the caller's lock (an HTTPS front's)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         behaviour.check(kind)
@@ -230,7 +232,8 @@ class Provider:
         self.counts = {op: 0 for op in _SCHEMAS}
         self.unanswered = 0
         private_database(self.data_dir / f"{kind}.sqlite")
-        self.con = sqlite3.connect(self.data_dir / f"{kind}.sqlite", isolation_level=None)
+        self.con = sqlite3.connect(self.data_dir / f"{kind}.sqlite", isolation_level=None,
+                                   check_same_thread=not shared)
         self.con.execute("PRAGMA journal_mode = WAL")
         self.con.execute(f"PRAGMA synchronous = {synchronous}")
         for stmt in _SCHEMA:
@@ -584,9 +587,12 @@ class Provider:
                             message=OTHER_CODES[code])
 
     # -- bills and counters ----------------------------------------------------------
-    def bill_rows(self, date: str) -> list[recon.BillRow]:
-        """The true bill of ``date`` (UTC): see ``core.pay.recon`` for the lines."""
+    def bill_rows(self, date: str, utc_offset_s: int = 0) -> list[recon.BillRow]:
+        """The true bill of ``date``: see ``core.pay.recon`` for the lines. A UTC day,
+        or the day of the zone ``utc_offset_s`` ahead of UTC (the wallets' bills are
+        China Standard Time days: 28800)."""
         start, end = _day_bounds(date)
+        start, end = start - utc_offset_s, end - utc_offset_s
         rows = []
         for (ref, pref, amount, cur, status, paid_at, fee) in self.con.execute(
                 "SELECT merchant_ref, provider_ref, amount_minor, currency, status, paid_at, "

@@ -252,3 +252,18 @@ def test_day_rows_are_what_reconciliation_reads(ledger, clock):
     with pytest.raises(LedgerError) as e:
         ledger.day_rows("22/11/2026")
     assert e.value.code == "BAD_DATE"
+
+
+def test_day_rows_of_a_zone_ahead_of_utc_are_that_zones_day(ledger, clock):
+    """A charge paid at 17:00 UTC is on the next China Standard Time day (the wallets'
+    bill days, offset 28800 s), and on the same UTC day."""
+    import datetime as dt
+    clock.t = dt.datetime(2026, 12, 7, 17, 0, tzinfo=dt.timezone.utc).timestamp()
+    ref = charge(ledger, amount=700)[0].merchant_ref
+    ledger.move(ref, "sent")
+    ledger.move(ref, "paid")
+    cst = 8 * 3600
+    assert [r["merchant_ref"] for r in ledger.day_rows("2026-12-07")] == [ref]
+    assert ledger.day_rows("2026-12-07", cst) == []
+    assert [r["merchant_ref"] for r in ledger.day_rows("2026-12-08", cst)] == [ref]
+    assert ledger.day_rows("2026-12-08") == []
