@@ -13,7 +13,8 @@
   (``prepare_charge`` / ``post`` / ``answers``) for connectors whose exchange blocks:
   each posted charge runs in a thread, its answer comes back on an inproc socket the
   gateway polls;
-* :class:`SimHttpsServer` — a threaded HTTPS server around one handler function;
+* :class:`HttpsServer` — a threaded HTTPS server around one handler function (the
+  simulators' APIs, the payment gateway's notification listener);
 * :class:`Notifier` — a provider's notifications, delivered with retries on the
   provider's schedule until acknowledged.
 """
@@ -45,7 +46,7 @@ from lanecore.gateway.payments.providers import Connector, ProviderError, Provid
 
 __all__ = ["TestPki", "make_test_pki", "issue_client_cert", "server_context",
            "client_context", "trust_context", "post_url", "read_key_file", "parse_bind", "HttpReply", "HttpsClient",
-           "ThreadedConnector", "NoAnswer", "SimHttpsServer", "Notifier", "resolve_path"]
+           "ThreadedConnector", "NoAnswer", "HttpsServer", "Notifier", "resolve_path"]
 
 log = logging.getLogger("lanecore.httpapi")
 
@@ -417,9 +418,9 @@ class ThreadedConnector(Connector):
             self._pull = None
 
 
-# -- the simulators' server --------------------------------------------------------------
+# -- the server (simulators, the gateway's notification listener) --------------------
 class NoAnswer(Exception):
-    """Raised by a :class:`SimHttpsServer` handler: hold the connection and never
+    """Raised by a :class:`HttpsServer` handler: hold the connection and never
     answer (a provider that processed a request, or lost it, and said nothing)."""
 
 
@@ -434,7 +435,7 @@ class _TlsServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, addr, owner: "SimHttpsServer") -> None:
+    def __init__(self, addr, owner: "HttpsServer") -> None:
         self.owner = owner
         super().__init__(addr, _HandlerShim, bind_and_activate=True)
 
@@ -455,7 +456,7 @@ class _TlsServer(socketserver.ThreadingTCPServer):
 
 class _HandlerShim(socketserver.StreamRequestHandler):
     def handle(self) -> None:
-        owner: SimHttpsServer = self.server.owner
+        owner: HttpsServer = self.server.owner
         while True:
             line = self.rfile.readline(65537)
             if not line:
@@ -508,7 +509,7 @@ class _HandlerShim(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
 
-class SimHttpsServer:
+class HttpsServer:
     """A threaded HTTPS server that passes every request to ``handler(method, target,
     headers, body, client_cert)`` (headers with lower-case names; ``client_cert``: the
     verified client certificate as ``ssl`` gives it, or None) and sends what it
@@ -532,7 +533,7 @@ class SimHttpsServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}:{self.port}"
 
-    def start(self) -> "SimHttpsServer":
+    def start(self) -> "HttpsServer":
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True,
                                         name=f"https-{self.port}")
@@ -566,7 +567,7 @@ class SimHttpsServer:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> "SimHttpsServer":
+    def __enter__(self) -> "HttpsServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -192,9 +192,9 @@ class NotifyListener:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> "NotifyListener":
-        from lanecore.gateway.payments.httpapi import SimHttpsServer
+        from lanecore.gateway.payments.httpapi import HttpsServer
         host, port = self.config.bind
-        self._server = SimHttpsServer(self._handle, cert_file=self.config.cert_file,
+        self._server = HttpsServer(self._handle, cert_file=self.config.cert_file,
                                       key_file=self.config.key_file, host=host, port=port)
         self._server.start()
         log.info("notification listener on %s", self._server.url)

@@ -56,7 +56,7 @@ from lanecore.core.pay import recon
 from lanecore.gateway.net.protocol import ProtocolError
 from lanecore.gateway.payments import alipay as A
 from lanecore.gateway.payments.httpapi import (ALIPAY_SCHEDULE_S, HttpReply, NoAnswer,
-                                               Notifier, SimHttpsServer, client_context,
+                                               Notifier, HttpsServer, client_context,
                                                make_test_pki, parse_bind, post_url,
                                                trust_context)
 from lanecore.gateway.payments.providers import ProviderError
@@ -704,7 +704,7 @@ def run(opts, behaviour) -> int:
         return 2
     sim = AlipaySim(engine, Path(engine.data_dir), fast=bool(getattr(opts, "fast", False)))
     try:
-        server = SimHttpsServer(sim.handler, cert_file=sim.pki.cert_file,
+        server = HttpsServer(sim.handler, cert_file=sim.pki.cert_file,
                                 key_file=sim.pki.key_file, host=host, port=port_n)
     except OSError as exc:
         print(f"lanecore: CANNOT_BIND: {opts.bind}: {exc}", file=sys.stderr)

@@ -610,7 +610,7 @@ def run(opts, behaviour) -> int:
         return 2
     try:
         host, port = httpapi.parse_bind(getattr(opts, "bind", None) or "127.0.0.1:0")
-        server = httpapi.SimHttpsServer(sim.handler, cert_file=pki.cert_file,
+        server = httpapi.HttpsServer(sim.handler, cert_file=pki.cert_file,
                                         key_file=pki.key_file, ca_file=pki.ca_file,
                                         host=host, port=port)
     except ProviderError as exc:

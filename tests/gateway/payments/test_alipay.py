@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from lanecore.core.pay import recon
 from lanecore.gateway.payments import alipay as A
-from lanecore.gateway.payments.httpapi import HttpsClient, SimHttpsServer
+from lanecore.gateway.payments.httpapi import HttpsClient, HttpsServer
 from lanecore.gateway.payments.providers import DECLINES, OTHER_CODES, ProviderError
 
 #: Pure Python, no kernel: the twins pass of `make test` leaves it out.
@@ -441,7 +441,7 @@ class Receiver:
         self.bodies: list[bytes] = []
         self.results = []
         self.acked = threading.Event()
-        self.server = SimHttpsServer(self.handle, cert_file=tls_dir / "server.pem",
+        self.server = HttpsServer(self.handle, cert_file=tls_dir / "server.pem",
                                      key_file=tls_dir / "server.key").start()
         self.url = self.server.url + "/pay/alipay/notify"
 

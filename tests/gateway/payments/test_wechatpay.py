@@ -21,7 +21,7 @@ import pytest
 
 from lanecore.core.pay import recon
 from lanecore.gateway.payments import wechatpay as W
-from lanecore.gateway.payments.httpapi import HttpsClient, SimHttpsServer
+from lanecore.gateway.payments.httpapi import HttpsClient, HttpsServer
 from lanecore.gateway.payments.providers import DECLINES, ProviderError
 
 pytestmark = pytest.mark.kernel_free
@@ -436,7 +436,7 @@ class Receiver:
         self.nack = nack
         self.lock = threading.Lock()
         pki = Path(sim.ready["ca_file"]).parent
-        self.server = SimHttpsServer(self.handle, cert_file=pki / "server.pem",
+        self.server = HttpsServer(self.handle, cert_file=pki / "server.pem",
                                      key_file=pki / "server.key").start()
         self.conn = sim.conn
 
