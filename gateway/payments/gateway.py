@@ -2003,8 +2003,11 @@ class PaymentGateway(OpServer):
         rows += [r for off, d in days.items() for r in d
                  if offsets.get(r["channel"], -1) == off]
         report = recon.reconcile(rows, bills, channels=channels + local)
-        return {"date": date, "channels": channels, "local": local, "no_bill": missing,
-                **report.to_dict()}
+        out = {"date": date, "channels": channels, "local": local, "no_bill": missing,
+               **report.to_dict()}
+        # a day with a channel whose bill did not come is not a clean day
+        out["clean"] = bool(out["clean"]) and not missing
+        return out
 
     # ------------------------------------------------------------------------------
     # Dynamic QR: the wallet's own merchant-presented QR (gateway/payments/notify.py)

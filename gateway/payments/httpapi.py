@@ -442,6 +442,8 @@ class _TlsServer(socketserver.ThreadingTCPServer):
     def finish_request(self, request, client_address) -> None:
         try:
             request.settimeout(10.0)
+            # answers leave at once: no Nagle wait behind the client's delayed ACK
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = self.owner.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError):
             return                  # a failed handshake: nobody to answer

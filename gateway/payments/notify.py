@@ -195,7 +195,7 @@ class NotifyListener:
         from lanecore.gateway.payments.httpapi import HttpsServer
         host, port = self.config.bind
         self._server = HttpsServer(self._handle, cert_file=self.config.cert_file,
-                                      key_file=self.config.key_file, host=host, port=port)
+                                   key_file=self.config.key_file, host=host, port=port)
         self._server.start()
         log.info("notification listener on %s", self._server.url)
         return self

@@ -611,8 +611,8 @@ def run(opts, behaviour) -> int:
     try:
         host, port = httpapi.parse_bind(getattr(opts, "bind", None) or "127.0.0.1:0")
         server = httpapi.HttpsServer(sim.handler, cert_file=pki.cert_file,
-                                        key_file=pki.key_file, ca_file=pki.ca_file,
-                                        host=host, port=port)
+                                     key_file=pki.key_file, ca_file=pki.ca_file,
+                                     host=host, port=port)
     except ProviderError as exc:
         sim.close()
         print(f"lanecore: {exc.code}: {exc.message}", file=sys.stderr)

@@ -10,13 +10,11 @@ else is an undocumented disagreement and fails the test.
 from __future__ import annotations
 
 import ast
-import re
 from decimal import Decimal
 from pathlib import Path
 
 import biip
 import biip.rcn
-import pytest
 from biip import ParseConfig
 from biip.rcn import Rcn, RcnUsage
 from hypothesis import given, strategies as st

@@ -442,7 +442,7 @@ class Receiver:
         self.results = []
         self.acked = threading.Event()
         self.server = HttpsServer(self.handle, cert_file=tls_dir / "server.pem",
-                                     key_file=tls_dir / "server.key").start()
+                                  key_file=tls_dir / "server.key").start()
         self.url = self.server.url + "/pay/alipay/notify"
 
     def handle(self, method, target, headers, body, cert):

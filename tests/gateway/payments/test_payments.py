@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
-import msgpack
 import pytest
-import zmq
 
-from lanecore.gateway.net.auth import auth_frame
 from lanecore.gateway.payments.gateway import PaymentGateway
 from lanecore.gateway.payments.terminals import Terminals
 
-from payfix import ALIPAY_CODE, WECHAT_CODE, books_after_recovery, wallet, write_config
+from payfix import (ALIPAY_CODE, WECHAT_CODE, books_after_recovery, run_kill_9, wallet,
+                    wallet_request, write_config)
 
 #: Pure Python, no kernel: the twins pass of `make test` leaves it out.
 pytestmark = pytest.mark.kernel_free
@@ -256,23 +251,6 @@ def test_pay_qr_is_a_dynamic_emv_payload(tmp_path):
 # ----------------------------------------------------------------------------------
 # kill -9 at random steps
 
-def _call_sock(sock, req: dict, timeout_s: float, dead, sign=None):
-    """One request; None when no reply came in time or the gateway died meanwhile.
-    ``sign``: (terminal, key) to send it with a fresh authentication frame."""
-    payload = msgpack.packb(req)
-    if sign is None:
-        sock.send(payload)
-    else:
-        sock.send_multipart([payload, auth_frame(*sign, payload)])
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if sock.poll(50):
-            return msgpack.unpackb(sock.recv())
-        if dead():
-            return None
-    return None
-
-
 @pytest.mark.parametrize("auth", ["dev", "hmac"])
 def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path,
                                                                         providers, auth):
@@ -291,59 +269,8 @@ def test_kill_9_at_random_steps_charges_nothing_twice_and_loses_nothing(tmp_path
         _, key = Terminals(con).register("T1", roles="kiosk")
         con.close()
         sign = ("T1", key)
-    endpoint = f"ipc://{tmp_path}/pay.ipc"
-    env = dict(os.environ, LANECORE_PAY_CRASH="after_ledger:0.04,after_provider:0.04,"
-               "before_reply:0.04")
-    log = open(tmp_path / "gw.log", "w")
-    state = {"proc": None, "starts": 0, "kills": 0}
-
-    def ensure_up():
-        proc = state["proc"]
-        if proc is not None and proc.poll() is None:
-            return
-        if proc is not None and proc.returncode == -signal.SIGKILL:
-            state["kills"] += 1
-        state["starts"] += 1
-        env["LANECORE_PAY_CRASH_SEED"] = str(state["starts"])
-        state["proc"] = subprocess.Popen(
-            [sys.executable, "-m", "lanecore", "gateway", "payments", "--dev-open", "--bind", endpoint,
-             "--data-dir", str(d)], stdout=log, stderr=log, env=env)
-
-    ctx = zmq.Context.instance()
-    sock = None
-    try:
-        for i in range(n):
-            order = f"K{i:04d}"
-            req = {"op": "pay.charge", "id": f"r{i}", "client": "till-1", "order_no": order,
-                   "amount_minor": 100 + i, "currency": "CNY", "method": "auth_code",
-                   "terminal": "T1", "auth_code": WECHAT_CODE}
-            for _ in range(200):                          # retries, same id
-                ensure_up()
-                if sock is None:
-                    sock = ctx.socket(zmq.DEALER)
-                    sock.setsockopt(zmq.LINGER, 0)
-                    sock.connect(endpoint)
-                reply = _call_sock(sock, req, 5.0,
-                                   lambda: state["proc"].poll() is not None, sign)
-                if reply is None:                         # lost: a fresh socket, again
-                    sock.close(0)
-                    sock = None
-                    continue
-                assert reply["ok"], reply
-                if reply["status"] != "pending":
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError(f"{order} never became final")
-            assert reply["status"] == "paid", reply
-    finally:
-        if sock is not None:
-            sock.close(0)
-        proc = state["proc"]
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(20)
-        log.close()
+    state = run_kill_9(tmp_path, d, n, lambda i: wallet_request(f"r{i}", f"K{i:04d}",
+                                                                100 + i), sign=sign)
     # a last start with no faults drives anything still open, then stops
     gw, charges, ledger_paid, _ = books_after_recovery(d, p, n)
     assert state["kills"] >= 10, state                     # the faults really happened

@@ -437,7 +437,7 @@ class Receiver:
         self.lock = threading.Lock()
         pki = Path(sim.ready["ca_file"]).parent
         self.server = HttpsServer(self.handle, cert_file=pki / "server.pem",
-                                     key_file=pki / "server.key").start()
+                                  key_file=pki / "server.key").start()
         self.conn = sim.conn
 
     def handle(self, method, target, headers, body, cert):
