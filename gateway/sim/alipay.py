@@ -1,7 +1,7 @@
 """Alipay's OpenAPI, simulated: ``lanecore sim provider --kind alipay --protocol
 alipay --data-dir D [--bind HOST:PORT] [--fast] [knobs]``. ``docs/pay/alipay.md``.
 
-An HTTPS server (the test CA under ``D/tls/``) serving ``POST /gateway.do`` the way
+An HTTPS server (the test CA under ``D/pki/``) serving ``POST /gateway.do`` the way
 Alipay does: form parameters, RSA2 both ways — every request's ``sign`` is checked
 with the app's public key (``40002 isv.invalid-signature`` when it does not
 verify), every answer is ``{"<method>_response": {...}, "sign": "..."}`` signed with
@@ -214,7 +214,7 @@ class AlipaySim:
         self.engine = engine
         self.lock = threading.Lock()
         self.data_dir = data_dir
-        self.pki = make_test_pki(private_dir(data_dir / "tls"))
+        self.pki = make_test_pki(private_dir(data_dir / "pki"))
         cred = _credentials(data_dir)
         self.app_id, self.pid = cred["app_id"], cred["seller_id"]
         (self.alipay_priv_file, self.alipay_pub_file) = cred["files"]["alipay"]

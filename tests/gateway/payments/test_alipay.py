@@ -460,7 +460,7 @@ class Receiver:
 
 
 def test_precreate_scan_and_the_notification_until_acknowledged(sim, conn):
-    rx = Receiver(conn, sim.data_dir / "tls", refuse=2)
+    rx = Receiver(conn, sim.data_dir / "pki", refuse=2)
     try:
         r = conn.precreate("QR-1", 1888, "CNY", notify_url=rx.url, subject="lane 3")
         assert (r.status, r.decline_code) == ("unknown", "USERPAYING")
@@ -496,7 +496,7 @@ def test_precreate_of_a_paid_order_answers_its_state(sim, conn):
 
 
 def test_a_tampered_or_foreign_notification_is_refused(sim, conn):
-    rx = Receiver(conn, sim.data_dir / "tls", refuse=0)
+    rx = Receiver(conn, sim.data_dir / "pki", refuse=0)
     try:
         conn.precreate("QR-2", 500, "CNY", notify_url=rx.url)
         conn._sim("POST", "/_sim/scan", {"merchant_ref": "QR-2", "outcome": "paid"})
@@ -764,7 +764,7 @@ def test_configuration_refuses_loose_keys_and_plain_http(sim, tmp_path):
     assert e.value.code == "BAD_KEY"
     # relative paths are relative to the data directory
     rel = {**ch, "app_private_key_file": "alipay/app_private.pem",
-           "alipay_public_key_file": "alipay/alipay_public.pem", "ca_file": "tls/ca.pem"}
+           "alipay_public_key_file": "alipay/alipay_public.pem", "ca_file": "pki/ca.pem"}
     c = A.from_config("ali", rel, sim.data_dir)
     assert c.ping()
     c.close()
