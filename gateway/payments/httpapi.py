@@ -424,6 +424,9 @@ class NoAnswer(Exception):
     answer (a provider that processed a request, or lost it, and said nothing)."""
 
 
+#: A body this much over a server's limit is still read (and dropped) before its 413,
+#: so the client reads the answer instead of a reset; a larger one is not.
+DRAIN_BYTES = 1 << 20
 #: How long a held connection (NoAnswer) stays open at most.
 HOLD_S = 120.0
 
@@ -479,7 +482,14 @@ class _HandlerShim(socketserver.StreamRequestHandler):
                 n = int(headers.get("content-length", "0"))
             except ValueError:
                 n = -1
-            if not 0 <= n <= MAX_BODY:
+            if not 0 <= n <= owner.max_body:
+                if owner.max_body < n <= owner.max_body + DRAIN_BYTES:
+                    # read and dropped, so the client gets its 413 rather than a reset
+                    while n > 0:
+                        got = self.rfile.read(min(n, 65536))
+                        if not got:
+                            return
+                        n -= len(got)
                 self._send(413, {}, b"body too large\n", close=True)
                 return
             body = self.rfile.read(n) if n else b""
@@ -517,11 +527,14 @@ class HttpsServer:
     verified client certificate as ``ssl`` gives it, or None) and sends what it
     returns: ``(status, headers, body)``. A handler raising :class:`NoAnswer` leaves
     the connection open without an answer (up to :data:`HOLD_S`). ``ca_file``: ask
-    clients for a certificate issued by that CA."""
+    clients for a certificate issued by that CA; ``max_body``: the largest request
+    body taken (bytes; a larger one is answered 413 and the connection closed)."""
 
     def __init__(self, handler: Handler, *, cert_file, key_file, ca_file=None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, max_body: int = MAX_BODY) -> None:
         self.handler = handler
+        #: the largest request body taken (413 above it)
+        self.max_body = int(max_body)
         self.context = server_context(cert_file, key_file, ca_file=ca_file)
         self._server = _TlsServer((host, port), self)
         self.host, self.port = self._server.server_address[:2]

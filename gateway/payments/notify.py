@@ -61,6 +61,9 @@ __all__ = ["NotifyConfig", "NotifyConfigError", "NotifyListener", "Arrival",
 log = logging.getLogger("lanecore.payments.notify")
 
 #: The path the wallets post to: ``/notify/<channel>``.
+#: The largest notification body taken: the wallets' are a few kilobytes (a larger
+#: one is answered 413 and never read).
+MAX_NOTIFICATION_BYTES = 64 << 10
 NOTIFY_PATH = "/notify/"
 #: A presented QR's life by default (WeChat Pay's native orders live 2 h, Alipay's
 #: precreate 2 h by default; a shop counter wants minutes).
@@ -195,7 +198,8 @@ class NotifyListener:
         from lanecore.gateway.payments.httpapi import HttpsServer
         host, port = self.config.bind
         self._server = HttpsServer(self._handle, cert_file=self.config.cert_file,
-                                   key_file=self.config.key_file, host=host, port=port)
+                                   key_file=self.config.key_file, host=host, port=port,
+                                   max_body=MAX_NOTIFICATION_BYTES)
         self._server.start()
         log.info("notification listener on %s", self._server.url)
         return self

@@ -284,6 +284,12 @@ def test_a_tampered_or_unsigned_notification_is_refused(rig):
     # a path of no channel: refused too
     nobody = client.request("POST", "/notify/nosuch", bodies[0], headers)
     assert nobody is not None and nobody.status == 404
+    # a body over the listener's limit is never read, let alone recorded
+    from lanecore.gateway.payments.notify import MAX_NOTIFICATION_BYTES
+    huge = client.request("POST", "/notify/w", bodies[0] + b" " * MAX_NOTIFICATION_BYTES,
+                          headers)
+    assert huge is not None and huge.status == 413
+    assert rig.gw.notifier.counts["received"] == len(bodies)
     stats = rig.gw.handle({"op": "stats", "id": "st"}, client="admin")["notify"]
     assert stats["refused:BAD_SIGNATURE"] == refused["refused:BAD_SIGNATURE"]
     # the genuine one still pays it
