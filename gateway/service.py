@@ -57,6 +57,10 @@ FRAME_COALESCE_S = float(os.environ.get("LANECORE_FRAME_COALESCE_US", "500")) / 
 MAX_FRAME_SAMPLES = 4096
 #: Most codes in one scan.batch.
 MAX_BATCH = 1000
+#: Per-item exit mode: steps of one order on one lane, and orders kept in memory at
+#: once (the oldest dropped: rebuilt from ``item_steps`` when asked again).
+MAX_ITEM_STEPS = 1000
+MAX_ITEM_SESSIONS = 4096
 #: Items kept decoded in memory for scan replies.
 ITEM_CACHE = 20_000
 #: SQLite mmap_size of the catalogue connection scans read item rows through.
@@ -83,6 +87,12 @@ _SCHEMA_SQL = (
         z REAL NOT NULL, expected_g REAL NOT NULL, band_g REAL NOT NULL,
         explanations TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS verdicts_order ON verdicts (order_no)",
+    # per-item exit mode (verify.step, verify.clear): every settled step of an order on
+    # a lane with its verdict, so a restarted service rebuilds the order's session
+    """CREATE TABLE IF NOT EXISTS item_steps (
+        lane TEXT NOT NULL, order_no TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+        delta_g REAL NOT NULL, sigma_g REAL NOT NULL, verdict TEXT NOT NULL,
+        PRIMARY KEY (lane, order_no, seq))""",
     """CREATE TABLE IF NOT EXISTS device_events (
         event_id INTEGER PRIMARY KEY, at REAL NOT NULL, lane TEXT NOT NULL,
         device TEXT NOT NULL, kind TEXT NOT NULL, code TEXT, message TEXT)""",
@@ -153,6 +163,8 @@ OP_ROLES = {
     "weigh.config": roles("lane"),
     "weigh.frame": _FRAME_ROLES,
     "verify.order": roles("lane"),
+    "verify.step": roles("lane"),
+    "verify.clear": roles("lane"),
     "weights.confirm": roles("attendant", "manager"),
     "alarm.resolve": roles("attendant", "manager"),
     "alarm.list": roles("attendant", "manager"),
@@ -196,6 +208,9 @@ class Service(OpServer):
         #: ``on_idle`` reloads the table when an import bumps it (``_check_catalog``).
         self.catalog_version, self.table = catalog_mod.load_versioned_table(self.catalog)
         self._reload: threading.Thread | None = None
+        #: per-item mode: (table, ItemCatalogue) and (lane, order_no) → (table, session)
+        self._peritem: tuple | None = None
+        self._sessions: dict[tuple[str, str], tuple] = {}
         self._reload_result: tuple | None = None
         self._reload_after = 0.0
         self.weights = WeightBook(self.con)
@@ -355,6 +370,13 @@ class Service(OpServer):
               "order_no": Field("str", required=False, min=1, max=64),
               "order_qr": Field("str", required=False, min=1, max=2048),
               "measured_g": Field("float", required=False, min=-1e6, max=1e7)}, DURABLE),
+            ("verify.step", self.op_verify_step,
+             {"lane": NAME, "order_no": Field("str", min=1, max=64),
+              "seq": Field("int", min=0, max=MAX_ITEM_STEPS - 1),
+              "delta_g": Field("float", min=-1e6, max=1e6),
+              "sigma_g": Field("float", min=0.0, max=1e5)}, DURABLE),
+            ("verify.clear", self.op_verify_clear,
+             {"lane": NAME, "order_no": Field("str", min=1, max=64)}, DURABLE),
             ("weights.confirm", self.op_weights_confirm,
              {"gtin": Field("str", min=8, max=14), "weight_g": Field("float", min=0.0, max=1e6),
               "units": Field("int", required=False, min=1, max=999)}, DURABLE),
@@ -932,6 +954,114 @@ class Service(OpServer):
             after.append(lambda: self.publish("alarm", event))
         # The verdict is about weight; whether the order is paid is the gate's to
         # combine with it (an unpaid order belongs at a kiosk first).
+        return {"order_no": order_no, "order_status": status, **out}
+
+    # per-item exit mode ----------------------------------------------------------------
+    def _item_catalogue(self):
+        """The per-item mode's catalogue (``core/weigh/peritem.py``) of the current
+        table — its weights as the verdicts see them, learned where learned — built
+        on first use and again after a catalogue reload."""
+        from lanecore.core.weigh.peritem import ItemCatalogue, RobustWeights
+        t = self.table
+        cached = self._peritem
+        if cached is not None and cached[0] is t:
+            return cached[1]
+        cat = ItemCatalogue([f"{int(g):014d}" for g in t.gtin.tolist()],
+                            RobustWeights.from_label(t.weight_mean_g, t.weight_sd_g))
+        self._peritem = (t, cat)
+        return cat
+
+    def _item_session(self, lane: str, order_no: str):
+        """The order's per-item session on ``lane``: kept while the order is on the
+        conveyor, rebuilt from ``item_steps`` after a restart (or a reload)."""
+        from lanecore.core.weigh.peritem import PerItemError, PerItemSession
+        key = (lane, order_no)
+        hit = self._sessions.get(key)
+        if hit is not None and hit[0] is self.table:
+            return hit[1]
+        lines = [(ln["gtin"], ln["qty"]) for ln in
+                 self._basket_store().order_lines_for_verify(order_no)["lines"]]
+        try:
+            session = PerItemSession(lines, self._item_catalogue())
+            for d, s in self.con.execute(
+                    "SELECT delta_g, sigma_g FROM item_steps WHERE lane = ? AND order_no = ? "
+                    "ORDER BY seq", key):
+                session.step(d, s)
+        except PerItemError as exc:
+            raise LanecoreError(str(exc), code=exc.code) from None
+        while len(self._sessions) >= MAX_ITEM_SESSIONS:     # the oldest: rebuilt if asked
+            self._sessions.pop(next(iter(self._sessions)))
+        self._sessions[key] = (self.table, session)
+        return session
+
+    def op_verify_step(self, f, after) -> dict:
+        """One settled step of an order on a lane in per-item mode: its verdict at
+        once (``ok``, ``merged``, ``lifted``, ``noise``; ``unscanned`` with catalogue
+        candidates, ``unexplained_removal`` — those two are alarms, published on
+        ``alarm`` as they happen). ``seq`` numbers the lane's steps of the order from
+        0: the same ``seq`` again answers the stored verdict; steps come in order
+        (``BAD_SEQ`` for a gap)."""
+        from lanecore.core.weigh.peritem import PerItemError
+        lane, order_no, seq = f["lane"], f["order_no"], f["seq"]
+        old = self.con.execute("SELECT verdict FROM item_steps WHERE lane = ? AND "
+                               "order_no = ? AND seq = ?", (lane, order_no, seq)).fetchone()
+        if old is not None:
+            return {"order_no": order_no, "lane": lane, "item": json.loads(old[0])}
+        (n,) = self.con.execute("SELECT COUNT(*) FROM item_steps WHERE lane = ? AND "
+                                "order_no = ?", (lane, order_no)).fetchone()
+        if seq != n:
+            raise LanecoreError(f"step {seq} of {order_no} on {lane}: the next is {n}",
+                                code="BAD_SEQ")
+        session = self._item_session(lane, order_no)
+        try:
+            v = session.step(f["delta_g"], f["sigma_g"])
+        except PerItemError as exc:
+            self._sessions.pop((lane, order_no), None)    # rebuilt without this step
+            raise LanecoreError(str(exc), code=exc.code) from None
+        item = v.to_dict()
+        self.con.execute("INSERT INTO item_steps (lane, order_no, seq, at, delta_g, sigma_g, "
+                         "verdict) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (lane, order_no, seq, time.time(), float(f["delta_g"]),
+                          float(f["sigma_g"]), json.dumps(item)))
+        event = {"gate": lane, "order_no": order_no, "mode": "per_item", "item": item}
+        after.append(lambda: self.publish("verdict", event))
+        if v.alarm:
+            after.append(lambda: self.publish("alarm", event))
+        return {"order_no": order_no, "lane": lane, "item": item}
+
+    def op_verify_clear(self, f, after) -> dict:
+        """The conveyor is clear of the order: its per-item verdict over every step
+        (``verify.step``), recorded as a verdict like ``verify.order``'s — ``short``
+        when a paid unit is missing, ``over`` when a step is no paid unit, else
+        ``ok`` — with ``mode`` ``per_item``, the explanations and every step's final
+        verdict; published on ``verdict`` (and ``alarm``)."""
+        lane, order_no = f["lane"], f["order_no"]
+        session = self._item_session(lane, order_no)
+        ov = session.clear()
+        kinds = [e["kind"] for e in ov.explanations]
+        verdict = "ok" if ov.verdict == "ok" else (
+            "short" if kinds and kinds[0] == "missing" else "over")
+        cat = session.cat
+        units = session.unit_item
+        expected = float(cat.weights.loc_g[units].sum()) if units.size else 0.0
+        measured = float(sum(session._w))
+        sd = math.sqrt(float((cat.weights.scale_g[units] ** 2).sum()) * 2.0
+                       + sum(s * s for s in session._sd)) or 1.0
+        out = {"verdict": verdict, "mode": "per_item", "measured_g": round(measured, 1),
+               "expected_g": round(expected, 1), "z": round((measured - expected) / sd, 3),
+               "band_g": None, "explanations": ov.to_dict()["explanations"],
+               "items": ov.to_dict()["items"]}
+        self.con.execute(
+            "INSERT INTO verdicts (at, gate, order_no, measured_g, verdict, z, expected_g, "
+            "band_g, explanations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), lane, order_no, measured, verdict, out["z"], expected, 0.0,
+             json.dumps(out["explanations"])))
+        self._sessions.pop((lane, order_no), None)
+        status = self._basket_store().order(order_no)["status"]
+        event = {"gate": lane, "order_no": order_no, **out}
+        after.append(lambda: self.publish("verdict", event))
+        if verdict != "ok":
+            after.append(lambda: self.publish("alarm", event))
         return {"order_no": order_no, "order_status": status, **out}
 
     def op_device_event(self, f, after) -> dict:

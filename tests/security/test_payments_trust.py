@@ -496,7 +496,10 @@ def test_recon_never_opens_a_path_the_provider_names(tmp_path, providers):  # no
     finally:
         fake.close()
     assert "bill" in fake.asked
-    assert rep["channels"] == ["wx"] and rep["clean"], rep
+    # the honest channel reconciles without a finding; the day is not clean while
+    # the other channel's bill is missing
+    assert rep["channels"] == ["wx"] and rep["discrepancies"] == [], rep
+    assert rep["clean"] is False, rep
     assert [(m["channel"], m["code"]) for m in rep["no_bill"]] == [("evil", "BAD_BILL")]
     assert "STOLEN" not in json.dumps(rep)
     assert not (d / "bills" / f"evil-{day}.csv").exists()

@@ -43,9 +43,9 @@ TOTAL_QUOTA = 10_000
 
 OPS = ("hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
        "basket.get", "basket.submit", "order.get", "order.status", "weigh.config",
-       "weigh.frame", "verify.order", "weights.confirm", "alarm.resolve", "alarm.list",
-       "audit.decide", "audit.get", "audit.list", "audit.record", "device.event",
-       "stats", "health")
+       "weigh.frame", "verify.order", "verify.step", "verify.clear", "weights.confirm",
+       "alarm.resolve", "alarm.list", "audit.decide", "audit.get", "audit.list",
+       "audit.record", "device.event", "stats", "health")
 
 # Every code in docs/protocol.md's error tables.
 DOC_CODES = frozenset("""
@@ -68,6 +68,7 @@ ORDER_NOT_FOUND ORDER_UNREADABLE BAD_Z BAD_SCALE_ID
 PROOF_INVALID PROOF_MISMATCH LANE_QUOTA CONFIRM_TOO_FAR CONFIRM_DAILY_LIMIT
 IDEMPOTENCY_MISMATCH
 NOT_PAID UNKNOWN_AUDIT NOT_AUDITED AUDIT_CONFLICT
+BAD_SEQ BAD_STEP
 """.split())
 # A service bug, not a malformed request: never acceptable as an answer to fuzz.
 NEVER = frozenset({"INTERNAL"})
@@ -87,6 +88,9 @@ RESULT_KEYS = {
     "weigh.frame": {"lane", "events", "stable", "settled_g"},
     "verify.order": {"order_no", "order_status", "verdict", "expected_g", "measured_g",
                      "band_g", "sigma_g", "z", "mpe_g", "explanations"},
+    "verify.step": {"order_no", "lane", "item"},
+    "verify.clear": {"order_no", "order_status", "verdict", "mode", "measured_g",
+                     "expected_g", "explanations", "items"},
     "weights.confirm": {"learning"},
     "order.get": {"order"}, "order.status": {"order"},
     "alarm.resolve": {"resolved"}, "alarm.list": {"alarms", "device_alarms"},
@@ -375,8 +379,11 @@ def check_result(op: str, reply: dict) -> None:
         assert isinstance(reply["events"], list) and isinstance(reply["stable"], bool)
         for ev in reply["events"]:
             assert {"t", "sample", "event"} <= set(ev), ev
-    elif op == "verify.order":
+    elif op in ("verify.order", "verify.clear"):
         assert reply["verdict"] in ("ok", "short", "over"), reply
+    elif op == "verify.step":
+        assert reply["item"]["kind"] in ("ok", "merged", "lifted", "noise", "unscanned",
+                                         "unexplained_removal"), reply
     elif op == "weights.confirm":
         assert reply["learning"]["code"] in LEARNING_CODES, reply
 
@@ -550,6 +557,8 @@ REQUIRED = {"scan": ("lane", "code"), "scan.batch": ("lane", "codes"),
             "basket.submit": ("basket",), "weigh.config": ("lane",),
             "weigh.frame": ("lane", "seq", ("samples", "counts")),
             "verify.order": (("gate", "lane"), ("order_no", "order_qr")),
+            "verify.step": ("lane", "order_no", "seq", "delta_g", "sigma_g"),
+            "verify.clear": ("lane", "order_no"),
             "weights.confirm": ("gtin", "weight_g"), "order.get": ("order_no",),
             "order.status": ("order_no", "status"),
             "alarm.resolve": ("lane", "order_no", "action", "staff"),
@@ -617,6 +626,10 @@ def op_fields(pools: dict) -> dict:
         "verify.order": {"gate": names, "lane": names,
                          "order_no": mostly(st.one_of(st.just(pools["order_no"]), texts)),
                          "order_qr": qrs, "measured_g": number},
+        "verify.step": {"lane": names, "order_no": order_no,
+                        "seq": mostly(st.integers(-3, 1200)), "delta_g": number,
+                        "sigma_g": number},
+        "verify.clear": {"lane": names, "order_no": order_no},
         "weights.confirm": {"gtin": gtin, "weight_g": number,
                             "units": mostly(st.integers(-2, 1001))},
         "device.event": {"lane": names,
@@ -919,6 +932,9 @@ def test_every_op_answers_a_valid_request(fz):
         {"op": "weigh.config", "lane": "FZV"},
         {"op": "weigh.frame", "lane": "FZV", "seq": 0, "samples": f32([0.0] * 50)},
         {"op": "verify.order", "gate": lane, "order_no": order_no, "measured_g": 250.0},
+        {"op": "verify.step", "lane": "FZV", "order_no": order_no, "seq": 0,
+         "delta_g": float(item["unit_weight_g"]), "sigma_g": 1.0},
+        {"op": "verify.clear", "lane": "FZV", "order_no": order_no},
         {"op": "weights.confirm", "gtin": gtins[0], "weight_g": item["unit_weight_g"]},
         {"op": "alarm.resolve", "lane": lane, "order_no": order_no, "action": "ack",
          "finding": "false_alarm", "staff": "ann"},
