@@ -104,6 +104,10 @@ def _report(say, s: dict) -> None:
         f"{s['thefts_visible']}, and alarmed on {s['thefts_visible_alarmed']} of those "
         f"({s['thefts_alarmed']} alarms on thefts in all)")
     say(f"mistakes (a paid item left behind) {s['mistakes']}: alarmed {s['mistakes_alarmed']}")
+    pi = s["per_item"]
+    say(f"per-item exit lane {', '.join(pi['lanes'])}: {pi['steps']} items weighed one by "
+        f"one; of its {pi['alarmed']} alarms on thefts and mistakes, {pi['named_first']} "
+        "named the item (or its step) first")
     say(f"honest exits {s['honest_exits']}: alarmed {s['honest_alarmed']} (the policy's "
         f"false-alarm rate expects {s['honest_alarms_expected']}, allows at most "
         f"{s['honest_alarms_bound']})")

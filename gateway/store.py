@@ -158,6 +158,11 @@ JOURNEYS = {"handheld": 0.32, "kiosk": 0.20, "coupons": 0.09, "pos": 0.11, "till
             "unattended": 0.10, "abandon": 0.08}
 HANDHELDS = 40
 EXIT_LANES = ("EXIT-A1", "EXIT-A2")
+#: Exit lanes that see the items one at a time (per-item mode: verify.step for each
+#: settled step, verify.clear when the belt is clear); the others weigh the bag whole.
+PER_ITEM_LANES = ("EXIT-A2",)
+#: Per-item lanes: the smallest step that is an item (the pipeline's noise below it).
+MIN_ITEM_STEP_G = 5.0
 KIOSKS = ("KIOSK-B1", "KIOSK-B2")
 SPOKEN = {
     "ok": "Thank you for shopping with us. Goodbye!",
@@ -926,6 +931,26 @@ class Store:
         self.tally.add(paid=1)
         self.tally.payment(pay["channel"], pay["amount_minor"])
 
+    def _per_item_verdict(self, svc, lane: str, order: dict, steps: list) -> dict:
+        """A per-item lane's verdict: each settled step to the service as it came
+        (verify.step, numbered from 0), then the order's (verify.clear)."""
+        for seq, (delta, sigma) in enumerate(steps):
+            svc.call("verify.step", lane=lane, order_no=order["order_no"], seq=seq,
+                     delta_g=float(delta), sigma_g=float(sigma))
+        self.tally.add(item_steps=len(steps))
+        return svc.call("verify.clear", lane=lane, order_no=order["order_no"])
+
+    def _named_first(self, plan: dict, v: dict, left_behind, stolen_step) -> None:
+        """Whether a per-item lane's first explanation names what was done: the paid
+        unit left behind, or the step of the unpaid item."""
+        first = v["explanations"][0] if v["explanations"] else None
+        if plan["mistake"] and first is not None:
+            self.tally.add(named_of=1, named_first=int(
+                first["kind"] == "missing" and first["gtin"] == self.gtin(left_behind)))
+        elif plan["theft"] and first is not None:
+            self.tally.add(named_of=1, named_first=int(
+                first["kind"] == "unscanned" and first["step"] == stolen_step))
+
     def _exit_lane(self, _svc, plan: dict, order: dict, units: list[int]) -> None:
         """Exit lane A: the bag weighed on the conveyor, the verdict, the deactivator,
         the EAS gate; the spoken message; the attendant when something is off. The
@@ -944,17 +969,41 @@ class Store:
             left_behind = bag.pop(rng.randrange(len(bag)))
         if plan["theft"]:
             bag.append(plan["stolen"])
+        per_item = lane in PER_ITEM_LANES
         with self.lane_locks[lane]:
-            true_g = sum(max(1.0, rng.gauss(float(t.weight_mean_g[r]),
-                                            float(t.weight_sd_g[r]))) for r in bag)
-            x, _ = generate(TraceSpec(seconds=1.6, initial_g=0.0,
-                                      placements=[Placement(0.3, true_g, 5.0, 0.3)],
+            weights = [max(1.0, rng.gauss(float(t.weight_mean_g[r]), float(t.weight_sd_g[r])))
+                       for r in bag]
+            if per_item:
+                # the items go onto the weigh belt one at a time, in the shopper's order
+                order_of = list(range(len(bag)))
+                rng.shuffle(order_of)
+                places = [Placement(0.3 + 0.9 * k, weights[j], 5.0, 0.3)
+                          for k, j in enumerate(order_of)]
+                seconds = 0.3 + 0.9 * len(bag) + 0.8
+            else:
+                places = [Placement(0.3, sum(weights), 5.0, 0.3)]
+                seconds = 1.6
+            x, _ = generate(TraceSpec(seconds=seconds, initial_g=0.0, placements=places,
                                       noise_g=1.0, conveyor_hz=7.0, conveyor_g=4.0,
                                       mains_g=1.0, seed=rng.randrange(1 << 31)))
+            steps = []                  # per item: (delta_g, sigma_g) of each settle
+            last = (0.0, 0.5)
             for i in range(0, len(x), 50):
-                svc.weigh_frame(lane, self.lane_seq[lane], samples=x[i:i + 50])
+                reply = svc.weigh_frame(lane, self.lane_seq[lane], samples=x[i:i + 50])
                 self.lane_seq[lane] += 1
-            v = svc.verify_order(lane, order_qr=order["qr"])
+                for ev in reply["events"] if per_item else ():
+                    if ev["event"] != "settled":
+                        continue
+                    w, s = float(ev["weight_g"]), float(ev["sigma_g"])
+                    if abs(w - last[0]) >= MIN_ITEM_STEP_G:
+                        steps.append((w - last[0], math.hypot(s, last[1])))
+                        last = (w, s)
+            if per_item:
+                v = self._per_item_verdict(svc, lane, order, steps)
+                stolen_step = (order_of.index(len(bag) - 1) if plan["theft"] else None)
+                self._named_first(plan, v, left_behind, stolen_step)
+            else:
+                v = svc.verify_order(lane, order_qr=order["qr"])
             belt = np.random.default_rng(self.lane_seq[lane]).normal(0, 1.0, 300)
             for i in range(0, 300, 50):                     # the bag leaves the belt
                 svc.weigh_frame(lane, self.lane_seq[lane], samples=belt[i:i + 50])
@@ -991,9 +1040,9 @@ class Store:
         if causes:
             self.tally.add(alarms=1)
         spoken = SPOKEN["eas" if eas else v["verdict"]]
-        # could the lane physically see what was done? a weight well outside the band,
-        # or a tag
-        band = float(v["band_g"])
+        # could the lane physically see what was done? a weight well outside the band
+        # (per item: a step the pipeline tells from its noise), or a tag
+        band = float(v["band_g"]) if v.get("band_g") is not None else 4 * MIN_ITEM_STEP_G
         if plan["theft"]:
             visible = eas or float(t.weight_mean_g[plan["stolen"]]) > 2 * band
             self.tally.add(thefts=1, thefts_visible=int(visible),
@@ -1330,6 +1379,10 @@ class Store:
             "thefts_alarmed": c["thefts_alarmed"],
             "thefts_visible_alarmed": c["thefts_visible_alarmed"],
             "mistakes": c["mistakes"], "mistakes_alarmed": c["mistakes_alarmed"],
+            # the per-item exit lanes (PER_ITEM_LANES): of their thefts and mistakes
+            # alarmed, those whose first explanation named the item (or its step)
+            "per_item": {"lanes": list(PER_ITEM_LANES), "steps": c["item_steps"],
+                         "alarmed": c["named_of"], "named_first": c["named_first"]},
             "honest_exits": honest, "honest_alarmed": c["honest_alarmed"],
             "honest_alarms_expected": round(expected, 4),
             "honest_alarms_bound": bound,

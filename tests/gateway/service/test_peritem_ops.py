@@ -170,3 +170,17 @@ def test_who_may_call_and_what_is_refused(svc):
     r = call(svc, LANE, "verify.step", lane="EXIT-A", order_no=o, seq=0, delta_g=w(a),
              sigma_g=-1.0)
     assert r["error"]["code"] == "BAD_FIELD"
+
+
+def test_an_order_whose_whole_is_outside_its_band_is_never_ok(svc):
+    """Two paid items and an unpaid third of a third their weight put down together
+    as one step: whatever the matching makes of that step, the steps' sum is weighed
+    as a whole basket too, and it is over."""
+    a, b, c, _ = svc.goods
+    o = paid_order(svc, [a, b, c])
+    step(svc, o, 0, w(a) + w(c) + w(a) / 3)
+    step(svc, o, 1, w(b))
+    v = ok(svc, LANE, "verify.clear", lane="EXIT-A", order_no=o)
+    assert v["verdict"] == "over", v
+    assert v["band_g"] > 0 and v["z"] > 3, v
+    assert v["measured_g"] == pytest.approx(w(a) * 4 / 3 + w(b) + w(c), abs=0.1)
