@@ -53,6 +53,7 @@ from lanecore.core.weigh.bagging import DEFAULT_BAGGING, BaggingSession, no_chec
 from lanecore.core.weigh.peritem import ItemCatalogue, RobustWeights
 
 from _data import gtin13_keys  # bench/ is on sys.path (pyproject: pythonpath)
+from _weigh import by_basket_size
 
 SEED = 1819
 HONEST, NOT_PLACED, UNSCANNED, SWAP = 0, 1, 2, 3
@@ -309,12 +310,7 @@ def test_bagging_scale_mode(sim, runs, note, figures, sizes):
     k = det & ((st == UNSCANNED) | (st == SWAP))
     note(f"    unexpected item's catalogue candidates: the true item first "
          f"{p['top1'][k].mean():.4f}, in the top 3 {p['top3'][k].mean():.4f}")
-    by = []
-    for lo, hi in ((1, 5), (6, 10), (11, 15), (16, 20), (21, 25)):
-        k = det & (p["n_lines"] >= lo) & (p["n_lines"] <= hi)
-        if k.any():
-            by.append(f"{lo}-{hi} lines {first[k].mean():.3f}/{oracle[k].mean():.3f}")
-    note("    named first by basket size (lanecore/ceiling): " + "; ".join(by))
+    note(by_basket_size(det, p["n_lines"], first, oracle))
 
     figures.add("bagging-scale mode: named first of detected", named, "share",
                 rounds=int(det.sum()), ceiling=ceiling)

@@ -49,6 +49,7 @@ from lanecore.ext.lookup import CatalogTable
 
 from _data import gtin13_keys  # bench/ is on sys.path (pyproject: pythonpath)
 from _paired import LoadProbe
+from _weigh import by_basket_size
 
 SEED = 1818
 POLICY = VerifyPolicy()
@@ -277,12 +278,7 @@ def test_peritem_conveyor_mode(sim, peritem, note, figures, sizes):
     k = det & (st == EXTRA)
     note(f"    unscanned item's catalogue candidates: the true item first "
          f"{p['top1'][k].mean():.4f}, in the top 3 {p['top3'][k].mean():.4f}")
-    by = []
-    for lo, hi in ((1, 5), (6, 10), (11, 15), (16, 20), (21, 25)):
-        k = det & (p["n_lines"] >= lo) & (p["n_lines"] <= hi)
-        if k.any():
-            by.append(f"{lo}-{hi} lines {first[k].mean():.3f}/{oracle[k].mean():.3f}")
-    note("    named first by basket size (lanecore/ceiling): " + "; ".join(by))
+    note(by_basket_size(det, p["n_lines"], first, oracle))
 
     figures.add("per-item conveyor mode: named first of detected", named, "share",
                 rounds=int(det.sum()), ceiling=ceiling)

@@ -1166,12 +1166,7 @@ class QrDisplayDriver:
         """Show the QR for the loaded order; returns what the display drew, after
         checking that the payload carries the order, amount and currency sent."""
         end = time.monotonic() + timeout_s
-        with self._cv:
-            pay = self._payment
-            if pay is None:
-                raise QrDisplayError("send_payment first", code="NO_PAYMENT_DATA")
-            self._shown = None
-            self._new_attempt(pay.order_no)
+        pay = self._begin_show()
         self._request(QrPay(pay.order_no), timeout_s)
         shown = self._await_shown(end, "QR_PAY")
         try:
@@ -1184,6 +1179,17 @@ class QrDisplayDriver:
             raise QrDisplayError("the QR shown carries another order or amount",
                                  code="QR_MISMATCH")
         return shown
+
+    def _begin_show(self) -> PaymentData:
+        """The loaded payment (``NO_PAYMENT_DATA`` without one), a new attempt begun
+        for it and the last QR_SHOWN forgotten: before QR_PAY or SHOW_QR."""
+        with self._cv:
+            pay = self._payment
+            if pay is None:
+                raise QrDisplayError("send_payment first", code="NO_PAYMENT_DATA")
+            self._shown = None
+            self._new_attempt(pay.order_no)
+        return pay
 
     def _await_shown(self, end: float, request: str) -> QrShown:
         """The QR_SHOWN the display reports after ``request`` was acknowledged, by
@@ -1207,12 +1213,7 @@ class QrDisplayDriver:
         the register's to learn (from the payment gateway) and to show
         (:meth:`show_result`)."""
         end = time.monotonic() + timeout_s
-        with self._cv:
-            pay = self._payment
-            if pay is None:
-                raise QrDisplayError("send_payment first", code="NO_PAYMENT_DATA")
-            self._shown = None
-            self._new_attempt(pay.order_no)
+        pay = self._begin_show()
         try:
             msg = ShowQr(pay.order_no, content, pay.amount_minor, pay.currency)
         except ProtocolError as exc:
