@@ -61,6 +61,9 @@ MAX_BATCH = 1000
 #: once (the oldest dropped: rebuilt from ``item_steps`` when asked again).
 MAX_ITEM_STEPS = 1000
 MAX_ITEM_SESSIONS = 4096
+#: Kiosk bagging-scale mode: events of one kiosk transaction, and their kinds.
+MAX_BAG_EVENTS = 2000
+BAG_EVENT_KINDS = ("scan", "delta", "tick", "finish")
 #: Items kept decoded in memory for scan replies.
 ITEM_CACHE = 20_000
 #: SQLite mmap_size of the catalogue connection scans read item rows through.
@@ -93,6 +96,16 @@ _SCHEMA_SQL = (
         lane TEXT NOT NULL, order_no TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
         delta_g REAL NOT NULL, sigma_g REAL NOT NULL, verdict TEXT NOT NULL,
         PRIMARY KEY (lane, order_no, seq))""",
+    # kiosk bagging-scale mode (bag.event, bag.override): every event of a kiosk
+    # transaction and every override, so a restarted service rebuilds the session
+    """CREATE TABLE IF NOT EXISTS bag_events (
+        kiosk TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
+        at REAL NOT NULL, event TEXT NOT NULL, reply TEXT NOT NULL,
+        PRIMARY KEY (kiosk, session, seq))""",
+    """CREATE TABLE IF NOT EXISTS bag_overrides (
+        override_id INTEGER PRIMARY KEY, kiosk TEXT NOT NULL, session TEXT NOT NULL,
+        after_seq INTEGER NOT NULL, alarm INTEGER NOT NULL, gtin TEXT, staff TEXT NOT NULL,
+        principal TEXT NOT NULL, at REAL NOT NULL, learning TEXT)""",
     """CREATE TABLE IF NOT EXISTS device_events (
         event_id INTEGER PRIMARY KEY, at REAL NOT NULL, lane TEXT NOT NULL,
         device TEXT NOT NULL, kind TEXT NOT NULL, code TEXT, message TEXT)""",
@@ -165,6 +178,8 @@ OP_ROLES = {
     "verify.order": roles("lane"),
     "verify.step": roles("lane"),
     "verify.clear": roles("lane"),
+    "bag.event": roles("kiosk"),
+    "bag.override": roles("attendant", "manager"),
     "weights.confirm": roles("attendant", "manager"),
     "alarm.resolve": roles("attendant", "manager"),
     "alarm.list": roles("attendant", "manager"),
@@ -377,6 +392,19 @@ class Service(OpServer):
               "sigma_g": Field("float", min=0.0, max=1e5)}, DURABLE),
             ("verify.clear", self.op_verify_clear,
              {"lane": NAME, "order_no": Field("str", min=1, max=64)}, DURABLE),
+            ("bag.event", self.op_bag_event,
+             {"kiosk": NAME, "session": Field("str", min=1, max=64),
+              "seq": Field("int", min=0, max=MAX_BAG_EVENTS - 1),
+              "kind": Field("str", choices=BAG_EVENT_KINDS),
+              "t_s": Field("float", min=0.0, max=1e10),
+              "gtin": Field("str", required=False, min=8, max=14),
+              "delta_g": Field("float", required=False, min=-1e6, max=1e6),
+              "sigma_g": Field("float", required=False, min=0.0, max=1e5)}, DURABLE),
+            ("bag.override", self.op_bag_override,
+             {"kiosk": NAME, "session": Field("str", min=1, max=64),
+              "alarm": Field("int", min=0, max=MAX_BAG_EVENTS),
+              "gtin": Field("str", required=False, min=8, max=14), "staff": NAME},
+             DURABLE),
             ("weights.confirm", self.op_weights_confirm,
              {"gtin": Field("str", min=8, max=14), "weight_g": Field("float", min=0.0, max=1e6),
               "units": Field("int", required=False, min=1, max=999)}, DURABLE),
@@ -1075,6 +1103,134 @@ class Service(OpServer):
             after.append(lambda: self.publish("alarm", event))
         return {"order_no": order_no, "order_status": status, **out}
 
+    # kiosk bagging-scale mode --------------------------------------------------------
+    def _bag_session(self, kiosk: str, session_id: str):
+        """The kiosk transaction's bagging session (``core/weigh/bagging.py``): kept
+        in memory, rebuilt from ``bag_events`` and ``bag_overrides`` after a restart."""
+        from lanecore.core.weigh.bagging import BaggingSession
+        from lanecore.core.weigh.peritem import PerItemError
+        key = ("bag", kiosk, session_id)
+        hit = self._sessions.get(key)
+        if hit is not None and hit[0] is self.table:
+            return hit[1]
+        s = BaggingSession(self._item_catalogue())
+        events = self.con.execute(
+            "SELECT seq, event FROM bag_events WHERE kiosk = ? AND session = ? ORDER BY seq",
+            (kiosk, session_id)).fetchall()
+        overrides = self.con.execute(
+            "SELECT after_seq, alarm, gtin, staff FROM bag_overrides WHERE kiosk = ? AND "
+            "session = ? ORDER BY override_id", (kiosk, session_id)).fetchall()
+        try:
+            for seq, ev in events:
+                while overrides and overrides[0][0] < seq:
+                    _, alarm, gtin, staff = overrides.pop(0)
+                    s.override(alarm, by=staff, gtin=gtin)
+                self._bag_apply(s, json.loads(ev))
+            for _, alarm, gtin, staff in overrides:
+                s.override(alarm, by=staff, gtin=gtin)
+        except PerItemError as exc:
+            raise LanecoreError(str(exc), code=exc.code) from None
+        while len(self._sessions) >= MAX_ITEM_SESSIONS:
+            self._sessions.pop(next(iter(self._sessions)))
+        self._sessions[key] = (self.table, s)
+        return s
+
+    @staticmethod
+    def _bag_apply(s, ev: dict) -> dict:
+        """One kiosk event on a bagging session: what it answered."""
+        kind, t = ev["kind"], ev["t_s"]
+        if kind == "scan":
+            v = s.scan(ev["gtin"], t)
+            return {"scan": {"unit": v.unit, "gtin": v.gtin, "kind": v.kind,
+                             "band_g": [round(b, 1) for b in v.band_g], "due_s": v.due_s,
+                             "reason": v.reason}}
+        if kind == "delta":
+            return {"delta": s.delta(ev["delta_g"], ev["sigma_g"], t).to_dict()}
+        if kind == "tick":
+            s.tick(t)
+            return {}
+        s.finish(t)
+        return {}
+
+    def op_bag_event(self, f, after) -> dict:
+        """One event of a kiosk transaction in bagging-scale mode (``kind``: ``scan``
+        with ``gtin``, ``delta`` with ``delta_g``/``sigma_g``, ``tick``, ``finish`` at
+        payment; ``t_s`` the kiosk's monotonic seconds). ``seq`` numbers the
+        transaction's events from 0: the same ``seq`` again answers the stored reply,
+        a gap is ``BAD_SEQ``. Reply: what the event answered (``scan`` or ``delta``),
+        the alarms it raised (``alarms``: each ``{no, kind, t_s, step, unit,
+        explanation, overridden}``) and every alarm still open (``open``); new alarms
+        are published on ``alarm`` (``{kiosk, session, mode: "bagging", alarm}``)."""
+        from lanecore.core.weigh.peritem import PerItemError
+        kiosk, sid, seq = f["kiosk"], f["session"], f["seq"]
+        old = self.con.execute("SELECT reply FROM bag_events WHERE kiosk = ? AND session = ? "
+                               "AND seq = ?", (kiosk, sid, seq)).fetchone()
+        if old is not None:
+            return json.loads(old[0])
+        (n,) = self.con.execute("SELECT COUNT(*) FROM bag_events WHERE kiosk = ? AND "
+                                "session = ?", (kiosk, sid)).fetchone()
+        if seq != n:
+            raise LanecoreError(f"event {seq} of {sid} at {kiosk}: the next is {n}",
+                                code="BAD_SEQ")
+        need = {"scan": ("gtin",), "delta": ("delta_g", "sigma_g")}.get(f["kind"], ())
+        missing = [k for k in need if k not in f]
+        if missing:
+            raise ProtocolError("MISSING_FIELD", f"a {f['kind']} event needs "
+                                                 f"{', '.join(missing)}")
+        ev = {k: f[k] for k in ("kind", "t_s", "gtin", "delta_g", "sigma_g") if k in f}
+        if "gtin" in ev:
+            ev["gtin"] = ev["gtin"].zfill(14)
+        s = self._bag_session(kiosk, sid)
+        before = len(s.alarms)
+        try:
+            out = self._bag_apply(s, ev)
+        except PerItemError as exc:
+            self._sessions.pop(("bag", kiosk, sid), None)     # rebuilt without it
+            raise LanecoreError(str(exc), code=exc.code) from None
+        new = [a.to_dict() for a in s.alarms[before:]]
+        reply = {"kiosk": kiosk, "session": sid, **out, "alarms": new,
+                 "open": [a.to_dict() for a in s.open_alarms]}
+        self.con.execute("INSERT INTO bag_events (kiosk, session, seq, at, event, reply) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (kiosk, sid, seq, time.time(), json.dumps(ev), json.dumps(reply)))
+        for a in new:
+            event = {"kiosk": kiosk, "session": sid, "mode": "bagging", "alarm": a}
+            after.append(lambda event=event: self.publish("alarm", event))
+        return reply
+
+    def op_bag_override(self, f, after) -> dict:
+        """An attendant accepts a kiosk's bagging alarm (``alarm``: its ``no``); for an
+        unexpected item, ``gtin`` says which scanned item it was, and the delta is
+        learned as a confirmed weighing of it (``learning``, as ``weights.confirm``'s,
+        bounded the same way). ``staff``: who, beside the proving principal."""
+        from lanecore.core.weigh.peritem import PerItemError
+        kiosk, sid = f["kiosk"], f["session"]
+        s = self._bag_session(kiosk, sid)
+        gtin = f["gtin"].zfill(14) if "gtin" in f else None
+        try:
+            o = s.override(f["alarm"], by=f["staff"], gtin=gtin)
+        except PerItemError as exc:
+            self._sessions.pop(("bag", kiosk, sid), None)
+            raise LanecoreError(str(exc), code="BAD_ALARM" if exc.code == "BAD_STEP"
+                                else exc.code) from None
+        learning = None
+        if o.learned is not None:
+            g, weight, units, _ = o.learned
+            res = self.weights.learn(g, weight, units=units, confirmed=True,
+                                     confirmed_by=self.principal.id)
+            learning = {"code": res.code, "gtin": res.gtin, "message": res.message}
+            if res.learned:
+                after.append(self._relearn)
+        (last,) = self.con.execute("SELECT COALESCE(MAX(seq), -1) FROM bag_events WHERE "
+                                   "kiosk = ? AND session = ?", (kiosk, sid)).fetchone()
+        self.con.execute(
+            "INSERT INTO bag_overrides (kiosk, session, after_seq, alarm, gtin, staff, "
+            "principal, at, learning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (kiosk, sid, last, o.alarm, gtin, f["staff"], self.principal.id, time.time(),
+             json.dumps(learning)))
+        return {"kiosk": kiosk, "session": sid, "alarm": o.alarm, "gtin": o.gtin,
+                "learning": learning, "open": [a.to_dict() for a in s.open_alarms]}
+
     def op_device_event(self, f, after) -> dict:
         """A lane's device spoke up (an EAS gate alarmed) or failed or came back: kept
         in ``device_events`` and published on the ``device`` topic for attendants."""
@@ -1102,12 +1258,16 @@ class Service(OpServer):
                 "max_step_g": _num(c.get("max_step_g")), "n_today": c.get("n_today"),
                 "max_per_day": c.get("max_per_day")})
 
-        def relearn():
-            self.weights.apply_to_table(self.table)
-            self._items.clear()    # the items' shown weights come from the table
-            self._packed_items.clear()
-        after.append(relearn)
+        after.append(self._relearn)
         return {"learning": {k: _num(v) for k, v in res.to_dict().items()}}
+
+    def _relearn(self) -> None:
+        """A confirmed weighing learned: the table's weights, and what is made from
+        them (the items' shown weights, the per-item catalogue), brought up to date."""
+        self.weights.apply_to_table(self.table)
+        self._items.clear()        # the items' shown weights come from the table
+        self._packed_items.clear()
+        self._peritem = None
 
     def op_alarm_resolve(self, f, after) -> dict:
         """Staff acknowledged an alarm, overrode it (a reason required) or asked for a
@@ -1136,11 +1296,7 @@ class Service(OpServer):
             if res is not None:
                 learning = {k: _num(v) for k, v in res.to_dict().items()}
             if res is not None and res.code == "LEARNED":
-                def relearn():
-                    self.weights.apply_to_table(self.table)
-                    self._items.clear()
-                    self._packed_items.clear()
-                after.append(relearn)
+                after.append(self._relearn)
         at = time.time()
         cur = self.con.execute(
             "INSERT INTO alarm_actions (at, lane, order_no, action, reason, weight_g, staff, "

@@ -240,6 +240,8 @@ class ItemCatalogue:
     GRID_MIN_G = 1.0
     GRID_MAX_G = 100_000.0
     GRID_POINTS = 3200
+    #: the share of unscanned objects that are no catalogue item (uniform in weight)
+    OTHER_SHARE = 0.01
 
     def __init__(self, gtins, weights: RobustWeights, sales=None):
         self.gtins = [str(g) for g in gtins]
@@ -281,12 +283,19 @@ class ItemCatalogue:
                 lp = _t_logpdf(x[:, None], w.loc_g[it], w.scale_g[it], w.nu[it],
                                w.logc[it])
                 dens += np.exp(lp) @ self.sales[it]
+            # an object that is none of the catalogue's (a bag of something else, a
+            # hand on the scale) weighs anything up to the grid's end: a uniform share
+            # OTHER_SHARE of the density, so a weight no item comes near is still
+            # "unscanned" rather than the nearest item's far tail
+            dens = (1.0 - self.OTHER_SHARE) * dens + self.OTHER_SHARE / self.GRID_MAX_G
             self._grid = (lx, np.log(np.maximum(dens, 1e-300)))
         return self._grid
 
     def log_density(self, x_g) -> np.ndarray:
         """log f_cat(x): the density (per gram) of the weight of an item drawn by
-        sales, at ``x_g`` (interpolated on a log-spaced grid, 1 g – 100 kg)."""
+        sales — with a uniform share :data:`OTHER_SHARE` over 0–100 kg for objects
+        none of the catalogue's — at ``x_g`` (interpolated on a log-spaced grid,
+        1 g – 100 kg)."""
         lx, ld = self._density_grid()
         x = np.clip(np.abs(np.asarray(x_g, dtype=np.float64)), self.GRID_MIN_G,
                     self.GRID_MAX_G)

@@ -69,7 +69,8 @@ assert not any((v.__name__ if isinstance(v, type(sys)) else
 
 OPS = {"hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
        "basket.get", "basket.submit", "order.get", "order.status", "weigh.config",
-       "weigh.frame", "verify.order", "verify.step", "verify.clear", "weights.confirm",
+       "weigh.frame", "verify.order", "verify.step", "verify.clear", "bag.event",
+       "bag.override", "weights.confirm",
        "alarm.resolve", "device.event", "stats",
        "health", "alarm.list", "audit.decide", "audit.get", "audit.list", "audit.record"}
 

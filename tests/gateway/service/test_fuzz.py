@@ -43,7 +43,8 @@ TOTAL_QUOTA = 10_000
 
 OPS = ("hello", "scan", "scan.batch", "basket.open", "basket.add", "basket.remove",
        "basket.get", "basket.submit", "order.get", "order.status", "weigh.config",
-       "weigh.frame", "verify.order", "verify.step", "verify.clear", "weights.confirm",
+       "weigh.frame", "verify.order", "verify.step", "verify.clear", "bag.event",
+       "bag.override", "weights.confirm",
        "alarm.resolve", "alarm.list", "audit.decide", "audit.get", "audit.list",
        "audit.record", "device.event", "stats", "health")
 
@@ -68,7 +69,7 @@ ORDER_NOT_FOUND ORDER_UNREADABLE BAD_Z BAD_SCALE_ID
 PROOF_INVALID PROOF_MISMATCH LANE_QUOTA CONFIRM_TOO_FAR CONFIRM_DAILY_LIMIT
 IDEMPOTENCY_MISMATCH
 NOT_PAID UNKNOWN_AUDIT NOT_AUDITED AUDIT_CONFLICT
-BAD_SEQ BAD_STEP
+BAD_SEQ BAD_STEP BAD_ALARM
 """.split())
 # A service bug, not a malformed request: never acceptable as an answer to fuzz.
 NEVER = frozenset({"INTERNAL"})
@@ -91,6 +92,8 @@ RESULT_KEYS = {
     "verify.step": {"order_no", "lane", "item"},
     "verify.clear": {"order_no", "order_status", "verdict", "mode", "measured_g",
                      "expected_g", "explanations", "items"},
+    "bag.event": {"kiosk", "session", "alarms", "open"},
+    "bag.override": {"kiosk", "session", "alarm", "gtin", "learning", "open"},
     "weights.confirm": {"learning"},
     "order.get": {"order"}, "order.status": {"order"},
     "alarm.resolve": {"resolved"}, "alarm.list": {"alarms", "device_alarms"},
@@ -559,6 +562,8 @@ REQUIRED = {"scan": ("lane", "code"), "scan.batch": ("lane", "codes"),
             "verify.order": (("gate", "lane"), ("order_no", "order_qr")),
             "verify.step": ("lane", "order_no", "seq", "delta_g", "sigma_g"),
             "verify.clear": ("lane", "order_no"),
+            "bag.event": ("kiosk", "session", "seq", "kind", "t_s"),
+            "bag.override": ("kiosk", "session", "alarm", "staff"),
             "weights.confirm": ("gtin", "weight_g"), "order.get": ("order_no",),
             "order.status": ("order_no", "status"),
             "alarm.resolve": ("lane", "order_no", "action", "staff"),
@@ -630,6 +635,13 @@ def op_fields(pools: dict) -> dict:
                         "seq": mostly(st.integers(-3, 1200)), "delta_g": number,
                         "sigma_g": number},
         "verify.clear": {"lane": names, "order_no": order_no},
+        "bag.event": {"kiosk": names, "session": names,
+                      "seq": mostly(st.integers(-3, 2100)),
+                      "kind": mostly(pick(["scan", "delta", "tick", "finish", "nap"])),
+                      "t_s": number, "gtin": gtin, "delta_g": number, "sigma_g": number},
+        "bag.override": {"kiosk": names, "session": names,
+                         "alarm": mostly(st.integers(-3, 2100)), "gtin": gtin,
+                         "staff": names},
         "weights.confirm": {"gtin": gtin, "weight_g": number,
                             "units": mostly(st.integers(-2, 1001))},
         "device.event": {"lane": names,
@@ -935,6 +947,12 @@ def test_every_op_answers_a_valid_request(fz):
         {"op": "verify.step", "lane": "FZV", "order_no": order_no, "seq": 0,
          "delta_g": float(item["unit_weight_g"]), "sigma_g": 1.0},
         {"op": "verify.clear", "lane": "FZV", "order_no": order_no},
+        {"op": "bag.event", "kiosk": "FZK", "session": "V1", "seq": 0, "kind": "scan",
+         "t_s": 1.0, "gtin": gtins[0]},
+        {"op": "bag.event", "kiosk": "FZK", "session": "V1", "seq": 1, "kind": "delta",
+         "t_s": 2.0, "delta_g": 50_000.0, "sigma_g": 1.0},     # unexpected: alarm 0
+        {"op": "bag.override", "kiosk": "FZK", "session": "V1", "alarm": 0,
+         "staff": "ann"},
         {"op": "weights.confirm", "gtin": gtins[0], "weight_g": item["unit_weight_g"]},
         {"op": "alarm.resolve", "lane": lane, "order_no": order_no, "action": "ack",
          "finding": "false_alarm", "staff": "ann"},

@@ -184,3 +184,95 @@ def test_an_order_whose_whole_is_outside_its_band_is_never_ok(svc):
     assert v["verdict"] == "over", v
     assert v["band_g"] > 0 and v["z"] > 3, v
     assert v["measured_g"] == pytest.approx(w(a) * 4 / 3 + w(b) + w(c), abs=0.1)
+
+
+# ----------------------------------------------------------------------------------
+# kiosk bagging-scale mode: bag.event, bag.override
+
+KIOSK = Principal("key:kiosk-B1", frozenset({"kiosk"}))
+
+
+def bag(svc, session, seq, kind, t_s, **fields) -> dict:
+    return ok(svc, KIOSK, "bag.event", kiosk="KIOSK-B1", session=session, seq=seq,
+              kind=kind, t_s=float(t_s), **fields)
+
+
+def test_kiosk_scans_and_bags_honestly(svc):
+    a, b, *_ = svc.goods
+    r = bag(svc, "S1", 0, "scan", 10.0, gtin=a["gtin"])
+    assert r["scan"]["kind"] == "await" and r["scan"]["gtin"] == gtin(a)
+    r = bag(svc, "S1", 1, "delta", 11.5, delta_g=w(a), sigma_g=0.8)
+    assert (r["delta"]["kind"], r["delta"]["gtins"]) == ("ok", [gtin(a)])
+    bag(svc, "S1", 2, "scan", 13.0, gtin=b["gtin"])
+    assert bag(svc, "S1", 3, "delta", 14.0, delta_g=w(b), sigma_g=0.8)["delta"]["kind"] == "ok"
+    r = bag(svc, "S1", 4, "finish", 20.0)
+    assert r["alarms"] == [] and r["open"] == []
+    assert not [t for t, _ in svc.events if t == "alarm"]
+
+
+def test_unexpected_item_and_item_not_placed_and_the_override(svc):
+    a, b, _, d = svc.goods
+    bag(svc, "S2", 0, "scan", 10.0, gtin=a["gtin"])
+    r = bag(svc, "S2", 1, "delta", 11.0, delta_g=w(d), sigma_g=0.8)   # not what was scanned
+    assert r["delta"]["kind"] == "unexpected"
+    (alarm,) = r["alarms"]
+    assert alarm["kind"] == "unexpected"
+    assert gtin(d) in [c["gtin"] for c in alarm["explanation"]["candidates"]]
+    assert [e["alarm"]["kind"] for t, e in svc.events if t == "alarm"] == ["unexpected"]
+    bag(svc, "S2", 2, "scan", 12.0, gtin=b["gtin"])
+    r = bag(svc, "S2", 3, "tick", 40.0)                  # nothing placed for b in time
+    assert {x["kind"] for x in r["alarms"]} >= {"not_placed"}
+    not_placed = [x for x in r["alarms"] if x["kind"] == "not_placed"]
+    assert any(x["explanation"]["gtin"] == gtin(b) for x in not_placed), not_placed
+    # the attendant: the unexpected delta was the scanned item a after all → learned
+    o = ok(svc, ATTENDANT, "bag.override", kiosk="KIOSK-B1", session="S2",
+           alarm=alarm["no"], gtin=a["gtin"], staff="Ann")
+    assert o["gtin"] == gtin(a) and o["learning"]["gtin"] == gtin(a)
+    assert alarm["no"] not in [x["no"] for x in o["open"]]
+    r = call(svc, ATTENDANT, "bag.override", kiosk="KIOSK-B1", session="S2",
+             alarm=alarm["no"], staff="Ann")
+    assert r["error"]["code"] == "BAD_ALARM"            # accepted once
+
+
+def test_kiosk_events_are_numbered_and_survive_a_restart(svc):
+    a, b, *_ = svc.goods
+    first = bag(svc, "S3", 0, "scan", 10.0, gtin=a["gtin"])
+    again0 = bag(svc, "S3", 0, "scan", 10.0, gtin=a["gtin"])           # a retry
+    assert {**again0, "id": None} == {**first, "id": None}
+    r = call(svc, KIOSK, "bag.event", kiosk="KIOSK-B1", session="S3", seq=5, kind="tick",
+             t_s=11.0)
+    assert r["error"]["code"] == "BAD_SEQ"
+    r = call(svc, KIOSK, "bag.event", kiosk="KIOSK-B1", session="S3", seq=1, kind="scan",
+             t_s=11.0)
+    assert r["error"]["code"] == "MISSING_FIELD"
+    bag(svc, "S3", 1, "delta", 11.0, delta_g=w(a), sigma_g=0.8)
+    bag(svc, "S3", 2, "scan", 12.0, gtin=b["gtin"])
+    svc.close()
+    again = Service(svc.dir)        # the session comes back from bag_events
+    try:
+        r = bag(again, "S3", 3, "delta", 13.0, delta_g=w(b), sigma_g=0.8)
+        assert r["delta"]["kind"] == "ok" and r["delta"]["gtins"] == [gtin(b)]
+        assert bag(again, "S3", 4, "finish", 14.0)["open"] == []
+    finally:
+        again.close()
+
+
+def test_who_may_call_the_bagging_ops(svc):
+    a, *_ = svc.goods
+    r = call(svc, LANE, "bag.event", kiosk="KIOSK-B1", session="S4", seq=0, kind="scan",
+             t_s=1.0, gtin=a["gtin"])
+    assert r["error"]["code"] == "FORBIDDEN"
+    r = call(svc, KIOSK, "bag.override", kiosk="KIOSK-B1", session="S4", alarm=0,
+             staff="Ann")
+    assert r["error"]["code"] == "FORBIDDEN"
+
+
+def test_a_weight_no_item_comes_near_is_never_a_paid_item(svc):
+    """A step or a delta far beyond every catalogue item (a 40 kg sack on the belt, in
+    the bag) is unscanned / unexpected, not the scanned item's far tail."""
+    a, *_ = svc.goods
+    o = paid_order(svc, [a])
+    assert step(svc, o, 0, 40_000.0)["kind"] == "unscanned"
+    bag(svc, "S5", 0, "scan", 1.0, gtin=a["gtin"])
+    r = bag(svc, "S5", 1, "delta", 2.0, delta_g=40_000.0, sigma_g=1.0)
+    assert r["delta"]["kind"] == "unexpected" and r["alarms"][0]["kind"] == "unexpected"
