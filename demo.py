@@ -108,6 +108,11 @@ def _report(say, s: dict) -> None:
     say(f"per-item exit lane {', '.join(pi['lanes'])}: {pi['steps']} items weighed one by "
         f"one; of its {pi['alarmed']} alarms on thefts and mistakes, {pi['named_first']} "
         "named the item (or its step) first")
+    bg = s["bagging"]
+    say(f"kiosk bagging scales: {bg['items']} items checked; honest transactions "
+        f"{bg['honest']}, alarmed {bg['honest_alarmed']}; thefts {bg['thefts']}, alarmed "
+        f"{bg['thefts_alarmed']}, the unscanned item's delta named first "
+        f"{bg['named_first']}")
     say(f"honest exits {s['honest_exits']}: alarmed {s['honest_alarmed']} (the policy's "
         f"false-alarm rate expects {s['honest_alarms_expected']}, allows at most "
         f"{s['honest_alarms_bound']})")

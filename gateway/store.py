@@ -1128,6 +1128,7 @@ class Store:
             with self.kiosk_locks[kiosk]:
                 # the kiosk reads the order QR: the order as the service holds it
                 seen = at_kiosk.call("order.get", order_no=order["order_no"])["order"]
+                self._bagging(at_kiosk, kiosk, plan, order["order_no"], units)
                 total = seen["total_minor"]
                 # what was sold goes with the charge: the receipt prints the ledger's
                 lines = [{"name": ln["name"][:64], "qty": ln["qty"],
@@ -1156,6 +1157,48 @@ class Store:
                                receipts_not_printed=int(not printed.ok))
             self._exit_lane(svc, plan, order, units)
             self._leave_with(device)
+
+    def _bagging(self, svc, kiosk: str, plan: dict, session: str, units: list[int]) -> None:
+        """The kiosk's bagging-scale check (bag.event): each unit scanned again at the
+        kiosk and put in the bagging area (its true weight, a settled delta a moment
+        later); a thief's extra item goes in unscanned, after the scan of a random
+        unit. An alarm is the attendant's (bag.override)."""
+        rng = plan["rng"]
+        t = self.table
+        events = []
+        thief_at = rng.randrange(len(units)) if plan["theft"] else None
+        clock = 0.0
+        for k, r in enumerate(units):
+            events.append(("scan", clock, {"gtin": self.gtin(r)}))
+            clock += rng.uniform(1.0, 3.0)
+            w = max(1.0, rng.gauss(float(t.weight_mean_g[r]), float(t.weight_sd_g[r])))
+            events.append(("delta", clock, {"delta_g": w, "sigma_g": 0.8}))
+            if k == thief_at:
+                clock += rng.uniform(1.0, 3.0)
+                s = plan["stolen"]
+                w = max(1.0, rng.gauss(float(t.weight_mean_g[s]), float(t.weight_sd_g[s])))
+                events.append(("delta", clock, {"delta_g": w, "sigma_g": 0.8}))
+            clock += rng.uniform(0.5, 2.0)
+        events.append(("finish", clock, {}))
+        alarms = []
+        for seq, (kind, at, extra) in enumerate(events):
+            r = svc.call("bag.event", kiosk=kiosk, session=session, seq=seq, kind=kind,
+                         t_s=at, **extra)
+            alarms += r["alarms"]
+        self.tally.add(bagged_items=len(units), bagging_alarms=len(alarms))
+        if plan["theft"]:
+            stolen_step = thief_at + 1          # the deltas: one per unit, then the extra
+            first = alarms[0] if alarms else None
+            self.tally.add(bagging_thefts=1, bagging_thefts_alarmed=int(bool(alarms)),
+                           bagging_named_first=int(
+                               first is not None and first["kind"] == "unexpected"
+                               and first["step"] == stolen_step))
+        else:
+            self.tally.add(bagging_honest=1, bagging_honest_alarmed=int(bool(alarms)))
+        with self.service("attendant") as att:
+            for a in alarms:
+                att.call("bag.override", kiosk=kiosk, session=session, alarm=a["no"],
+                         staff="demo-attendant")
 
     def _journey_coupons(self, plan: dict) -> None:
         from lanecore.core.promo.mqr import make_mqr
@@ -1383,6 +1426,13 @@ class Store:
             # alarmed, those whose first explanation named the item (or its step)
             "per_item": {"lanes": list(PER_ITEM_LANES), "steps": c["item_steps"],
                          "alarmed": c["named_of"], "named_first": c["named_first"]},
+            # the kiosks' bagging-scale check (bag.event)
+            "bagging": {"items": c["bagged_items"], "alarms": c["bagging_alarms"],
+                        "honest": c["bagging_honest"],
+                        "honest_alarmed": c["bagging_honest_alarmed"],
+                        "thefts": c["bagging_thefts"],
+                        "thefts_alarmed": c["bagging_thefts_alarmed"],
+                        "named_first": c["bagging_named_first"]},
             "honest_exits": honest, "honest_alarmed": c["honest_alarmed"],
             "honest_alarms_expected": round(expected, 4),
             "honest_alarms_bound": bound,
