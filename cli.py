@@ -749,10 +749,15 @@ def cmd_gateway_payments(args) -> int:
 
 
 def observability_opts(sp) -> None:
-    """``--metrics ADDR`` and ``--log-format`` (gateway/net/metrics.py)."""
+    """``--metrics ADDR``, ``--log-format`` and ``--json`` (gateway/net/metrics.py)."""
     sp.add_argument("--metrics", metavar="ADDR", default=None,
                     help="serve Prometheus metrics on HOST:PORT, loopback only (off by "
                          "default; docs/deploy.md lists them)")
+    log_opts(sp)
+
+
+def log_opts(sp) -> None:
+    """``--log-format`` and ``--json`` (the ready line) of a long-running process."""
     sp.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="log lines as text or as one JSON object a line")
     sp.add_argument("--json", action="store_true",
@@ -1661,10 +1666,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dev-open", action="store_true",
                     help="development only, loopback or ipc: no authentication, every caller "
                          "the development principal")
-    sp.add_argument("--log-format", choices=("text", "json"), default="text",
-                    help="log lines as text or as one JSON object a line")
-    sp.add_argument("--json", action="store_true",
-                    help='print one JSON line on stdout when running: {"ready": true, …}')
+    log_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_hq, metrics=None)
     hsub = sp.add_subparsers(dest="hq_command", required=False, metavar="books")
@@ -1699,10 +1701,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--coupons-client-key", metavar="F",
                     help="the link's secret key file, enrolled at the coupon gateway with "
                          "the manager role")
-    sp.add_argument("--log-format", choices=("text", "json"), default="text",
-                    help="log lines as text or as one JSON object a line")
-    sp.add_argument("--json", action="store_true",
-                    help='print one JSON line on stdout when running: {"ready": true, …}')
+    log_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_link, metrics=None)
 
@@ -1913,11 +1912,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mark cookies Secure (behind an HTTPS proxy)")
     sp.add_argument("--allow-remote", action="store_true",
                     help="bind beyond loopback (only behind a TLS proxy)")
-    sp.add_argument("--log-format", choices=("text", "json"), default="text",
-                    help="log lines as text or as one JSON object a line")
-    sp.add_argument("--json", action="store_true",
-                    help='when serving, also print one JSON line on stdout: {"ready": true, '
-                         '"process": "console", "bind": ..., "url": ...}')
+    log_opts(sp)
     data_dir_opt(sp)
     sp.set_defaults(func=cmd_console)
     csub = sp.add_subparsers(dest="console_command", required=False, metavar="user add")

@@ -33,11 +33,7 @@ def run_demo(data_dir: Path, *, shoppers: int = 60, seed: int = 7, rows: int = 2
 
     from lanecore.gateway.store import Store, StoreSpec, checks
     out = out or sys.stdout
-    log = sys.stderr if as_json else out
-
-    def say(text: str = "") -> None:
-        log.write(text + "\n")
-        log.flush()
+    log, say = _narrator(out, as_json)
 
     say(f"lanecore {lanecore.__version__} demo — a simulated store with {shoppers} shoppers "
         f"(seed {seed}); kernels: barcode={barcode.IMPLEMENTATION}, "
@@ -82,6 +78,18 @@ def _report_and_wait(say, summary: dict, out, as_json: bool, url) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _narrator(out, as_json: bool):
+    """Where the demo's narrative goes (stderr when stdout carries the JSON summary)
+    and the function that writes a line of it."""
+    import sys
+    log = sys.stderr if as_json else out
+
+    def say(text: str = "") -> None:
+        log.write(text + "\n")
+        log.flush()
+    return log, say
 
 
 def checks_of(summary: dict) -> list[str]:
@@ -145,11 +153,7 @@ def run_chain_demo(data_dir: Path, *, stores: int, shoppers: int = 30, seed: int
     from lanecore.gateway.chainstore import Chain, chain_checks
     from lanecore.gateway.store import StoreSpec
     out = out or sys.stdout
-    log = sys.stderr if as_json else out
-
-    def say(text: str = "") -> None:
-        log.write(text + "\n")
-        log.flush()
+    log, say = _narrator(out, as_json)
 
     say(f"lanecore {lanecore.__version__} chain demo — HQ and {stores} stores with "
         f"{shoppers} shoppers each (seed {seed}); kernels: barcode={barcode.IMPLEMENTATION}, "
